@@ -1,0 +1,139 @@
+"""Fast 2-D discrete wavelet transform (symmetric extension) on OpenCV filters.
+
+Numerically the same transform as PyWavelets' ``wavedec2``/``waverec2`` in
+their default ``mode="symmetric"`` (MATLAB's default ``'sym'`` too; a test
+checks it), computed in float32 with OpenCV's SIMD, multi-threaded
+``filter2D``: about three times faster on a 6 MP image, which is where the
+residual extraction spends most of its time. PyWavelets supplies the filters.
+
+For a filter ``f`` of even length ``L`` and a signal ``x`` of length ``N``
+extended half-sample symmetrically (``x[-1] = x[0]``), the analysis is
+
+    a[k] = Σ_m f[m] x[2k + 1 - m],   k = 0 .. ⌊(N + L - 1)/2⌋ - 1
+
+and the synthesis ``y[2k + m - L + 2] += a[k] g[m]`` needs no extension at
+all: it is a "valid" correlation of each coefficient array with the even or
+odd taps of ``g``.
+
+The decimation phase matters for camera identification: it fixes how the
+wavelet supports meet the 8x8 JPEG block grid, and the symmetric-mode phase
+gave clearly higher PCE than the periodic one on strongly compressed
+images (see the README).
+
+References
+----------
+.. [1] S. Mallat, "A theory for multiresolution signal decomposition: the
+   wavelet representation", IEEE Trans. PAMI 11(7), 674-693, 1989.
+   :doi:`10.1109/34.192463`
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pywt
+
+__all__ = ["wavedec2", "waverec2"]
+
+
+def _kernel(taps: np.ndarray, axis: int) -> np.ndarray:
+    return np.asarray(taps, np.float32).reshape((1, -1) if axis == 1 else (-1, 1))
+
+
+def _take(x: np.ndarray, sl: slice, axis: int) -> np.ndarray:
+    return x[:, sl] if axis == 1 else x[sl, :]
+
+
+def _analysis(x: np.ndarray, f: np.ndarray, axis: int) -> np.ndarray:
+    """One band along ``axis``: a[k] = Σ_m f[m] x_sym[2k + 1 - m]."""
+    n, length = x.shape[axis], len(f)
+    m_out = (n + length - 1) // 2
+    anchor = length - 2  # correlation with f reversed: x_sym[j - anchor + i]
+    pt = (anchor, 0) if axis == 1 else (0, anchor)
+    k = _kernel(f[::-1], axis)
+    head = cv2.filter2D(x, -1, k, anchor=pt, borderType=cv2.BORDER_REFLECT)  # j = 0 .. n-1
+    out = _take(head, slice(0, None, 2), axis)
+    need = m_out - out.shape[axis]
+    if need > 0:  # the last coefficients lie past the end of x: from a reflected strip
+        tail_len = 2 * need + length
+        strip = _take(x, slice(max(n - tail_len, 0), n), axis)
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (0, length)
+        strip = np.pad(strip, pad, mode="symmetric")
+        offset = max(n - tail_len, 0)
+        filt = cv2.filter2D(np.ascontiguousarray(strip), -1, k, anchor=pt, borderType=cv2.BORDER_REFLECT)
+        start = 2 * (m_out - need) - offset
+        tail = _take(filt, slice(start, start + 2 * need, 2), axis)
+        out = np.concatenate([out, tail], axis=axis)
+    return np.ascontiguousarray(out)
+
+
+def _synthesis(a: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray, axis: int) -> np.ndarray:
+    """Inverse along ``axis``: y[2k + m - L + 2] += a[k] lo[m] + d[k] hi[m] (valid part)."""
+    length = len(lo)
+    m = a.shape[axis]
+    n_half = m - length // 2 + 1
+    parts = []
+    for parity in (0, 1):
+        # y[2q + parity] = Σ_o g[L - 2 + parity - 2o] c[q + o],  o = 0 .. L/2 - 1
+        total = None
+        for c, g in ((a, lo), (d, hi)):
+            taps = np.asarray(g)[length - 2 + parity :: -2][: length // 2]
+            y = cv2.filter2D(c, -1, _kernel(taps, axis), anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
+            total = y if total is None else cv2.add(total, y, dst=total)
+        parts.append(_take(total, slice(0, n_half), axis))
+    shape = list(a.shape)
+    shape[axis] = 2 * n_half
+    out = np.empty(shape, np.float32)
+    for parity, part in enumerate(parts):
+        if axis == 1:
+            out[:, parity::2] = part
+        else:
+            out[parity::2, :] = part
+    return out
+
+
+def _bank(wavelet: str):
+    w = pywt.Wavelet(wavelet)
+    if w.dec_len % 2:
+        raise ValueError(f"wavelet {wavelet!r} has an odd filter length; use an orthogonal one such as 'db4'")
+    return tuple(np.asarray(f, dtype=np.float64) for f in (w.dec_lo, w.dec_hi, w.rec_lo, w.rec_hi))
+
+
+def wavedec2(x: np.ndarray, wavelet: str, level: int) -> list:
+    """Multilevel 2-D DWT with symmetric extension, laid out like ``pywt.wavedec2``.
+
+    Parameters
+    ----------
+    x : ndarray, float32, shape (M, N)
+    wavelet : str
+        A PyWavelets discrete wavelet with an even filter length.
+    level : int
+
+    Returns
+    -------
+    list
+        ``[cA_n, (cH_n, cV_n, cD_n), ..., (cH_1, cV_1, cD_1)]``, float32.
+    """
+    dlo, dhi, _, _ = _bank(wavelet)
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    details = []
+    for _ in range(level):
+        lo, hi = (_analysis(a, f, axis=1) for f in (dlo, dhi))
+        ll, lh = (_analysis(lo, f, axis=0) for f in (dlo, dhi))
+        hl, hh = (_analysis(hi, f, axis=0) for f in (dlo, dhi))
+        details.append((lh, hl, hh))  # pywt order: horizontal, vertical, diagonal
+        a = ll
+    return [a] + details[::-1]
+
+
+def waverec2(coeffs: list, wavelet: str) -> np.ndarray:
+    """Inverse of :func:`wavedec2` (float32); trims like ``pywt.waverec2``."""
+    _, _, rlo, rhi = _bank(wavelet)
+    a = np.asarray(coeffs[0], dtype=np.float32)
+    for lh, hl, hh in coeffs[1:]:
+        a = a[: lh.shape[0], : lh.shape[1]]  # odd sizes: drop the extra sample
+        lo = _synthesis(a, lh, rlo, rhi, axis=0)
+        hi = _synthesis(hl, hh, rlo, rhi, axis=0)
+        a = _synthesis(lo, hi, rlo, rhi, axis=1)
+    return a
