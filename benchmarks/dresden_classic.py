@@ -23,7 +23,9 @@ from spncli.residual import extract_residual
 
 def auc(pos, neg):
     pos, neg = np.asarray(pos), np.asarray(neg)
-    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (pos.size * neg.size))
+    return float(
+        ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (pos.size * neg.size)
+    )
 
 
 def main():
@@ -58,16 +60,20 @@ def main():
         truth = np.array([[p.stem.rsplit("_", 1)[0] == c for p in nats] for c in cams])
         pos, neg = mat[truth], mat[~truth]
         top1 = sum(cams[int(np.argmax(mat[:, j]))] == nats[j].stem.rsplit("_", 1)[0] for j in range(len(nats)))
-        print(f"\n{label}: AUC {auc(pos, neg):.3f}  top-1 {top1}/{len(nats)}  matching median {np.median(pos):.1f} "
-              f"[min {pos.min():.1f}]  non-matching max {neg.max():.1f}  TPR@60 {int((pos > 60).sum())}/{pos.size}  "
-              f"FP@60 {int((neg > 60).sum())}/{neg.size}")
+        print(
+            f"\n{label}: AUC {auc(pos, neg):.3f}  top-1 {top1}/{len(nats)}  matching median {np.median(pos):.1f} "
+            f"[min {pos.min():.1f}]  non-matching max {neg.max():.1f}  TPR@60 {int((pos > 60).sum())}/{pos.size}  "
+            f"FP@60 {int((neg > 60).sum())}/{neg.size}"
+        )
         np.set_printoptions(linewidth=200, suppress=True, precision=1)
         print(mat)
         if ref and label in ref:
             r = np.array(ref[label])
             rpos = r[truth]
-            print(f"reference: AUC {auc(rpos, r[~truth]):.3f}, matching median {np.median(rpos):.1f}; "
-                  f"ours/reference matching PCE ratio median {np.median(pos / np.where(rpos == 0, np.nan, rpos)):.2f}")
+            print(
+                f"reference: AUC {auc(rpos, r[~truth]):.3f}, matching median {np.median(rpos):.1f}; "
+                f"ours/reference matching PCE ratio median {np.median(pos / np.where(rpos == 0, np.nan, rpos)):.2f}"
+            )
 
 
 if __name__ == "__main__":

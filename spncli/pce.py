@@ -95,10 +95,10 @@ def pce_at(cc: np.ndarray, peak: tuple[int, int], exclude: int = EXCLUDE) -> flo
     half = exclude // 2
     ri = np.arange(r - half, r + half + 1) % rows
     ci = np.arange(c - half, c + half + 1) % cols
-    sq = np.square(cc, dtype=np.float64)
-    total = float(sq.sum())
-    near = float(sq[np.ix_(np.unique(ri), np.unique(ci))].sum())
-    count = cc.size - len(np.unique(ri)) * len(np.unique(ci))
+    total = cv2.norm(cc, cv2.NORM_L2SQR)  # float64 accumulation, no temporary
+    ri, ci = np.unique(ri), np.unique(ci)
+    near = float(np.square(cc[np.ix_(ri, ci)], dtype=np.float64).sum())
+    count = cc.size - len(ri) * len(ci)
     energy = (total - near) / max(count, 1)
     if energy <= 0:
         return 0.0
@@ -131,8 +131,8 @@ class MatchScore:
         ``peak``.
     peak : tuple of int
         (row, col) of the residual's top-left corner in the fingerprint.
-    expected : tuple of int
-        (row, col) of the centre alignment (the "zero shift").
+    shift : tuple of int
+        (rows, cols) of ``peak`` from the centre alignment (the "zero shift").
     n_shifts : int
         Number of alignments tried (shifts x rotations).
     p_fa : float
@@ -144,7 +144,7 @@ class MatchScore:
     pce: float
     ncc: float
     peak: tuple[int, int]
-    expected: tuple[int, int]
+    shift: tuple[int, int]
     n_shifts: int
     p_fa: float
     rotation: int
@@ -168,7 +168,7 @@ def _candidates(expected, size, shape, max_shift):
             lo, hi = max(lo, e - full // 2 + 1), min(hi, e + full // 2)
         else:
             lo, hi = max(0, e - max_shift), min(full - s, e + max_shift)
-        out.append(np.arange(lo, hi + 1) % full)
+        out.append(np.arange(lo, hi + 1))
     return out
 
 
@@ -177,21 +177,34 @@ def _score_one(residual, fp, max_shift, exclude):
     cc = cross_correlation(res, fp)
     rows, cols = _candidates(expected, res.shape, fp.shape, max_shift)
     if len(rows) * len(cols) == 1:
-        peak = expected
+        at = expected
     else:
-        window = cc[np.ix_(rows, cols)]
+        window = cc[np.ix_(rows % fp.shape[0], cols % fp.shape[1])]
         i, j = np.unravel_index(int(np.argmax(window)), window.shape)
-        peak = (int(rows[i]), int(cols[j]))
+        at = (int(rows[i]), int(cols[j]))
+    peak = (at[0] % fp.shape[0], at[1] % fp.shape[1])
+    shift = (at[0] - expected[0], at[1] - expected[1])
     value = pce_at(cc, peak, exclude)
-    # normalised correlation with the fingerprint region under the residual
+    return value, _ncc(res, fp.k, peak, float(cc[peak])), peak, shift, len(rows) * len(cols)
+
+
+def _ncc(res: np.ndarray, k: np.ndarray, peak: tuple[int, int], dot: float) -> float:
+    """Normalised (mean-removed) correlation of ``res`` with the region of ``k`` at ``peak``.
+
+    ``dot`` is the raw correlation ``C[peak]`` already computed by the FFT.
+    """
     h, w = res.shape
-    region = np.take(np.take(fp.k, np.arange(peak[0], peak[0] + h) % fp.shape[0], axis=0),
-                     np.arange(peak[1], peak[1] + w) % fp.shape[1], axis=1)
-    a = res.astype(np.float64) - res.mean()
-    b = region.astype(np.float64) - region.mean()
-    denom = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    ncc = float((a * b).sum() / denom) if denom > 0 else 0.0
-    return value, ncc, peak, expected, len(rows) * len(cols)
+    r, c = peak
+    if r + h <= k.shape[0] and c + w <= k.shape[1]:
+        region = k[r : r + h, c : c + w]
+    else:  # wraps round (circular shift of an equal-size residual)
+        region = np.take(np.take(k, np.arange(r, r + h) % k.shape[0], axis=0), np.arange(c, c + w) % k.shape[1], axis=1)
+    n = res.size
+    ma, mb = cv2.mean(res)[0], cv2.mean(np.ascontiguousarray(region))[0]
+    va = cv2.norm(res, cv2.NORM_L2SQR) - n * ma * ma
+    vb = cv2.norm(np.ascontiguousarray(region), cv2.NORM_L2SQR) - n * mb * mb
+    denom = math.sqrt(max(va, 0.0) * max(vb, 0.0))
+    return float((dot - n * ma * mb) / denom) if denom > 0 else 0.0
 
 
 def score(
@@ -225,23 +238,25 @@ def score(
     """
     if max_shift < 0:
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
-    mismatch = rotations and residual.shape[0] != residual.shape[1] and (
-        (residual.shape[0] > residual.shape[1]) != (fp.shape[0] > fp.shape[1])
+    mismatch = (
+        rotations
+        and residual.shape[0] != residual.shape[1]
+        and ((residual.shape[0] > residual.shape[1]) != (fp.shape[0] > fp.shape[1]))
     )
     tries = [(90, np.rot90(residual, 1)), (270, np.rot90(residual, 3))] if mismatch else [(0, residual)]
     best = None
     total = 0
     for angle, res in tries:
-        value, ncc, peak, expected, n = _score_one(np.ascontiguousarray(res), fp, max_shift, exclude)
+        value, ncc, peak, shift, n = _score_one(np.ascontiguousarray(res), fp, max_shift, exclude)
         total += n
         if best is None or value > best[0]:
-            best = (value, ncc, peak, expected, angle)
-    value, ncc, peak, expected, angle = best
+            best = (value, ncc, peak, shift, angle)
+    value, ncc, peak, shift, angle = best
     return MatchScore(
         pce=value,
         ncc=ncc,
         peak=peak,
-        expected=expected,
+        shift=shift,
         n_shifts=total,
         p_fa=false_alarm_probability(value, total),
         rotation=angle,

@@ -1,0 +1,5 @@
+"""``python -m spncli`` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,102 @@
+"""Shared CLI plumbing: consoles, one-line errors, progress, output rendering."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from enum import StrEnum
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..geometry import parse_crop
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False)
+if not out.is_terminal:  # piped: do not squeeze tables into 80 columns
+    out = Console(highlight=False, width=200)
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def fail_line(path: str, reason: str) -> None:
+    """One line on stderr naming the file and the reason."""
+    err.print(f"[bold red]error[/]: {path}: {reason}", markup=True, highlight=False)
+
+
+def die(message: str, code: int = EXIT_USAGE) -> None:
+    """Print one error line and exit with ``code``."""
+    err.print(f"[bold red]error[/]: {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def crop_option(text: str | None):
+    """Parse ``--crop``; a bad value exits with a one-line message."""
+    try:
+        return parse_crop(text)
+    except ValueError as exc:
+        die(f"--crop: {exc}")
+
+
+def progress(total: int | None, label: str) -> Progress:
+    """A progress bar on stderr with rate and ETA (hidden when stderr is not a terminal)."""
+    return Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+def render(
+    rows: Sequence[dict],
+    fmt: Format,
+    columns: Sequence[str],
+    title: str | None = None,
+    styles: dict | None = None,
+    caption: str | None = None,
+) -> None:
+    """Write rows as a rich table, JSON Lines or CSV on stdout."""
+    if fmt is Format.json:
+        for row in rows:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        return
+    if fmt is Format.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
+        sys.stdout.flush()
+        return
+    table = Table(title=title, caption=caption, show_lines=False)
+    for c in columns:
+        table.add_column(c, justify="right" if c in (styles or {}).get("_right", ()) else "left")
+    for row in rows:
+        table.add_row(*[_cell(row.get(c)) for c in columns])
+    out.print(table)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 0.1 or value == 0 else f"{value:.3g}"
+    return str(value)

@@ -1,0 +1,56 @@
+"""``spn quality``: IJG-equivalent JPEG quality from the quantization tables."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..jpegtables import JpegFormatError, estimate_quality, parse_jpeg
+from . import State, app  # noqa: F401
+from ._common import EXIT_SOME_FAILED, Format, fail_line, render
+
+COLUMNS = ["image", "quality", "exact", "fit_error", "tables", "components", "progressive", "sha256"]
+
+
+@app.command()
+def quality(
+    images: Annotated[list[Path], typer.Argument(help="JPEG files.")],
+    format: Annotated[
+        Format, typer.Option("--format", "-f", help="Output: table, json (JSON Lines) or csv.")
+    ] = Format.table,
+):
+    """Report the IJG-equivalent quality of each JPEG from its main image's quantization tables.
+
+    Tables inside APPn segments (such as the EXIF thumbnail's) are skipped;
+    "exact" says whether the tables equal libjpeg's at that quality; camera
+    tables are reported as approximate with their fit error (mean absolute
+    difference in quantization steps).
+    """
+    rows, failed = [], 0
+    for path in images:
+        try:
+            data = path.read_bytes()
+            s = parse_jpeg(data)
+            q = estimate_quality(s)
+        except (OSError, JpegFormatError) as exc:
+            fail_line(str(path), getattr(exc, "strerror", None) or str(exc))
+            failed += 1
+            continue
+        rows.append(
+            {
+                "image": str(path),
+                "quality": q.quality,
+                "exact": q.exact,
+                "fit_error": round(q.fit_error, 4),
+                "tables": " ".join(f"{tid}:{s.precision[tid]}bit:q{qq}" for tid, qq in sorted(q.per_table.items())),
+                "components": len(s.components),
+                "progressive": s.progressive,
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+    render(rows, format, COLUMNS, title="JPEG quality (IJG-equivalent)")
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)

@@ -1,0 +1,117 @@
+"""Provenance records, atomic writes and the evidence-folder guard.
+
+Every output of ``spn`` records the tool version, the parameters and the
+SHA-256 of each input it depends on; every file is written under a temporary
+name in its final folder and renamed into place, so a killed process leaves
+earlier results whole and never a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+from . import __version__
+
+__all__ = [
+    "utc_now",
+    "tool_info",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "OutputInsideEvidence",
+    "check_output_location",
+]
+
+
+def utc_now() -> str:
+    """Current UTC time, ISO 8601 with a ``Z``."""
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def tool_info() -> dict:
+    """Name and versions of the tool and the libraries that shape its numbers."""
+    import cv2
+    import numpy
+    import pywt
+
+    return {
+        "tool": "spn",
+        "version": __version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "opencv": cv2.__version__,
+        "pywavelets": pywt.__version__,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str = ""):
+    """Yield a temporary path beside ``final``; rename it into place on success.
+
+    The temporary file is removed if the block raises. The rename is atomic on
+    POSIX filesystems, so readers see the old file or the new one, never a
+    part of it.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + suffix, dir=final.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``final`` atomically."""
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(final: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented UTF-8 JSON to ``final`` atomically."""
+    atomic_write_bytes(final, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+class OutputInsideEvidence(ValueError):
+    """An output path would be written into, next to or over an input."""
+
+
+def check_output_location(output: str | os.PathLike, inputs) -> None:
+    """Refuse an output inside an evidence folder or beside an evidence file.
+
+    Parameters
+    ----------
+    output : path-like
+        A file or folder the command will write.
+    inputs : iterable of path-like
+        The files and folders given as evidence.
+
+    Raises
+    ------
+    OutputInsideEvidence
+        Naming both paths.
+    """
+    out = Path(output).resolve()
+    for item in inputs:
+        p = Path(item).resolve()
+        folder = p if p.is_dir() else p.parent
+        if out == p or out.is_relative_to(folder):
+            what = "folder" if p.is_dir() else "file's folder"
+            raise OutputInsideEvidence(
+                f"{output}: output would be written inside the evidence {what} {folder}; "
+                "choose a path outside the evidence (evidence is read-only)"
+            )

@@ -1,0 +1,238 @@
+"""The real `spn` CLI: help texts, outputs with provenance, bad input, read-only evidence."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import piexif
+import pytest
+
+from spncli.cli import app
+from spncli.evidence import load_image
+from spncli.synthetic import encode_jpeg
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.rglob("*"))}
+
+
+def test_every_command_has_help(runner):
+    commands = ["quality", "extract", "fingerprint", "match", "demo", "db", "db list", "db show", "db remove"]
+    top = _ok(runner.invoke(app, ["--help"])).output
+    for cmd in commands:
+        out = _ok(runner.invoke(app, [*cmd.split(), "--help"])).output
+        assert "Usage" in out and len(out) > 200, cmd
+        if " " not in cmd:
+            assert cmd in top
+    assert _ok(runner.invoke(app, ["--version"])).output.startswith("spn ")
+
+
+def test_quality_json(runner, tmp_path):
+    p = tmp_path / "q.jpg"
+    p.write_bytes(encode_jpeg(np.zeros((64, 64, 3), np.uint8) + 100, 77))
+    rows = [json.loads(line) for line in _ok(runner.invoke(app, ["quality", str(p), "-f", "json"])).stdout.splitlines()]
+    assert rows[0]["quality"] == 77 and rows[0]["exact"] is True and len(rows[0]["sha256"]) == 64
+
+
+def test_fingerprint_match_extract_end_to_end(runner, synth_case, tmp_path):
+    evidence = synth_case["root"]
+    before = _snapshot(evidence)
+    db = tmp_path / "cams.h5"
+    for cam, folder in synth_case["flats"].items():
+        _ok(runner.invoke(app, ["fingerprint", str(folder), "--camera", cam, "--db", str(db)]))
+    listed = [
+        json.loads(x)
+        for x in _ok(runner.invoke(app, ["db", "list", "--db", str(db), "-f", "json"])).stdout.splitlines()
+    ]
+    assert [r["camera"] for r in listed] == ["CAM-A", "CAM-B"] and listed[0]["image_count"] == 6
+    shown = json.loads(_ok(runner.invoke(app, ["db", "show", "--db", str(db), "CAM-A"])).stdout)
+    assert shown["checksum_verified"] and len(shown["sources"]) == 6
+    assert all(len(s["sha256"]) == 64 for s in shown["sources"]) and shown["tool_version"]
+    assert shown["residual_params"]["sigma"] == 5.0 and shown["quality"]["quality_median"] == 92
+
+    res = _ok(runner.invoke(app, ["match", str(evidence / "probes"), "--db", str(db), "-f", "json"]))
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(rows) == 8
+    for r in rows:
+        assert {"image", "sha256", "camera", "pce", "ncc", "decision"} <= set(r)
+        own = Path(r["image"]).name.startswith(r["camera"])
+        assert (r["decision"] == "consistent") == own and (r["pce"] > 60) == own
+    res = _ok(runner.invoke(app, ["match", str(evidence / "probes"), "--db", str(db), "-f", "csv", "--crop", "128"]))
+    table = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(table) == 8 and {t["crop"] for t in table} == {"128x128"}
+    res = _ok(runner.invoke(app, ["match", str(evidence / "probes"), "--db", str(db)]))
+    assert "consistent with CAM-A" in res.stdout and "not consistent with CAM-B" in res.stdout
+
+    out = tmp_path / "residuals"
+    _ok(runner.invoke(app, ["extract", str(evidence / "probes"), "--out", str(out), "--preview", "--crop", "128x192"]))
+    metas = sorted(out.glob("*.json"))
+    assert len(metas) == 4
+    meta = json.loads(metas[0].read_text())
+    w = np.load(out / meta["files"]["residual"], allow_pickle=False)
+    assert w.shape == (128, 192) and w.dtype == np.float32 and meta["residual_shape"] == [128, 192]
+    assert meta["input"]["sha256"] == load_image(meta["input"]["path"]).sha256
+    assert cv2.imread(str(out / meta["files"]["preview"]), cv2.IMREAD_UNCHANGED).shape == (128, 192)
+    assert _snapshot(evidence) == before  # evidence untouched: same files, sizes, mtimes
+
+
+def _png_header_only(cols, rows):
+    ihdr = struct.pack(">IIBBBBB", cols, rows, 8, 0, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture
+def bad_folder(tmp_path, synth_case):
+    d = tmp_path / "seized"
+    d.mkdir()
+    good = synth_case["probes"]["CAM-A"][0].read_bytes()
+    (d / "a_good.jpg").write_bytes(good)
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (d / "text.jpg").write_text("this is not a picture\n")
+    ok, one = cv2.imencode(".png", np.zeros((1, 1), np.uint8))
+    (d / "tiny.png").write_bytes(one.tobytes())
+    (d / "bomb.png").write_bytes(_png_header_only(50_000, 50_000))
+    (d / "z_good.jpg").write_bytes(good)
+    return d
+
+
+EXPECTED_REASONS = {
+    "empty.jpg": "empty file",
+    "truncated.jpg": "truncated",
+    "text.jpg": "not an image",
+    "tiny.png": "too small",
+    "bomb.png": "exceeds the bound",
+}
+
+
+@pytest.mark.parametrize("command", ["extract", "match"])
+def test_bad_inputs_one_line_each_batch_continues(runner, bad_folder, tmp_path, synth_case, command):
+    db = tmp_path / "db.h5"
+    _ok(runner.invoke(app, ["fingerprint", str(synth_case["flats"]["CAM-A"]), "-c", "CAM-A", "--db", str(db)]))
+    args = {
+        "extract": ["extract", str(bad_folder), "--out", str(tmp_path / "o")],
+        "match": ["match", str(bad_folder), "--db", str(db), "-f", "json"],
+    }[command]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit)
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == len(EXPECTED_REASONS), res.stderr
+    for name, words in EXPECTED_REASONS.items():
+        assert any(name in line and words in line for line in lines), (name, lines)
+    if command == "match":
+        assert {Path(json.loads(x)["image"]).name for x in res.stdout.splitlines()} == {"a_good.jpg", "z_good.jpg"}
+    else:
+        assert len(list((tmp_path / "o").glob("*.npy"))) == 2
+
+
+def test_unreadable_files(runner, tmp_path, synth_case, monkeypatch):
+    d = tmp_path / "ev"
+    d.mkdir()
+    locked = d / "locked.jpg"
+    locked.write_bytes(synth_case["probes"]["CAM-A"][0].read_bytes())
+    locked.chmod(0)
+    (d / "dangling.jpg").symlink_to(d / "gone.jpg")
+    if os.geteuid() == 0:  # root reads anything: make the OS refuse this one file as it would for a user
+        real = Path.read_bytes
+
+        def refuse(self):
+            if self.name == "locked.jpg":
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self)
+
+        monkeypatch.setattr(Path, "read_bytes", refuse)
+    res = runner.invoke(app, ["extract", str(locked), str(d / "dangling.jpg"), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 1 and res.exception is None or isinstance(res.exception, SystemExit)
+    assert "locked.jpg: cannot read: permission denied" in res.stderr
+    assert "dangling.jpg: no such file" in res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_output_inside_evidence_is_refused(runner, synth_case):
+    folder = synth_case["flats"]["CAM-A"]
+    before = _snapshot(folder)
+    res = runner.invoke(app, ["extract", str(folder), "--out", str(folder / "out")])
+    assert res.exit_code == 2 and "inside the evidence" in res.stderr
+    res = runner.invoke(app, ["fingerprint", str(folder), "-c", "X", "--db", str(folder / "db.h5")])
+    assert res.exit_code == 2 and "inside the evidence" in res.stderr
+    assert _snapshot(folder) == before
+
+
+def test_exif_rotation_is_not_applied(tmp_path):
+    img = np.zeros((80, 120, 3), np.uint8)
+    img[:10, :10] = 255
+    data = encode_jpeg(img, 95)
+    exif = piexif.dump(
+        {
+            "0th": {piexif.ImageIFD.Orientation: 6, piexif.ImageIFD.Make: b"Maker", piexif.ImageIFD.Model: b"Model X"},
+            "Exif": {piexif.ExifIFD.BodySerialNumber: b"SN123"},
+        }
+    )
+    p = tmp_path / "rotated.jpg"
+    p.write_bytes(_with_exif(data, exif))
+    ev = load_image(p)
+    assert ev.shape == (80, 120)  # sensor orientation, not rotated to 120x80
+    assert ev.pixels[:10, :10].mean() > 200
+    assert ev.exif == {"make": "Maker", "model": "Model X", "serial": "SN123", "orientation": 6}
+
+
+def _with_exif(jpeg: bytes, exif: bytes) -> bytes:
+    return jpeg[:2] + b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif + jpeg[2:]
+
+
+def test_sixteen_bit_and_grey_and_alpha(tmp_path):
+    rng = np.random.default_rng(0)
+    tif = tmp_path / "x16.tif"
+    cv2.imwrite(str(tif), rng.integers(0, 65536, (70, 90, 3), dtype=np.uint16))
+    ev = load_image(tif)
+    assert ev.bit_depth == 16 and ev.format == "tiff" and ev.pixels.max() <= 255.0 and ev.pixels.shape == (70, 90, 3)
+    png = tmp_path / "rgba.png"
+    cv2.imwrite(str(png), rng.integers(0, 256, (70, 90, 4), dtype=np.uint8))
+    assert load_image(png).pixels.shape == (70, 90, 3)
+    grey = tmp_path / "g.png"
+    cv2.imwrite(str(grey), rng.integers(0, 256, (70, 90), dtype=np.uint8))
+    assert load_image(grey).pixels.shape == (70, 90, 1)
+
+
+def test_demo_runs(runner, tmp_path):
+    res = _ok(
+        runner.invoke(
+            app,
+            [
+                "demo",
+                "--out",
+                str(tmp_path / "d"),
+                "--cameras",
+                "2",
+                "--flats",
+                "4",
+                "--probes",
+                "1",
+                "--size",
+                "192x256",
+                "-f",
+                "json",
+            ],
+        )
+    )
+    rows = [json.loads(x) for x in res.stdout.splitlines()]
+    assert len(rows) == 4
+    for r in rows:
+        assert (r["decision"] == "consistent") == Path(r["image"]).name.startswith(r["camera"])

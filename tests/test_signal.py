@@ -1,0 +1,149 @@
+"""Residual, fingerprint and PCE: properties on synthetic cameras with a known PRNU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spncli.evidence import load_image
+from spncli.fingerprint import FingerprintAccumulator
+from spncli.geometry import centre_crop, crop_offsets, parse_crop
+from spncli.pce import FingerprintSpectrum, false_alarm_probability, pce_at, score
+from spncli.residual import ResidualParams, extract_residual, rgb_to_grey, wiener_dft, zero_mean_cfa
+from spncli.synthetic import dead_leaves, expose, synthetic_prnu
+
+
+def _corr(a, b):
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+@pytest.fixture(scope="module")
+def scene_and_k():
+    rng = np.random.default_rng(7)
+    shape = (192, 256)
+    scene = dead_leaves(shape, rng)
+    return scene, synthetic_prnu(shape, rng, std=0.02), rng
+
+
+def test_residual_shape_dtype_and_odd_sizes():
+    rng = np.random.default_rng(1)
+    for shape in [(64, 64, 3), (97, 131, 3), (80, 100, 1)]:
+        w = extract_residual(rng.uniform(0, 255, shape).astype(np.float32))
+        assert w.shape == shape[:2] and w.dtype == np.float32 and np.isfinite(w).all()
+
+
+def test_residual_carries_the_prnu(scene_and_k):
+    scene, k, rng = scene_and_k
+    img = expose(scene, k, rng).astype(np.float32)
+    clean = expose(scene, np.zeros_like(k), rng).astype(np.float32)
+    grey = rgb_to_grey(img)
+    with_k = _corr(extract_residual(img), grey * k)
+    without = _corr(extract_residual(clean), grey * k)
+    assert with_k > 0.05 and abs(without) < 0.02 and with_k > 5 * abs(without)
+
+
+def test_zero_mean_cfa_removes_lattice_means():
+    x = np.random.default_rng(2).normal(3.0, 1.0, (40, 60)).astype(np.float32)
+    x[::2, ::2] += 5  # a CFA-periodic pattern
+    z = zero_mean_cfa(x)
+    for r in (0, 1):
+        for c in (0, 1):
+            sub = z[r::2, c::2]
+            assert np.abs(sub.mean(axis=0)).max() < 1e-4 and np.abs(sub.mean(axis=1)).max() < 1e-4
+
+
+def test_wiener_dft_suppresses_a_periodic_peak_and_odd_sizes_agree():
+    rng = np.random.default_rng(3)
+    for shape in [(128, 192), (127, 191)]:
+        noise = rng.standard_normal(shape).astype(np.float32)
+        grid = np.zeros(shape, np.float32)
+        grid[::8, :] = 3.0  # a JPEG-like block-row pattern
+        out = wiener_dft(noise + grid, float((noise + grid).std()))
+        assert out.shape == shape
+        assert abs(_corr(out, grid)) < 0.5 * abs(_corr(noise + grid, grid))
+        assert _corr(out, noise) > 0.8
+
+
+def test_params_are_validated():
+    with pytest.raises(ValueError, match="sigma"):
+        ResidualParams(sigma=0)
+    with pytest.raises(ValueError, match="wavelet"):
+        ResidualParams(wavelet="nope")
+    with pytest.raises(ValueError, match="odd"):
+        ResidualParams(windows=(4,))
+
+
+def test_fingerprint_estimates_k_and_excludes_saturation():
+    rng = np.random.default_rng(4)
+    shape = (128, 160)
+    k = synthetic_prnu(shape, rng, std=0.02)
+    acc = FingerprintAccumulator()
+    for _ in range(6):
+        flat = np.full(shape + (3,), rng.uniform(120, 190), np.float32)
+        flat[:20, :20] = 400  # clipped to 255 by expose: carries no PRNU
+        acc.add(expose(flat, k, rng).astype(np.float32))
+    est = acc.finalize()
+    assert est.shape == shape and acc.count == 6
+    assert _corr(est[20:, 20:], k[20:, 20:]) > 0.5
+    assert np.abs(est[2:18, 2:18]).mean() < 0.2 * np.abs(est[40:, 40:]).mean()
+    with pytest.raises(ValueError, match="differs"):
+        acc.add(np.zeros((10, 10, 3), np.float32))
+
+
+def test_pce_separates_cameras_and_searches_shifts(synth_case):
+    fps = {}
+    for cam, folder in synth_case["flats"].items():
+        acc = FingerprintAccumulator()
+        for p in sorted(folder.glob("*.jpg")):
+            acc.add(load_image(p).pixels)
+        fps[cam] = FingerprintSpectrum(acc.finalize())
+    for cam, probes in synth_case["probes"].items():
+        for p in probes:
+            w = extract_residual(load_image(p).pixels)
+            for other, spec in fps.items():
+                s = score(w, spec)
+                assert s.peak == (0, 0) and s.n_shifts == 1 and s.rotation == 0
+                assert s.ncc == pytest.approx(_corr(w, spec.k), abs=1e-4)
+                assert (s.pce > 60) == (other == cam), (p.name, other, s.pce)
+    # a crop at an unknown offset: found by the shift search
+    cam = "CAM-A"
+    w = extract_residual(load_image(synth_case["probes"][cam][0]).pixels)
+    crop = np.ascontiguousarray(w[40:168, 50:300])
+    expected = crop_offsets(w.shape, crop.shape)
+    s0 = score(crop, fps[cam])
+    found = score(crop, fps[cam], max_shift=40)
+    assert found.peak == (40, 50) and found.shift == (40 - expected[0], 50 - expected[1])
+    assert found.pce > 60 > s0.pce
+    assert found.n_shifts > 1 and found.p_fa < 1e-6
+    # a portrait residual against a landscape fingerprint: rotated back
+    rotated = np.ascontiguousarray(np.rot90(w, -1))
+    r = score(rotated, fps[cam])
+    assert r.rotation == 90 and r.pce > 60 and r.n_shifts == 2
+    assert score(rotated, fps[cam], rotations=False).pce < 60
+
+
+def test_pce_definition_on_a_known_surface():
+    cc = np.random.default_rng(5).standard_normal((64, 64)).astype(np.float32)
+    cc[0, 0] = -20.0
+    value = pce_at(cc, (0, 0))
+    mask = np.ones_like(cc, bool)
+    mask[np.ix_(np.r_[59:64, 0:6], np.r_[59:64, 0:6])] = False
+    assert value == pytest.approx(-400.0 / float(np.mean(cc[mask].astype(np.float64) ** 2)), rel=1e-6)
+
+
+def test_false_alarm_probability_is_monotone():
+    assert false_alarm_probability(0.0) == 1.0
+    p60, p100 = false_alarm_probability(60), false_alarm_probability(100)
+    assert 0 < p100 < p60 < 1e-14
+    assert false_alarm_probability(60, 10_000) == pytest.approx(10_000 * p60, rel=1e-3)
+
+
+def test_crop_parsing_and_even_offsets():
+    assert parse_crop("512") == (512, 512) and parse_crop("2000x3008") == (2000, 3008) and parse_crop(None) is None
+    with pytest.raises(ValueError, match="HxW"):
+        parse_crop("big")
+    assert crop_offsets((2592, 3872), (2000, 3008)) == (296, 432)
+    assert all(o % 2 == 0 for o in crop_offsets((101, 99), (50, 50)))
+    with pytest.raises(ValueError, match="larger"):
+        centre_crop(np.zeros((10, 10)), (20, 20))

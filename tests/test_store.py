@@ -1,0 +1,102 @@
+"""The HDF5 database: round trip, checksums, concurrent writers, kill -9 mid-write."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from spncli.store import FingerprintStore, StoreError
+
+
+def _k(seed, shape=(64, 96)):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_round_trip_list_remove(tmp_path):
+    store = FingerprintStore(tmp_path / "db.h5")
+    store.add("cam-1", _k(1), {"camera": "cam-1", "image_count": 3})
+    store.add("cam-2", _k(2), {"camera": "cam-2"})
+    assert store.cameras() == ["cam-1", "cam-2"]
+    fp = store.load("cam-1")
+    np.testing.assert_array_equal(fp.k, _k(1))
+    assert fp.meta["image_count"] == 3 and len(fp.sha256) == 64
+    with pytest.raises(StoreError, match="exists already"):
+        store.add("cam-1", _k(3), {})
+    store.add("cam-1", _k(3), {}, replace=True)
+    np.testing.assert_array_equal(store.load("cam-1").k, _k(3))
+    store.remove("cam-2")
+    assert store.cameras() == ["cam-1"]
+    with pytest.raises(StoreError, match="no camera 'cam-2'"):
+        store.load("cam-2")
+    with pytest.raises(StoreError, match="not allowed"):
+        store.add("../evil", _k(1), {})
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_corruption_is_reported_not_used(tmp_path):
+    store = FingerprintStore(tmp_path / "db.h5")
+    store.add("cam", _k(1), {})
+    with h5py.File(tmp_path / "db.h5", "r+") as f:
+        f["cameras/cam/K"][3, 4] += 1.0
+    with pytest.raises(StoreError, match="corrupted"):
+        store.load("cam")
+
+
+def test_not_a_database(tmp_path):
+    bad = tmp_path / "x.h5"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(StoreError, match="not a readable"):
+        FingerprintStore(bad).cameras()
+    with pytest.raises(StoreError, match="no such database"):
+        FingerprintStore(tmp_path / "absent.h5").cameras()
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from spncli.store import FingerprintStore
+    store = FingerprintStore(sys.argv[1])
+    prefix, n = sys.argv[2], int(sys.argv[3])
+    for i in range(n):
+        k = np.random.default_rng(i).standard_normal((1500, 2000)).astype(np.float32)
+        store.add(f"{prefix}-{i}", k, {"i": i})
+        print(i, flush=True)
+    """
+)
+
+
+def test_concurrent_writers_are_serialized(tmp_path):
+    db = tmp_path / "db.h5"
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(db), p, "3"]) for p in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    store = FingerprintStore(db)
+    assert store.cameras() == [f"{p}-{i}" for p in "ab" for i in range(3)]
+    for cam in store.cameras():
+        store.load(cam)  # checksums verify
+
+
+def test_kill_mid_write_keeps_every_earlier_camera(tmp_path):
+    db = tmp_path / "db.h5"
+    store = FingerprintStore(db)
+    for i in range(2):
+        store.add(f"before-{i}", _k(i, (1500, 2000)), {})
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(db), "during", "50"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "0"  # one camera written, the next one in progress
+    time.sleep(0.15)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    names = store.cameras()
+    assert {"before-0", "before-1", "during-0"} <= set(names)
+    for cam in names:
+        store.load(cam)
+    np.testing.assert_array_equal(store.load("before-1").k, _k(1, (1500, 2000)))
+    store.add("after", _k(9), {})  # the next writer cleans the killed writer's temporary
+    assert not list(tmp_path.glob(".db.h5.*.tmp*"))
