@@ -33,6 +33,7 @@ __all__ = [
     "sha256_file",
     "sniff",
     "load_image",
+    "decode",
     "read_exif",
 ]
 
@@ -42,7 +43,7 @@ DEFAULT_MAX_PIXELS = 200_000_000
 MIN_SIDE = 64
 """Smallest side (pixels) for which a noise residual means anything."""
 
-FORMATS = ("jpeg", "png", "tiff")
+FORMATS = ("jpeg", "png", "tiff", "webp")
 
 
 class EvidenceError(Exception):
@@ -67,7 +68,7 @@ class Evidence:
     size_bytes : int
         File size.
     format : str
-        ``"jpeg"``, ``"png"`` or ``"tiff"`` (by signature).
+        ``"jpeg"``, ``"png"``, ``"tiff"`` or ``"webp"`` (by signature).
     pixels : ndarray
         float32, shape (rows, cols, channels), channels 1 (grey) or 3 (RGB
         order), scaled to 0..255 whatever the bit depth; alpha is dropped.
@@ -140,13 +141,30 @@ def _tiff_size(data: bytes) -> tuple[int, int]:
     return dims[257], dims[256]
 
 
+def _webp_size(data: bytes) -> tuple[int, int]:
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        cols = int.from_bytes(data[24:27], "little") + 1
+        rows = int.from_bytes(data[27:30], "little") + 1
+    elif chunk == b"VP8 ":
+        if data[23:26] != b"\x9d\x01\x2a":
+            raise ValueError("bad VP8 key-frame signature")
+        cols, rows = (v & 0x3FFF for v in struct.unpack_from("<HH", data, 26))
+    elif chunk == b"VP8L":
+        bits = int.from_bytes(data[21:25], "little")
+        cols, rows = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    else:
+        raise ValueError(f"unknown WebP chunk {chunk!r}")
+    return rows, cols
+
+
 def sniff(data: bytes) -> tuple[str, int, int, jpegtables.JpegStructure | None]:
     """Recognise an image by its signature and read its size from the header.
 
     Returns
     -------
     format : str
-        One of ``"jpeg"``, ``"png"``, ``"tiff"``.
+        One of ``"jpeg"``, ``"png"``, ``"tiff"``, ``"webp"``.
     rows, cols : int
         Image size from the header.
     jpeg : JpegStructure or None
@@ -176,7 +194,13 @@ def sniff(data: bytes) -> tuple[str, int, int, jpegtables.JpegStructure | None]:
         except (struct.error, ValueError) as exc:
             raise ValueError(f"unreadable TIFF header ({exc})") from None
         return "tiff", rows, cols, None
-    raise ValueError("not an image: no JPEG, PNG or TIFF signature")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        try:
+            rows, cols = _webp_size(data)
+        except (struct.error, ValueError) as exc:
+            raise ValueError(f"unreadable WebP header ({exc})") from None
+        return "webp", rows, cols, None
+    raise ValueError("not an image: no JPEG, PNG, TIFF or WebP signature")
 
 
 def read_exif(data: bytes) -> dict:
@@ -209,7 +233,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     Parameters
     ----------
     path : path-like
-        JPEG, PNG or TIFF; 8- or 16-bit; grey, colour or with alpha.
+        JPEG, PNG, TIFF or WebP; 8- or 16-bit; grey, colour or with alpha.
     max_pixels : int, optional
         Refuse images whose header declares more pixels than this.
 
@@ -234,6 +258,14 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise EvidenceError(path, "no such file") from None
     except OSError as exc:
         raise EvidenceError(path, f"cannot read: {exc.strerror or exc}") from None
+    return decode(data, str(path), max_pixels=max_pixels)
+
+
+def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Evidence:
+    """Hash, sniff, bound and decode image bytes already in memory (``path`` labels errors).
+
+    See :func:`load_image`; raises :class:`EvidenceError` likewise.
+    """
     if not data:
         raise EvidenceError(path, "empty file (0 bytes)")
     digest = hashlib.sha256(data).hexdigest()
@@ -275,7 +307,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         pixels *= scale
     quality = jpegtables.estimate_quality(structure) if structure is not None else None
     return Evidence(
-        path=str(path),
+        path=path,
         sha256=digest,
         size_bytes=len(data),
         format=fmt,

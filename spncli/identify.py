@@ -34,8 +34,8 @@ __all__ = [
     "decision_text",
 ]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff"})
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*")
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".webp"})
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"RIFF")
 
 
 def _looks_like_image(path: Path) -> bool:
@@ -54,7 +54,7 @@ def gather_inputs(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
 
     Folders are walked recursively in sorted order; a file below a folder is
     taken when its name has an image suffix or its first bytes carry a JPEG,
-    PNG or TIFF signature. Symbolic links are not followed out of the folder,
+    PNG, TIFF or WebP signature. Symbolic links are not followed out of the folder,
     and each real file is yielded once. Files named directly are always
     yielded (so that a bad one gets its error line).
     """
@@ -237,11 +237,14 @@ class Matcher:
     ----------
     fingerprints : list of Fingerprint
     settings : MatchSettings
+    restorer : spncli.restoration.Restorer or None
+        When given, images are scored with the restored residual.
     """
 
-    def __init__(self, fingerprints: list[Fingerprint], settings: MatchSettings):
+    def __init__(self, fingerprints: list[Fingerprint], settings: MatchSettings, restorer=None):
         self.settings = settings
         self.fingerprints = fingerprints
+        self.restorer = restorer
         self._spectra: dict[str, FingerprintSpectrum] = {}
 
     def _spectrum(self, fp: Fingerprint) -> FingerprintSpectrum:
@@ -260,7 +263,14 @@ class Matcher:
         crop = None
         if s.crop is not None:  # crop to what the image allows in its own orientation
             crop = (min(s.crop[0], ev.shape[0]), min(s.crop[1], ev.shape[1]))
-        w = residual_of(ev, s.params, crop)
+        if self.restorer is None:
+            w, restored = residual_of(ev, s.params, crop), False
+        else:
+            try:
+                pixels = np.ascontiguousarray(centre_crop(ev.pixels, crop))
+            except ValueError as exc:
+                raise EvidenceError(ev.path, str(exc)) from None
+            w, restored = self.restorer.restore(ev, pixels, params=s.params)[0], True
         records = []
         for fp in self.fingerprints:
             m: MatchScore = score(w, self._spectrum(fp), max_shift=s.max_shift, rotations=s.rotations)
@@ -283,6 +293,7 @@ class Matcher:
                     "rows": int(w.shape[0]),
                     "cols": int(w.shape[1]),
                     "jpeg_quality": ev.quality.quality if ev.quality else None,
+                    "restored": restored,
                     "fingerprint_sha256": fp.sha256,
                 }
             )

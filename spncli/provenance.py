@@ -52,6 +52,15 @@ def tool_info() -> dict:
     }
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path beside ``final``; rename it into place on success.
@@ -68,6 +77,7 @@ def atomic_path(final: str | os.PathLike, suffix: str = ""):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _MODE)  # mkstemp makes 0600; give the file the user's usual mode
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

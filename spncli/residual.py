@@ -45,6 +45,7 @@ __all__ = [
     "postprocess",
     "noise_residual_channels",
     "extract_residual",
+    "grey_residual",
 ]
 
 GREY_WEIGHTS = np.array([0.29893602, 0.58704307, 0.11402090], dtype=np.float32)
@@ -283,10 +284,24 @@ def extract_residual(pixels: np.ndarray, params: ResidualParams = ResidualParams
     ndarray, float32, shape (M, N)
         Grey residual after CFA zero-mean and spectral Wiener filtering.
     """
+    return postprocess(grey_residual(pixels, params), params)
+
+
+def grey_residual(pixels: np.ndarray, params: ResidualParams = ResidualParams()) -> np.ndarray:
+    """Grey wavelet residual before post-processing, channels reduced as they come.
+
+    Parameters
+    ----------
+    pixels : ndarray, float32, shape (M, N, C), C = 1 or 3
+    params : ResidualParams
+
+    Returns
+    -------
+    ndarray, float32, shape (M, N)
+    """
     if pixels.shape[2] == 1:
-        grey = denoise_noise(pixels[:, :, 0], params)
-    else:
-        grey = np.zeros(pixels.shape[:2], np.float32)
-        for weight, w in zip(GREY_WEIGHTS, noise_residual_channels(pixels, params)):
-            cv2.scaleAdd(w, float(weight), grey, dst=grey)
-    return postprocess(grey, params)
+        return denoise_noise(pixels[:, :, 0], params)
+    grey = np.zeros(pixels.shape[:2], np.float32)
+    for weight, w in zip(GREY_WEIGHTS, noise_residual_channels(pixels, params)):
+        cv2.scaleAdd(w, float(weight), grey, dst=grey)
+    return grey

@@ -6,6 +6,9 @@ import csv
 import io
 import json
 import os
+import shutil
+import subprocess
+import sys
 import struct
 import zlib
 from pathlib import Path
@@ -142,27 +145,41 @@ def test_bad_inputs_one_line_each_batch_continues(runner, bad_folder, tmp_path, 
         assert len(list((tmp_path / "o").glob("*.npy"))) == 2
 
 
-def test_unreadable_files(runner, tmp_path, synth_case, monkeypatch):
+def unprivileged(cmd: list[str]) -> list[str]:
+    """Run ``cmd`` so that file permissions apply: as root, drop the capabilities that bypass them."""
+    if os.geteuid() != 0:
+        return cmd
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot make a file unreadable")
+    return [setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+
+
+def test_unreadable_files(tmp_path, synth_case):
     d = tmp_path / "ev"
     d.mkdir()
     locked = d / "locked.jpg"
     locked.write_bytes(synth_case["probes"]["CAM-A"][0].read_bytes())
     locked.chmod(0)
     (d / "dangling.jpg").symlink_to(d / "gone.jpg")
-    if os.geteuid() == 0:  # root reads anything: make the OS refuse this one file as it would for a user
-        real = Path.read_bytes
-
-        def refuse(self):
-            if self.name == "locked.jpg":
-                raise PermissionError(13, "Permission denied", str(self))
-            return real(self)
-
-        monkeypatch.setattr(Path, "read_bytes", refuse)
-    res = runner.invoke(app, ["extract", str(locked), str(d / "dangling.jpg"), "--out", str(tmp_path / "out")])
-    assert res.exit_code == 1 and res.exception is None or isinstance(res.exception, SystemExit)
+    good = d / "good.jpg"
+    good.write_bytes(synth_case["probes"]["CAM-A"][0].read_bytes())
+    cmd = [
+        sys.executable,
+        "-m",
+        "spncli",
+        "extract",
+        str(locked),
+        str(d / "dangling.jpg"),
+        str(good),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    res = subprocess.run(unprivileged(cmd), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr
     assert "locked.jpg: cannot read: permission denied" in res.stderr
     assert "dangling.jpg: no such file" in res.stderr
-    assert "Traceback" not in res.output
+    assert "Traceback" not in res.stderr and len(list((tmp_path / "out").glob("*.npy"))) == 1
 
 
 def test_output_inside_evidence_is_refused(runner, synth_case):

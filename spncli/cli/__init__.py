@@ -48,7 +48,7 @@ def _root(
     State.max_pixels = max_pixels
 
 
-from . import db, demo, extract, fingerprint, match, quality  # noqa: E402,F401  (register commands)
+from . import db, degrade, demo, evaluate, extract, fingerprint, match, quality, restore, train  # noqa: E402,F401  (register commands)
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ def preview_png(w: np.ndarray) -> bytes:
 
 @app.command()
 def extract(
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders (walked recursively).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders (walked recursively).", readable=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (outside the evidence).")],
     crop: Annotated[str | None, typer.Option(help="Centre crop before extraction: N or HxW (rows x cols).")] = None,
     preview: Annotated[bool, typer.Option(help="Also write an 8-bit PNG preview of each residual.")] = False,

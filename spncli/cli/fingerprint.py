@@ -18,7 +18,8 @@ from ._common import EXIT_SOME_FAILED, crop_option, die, err, fail_line
 @app.command()
 def fingerprint(
     images: Annotated[
-        list[Path], typer.Argument(help="Images of one camera, or folders of them (flat-fields are best).")
+        list[Path],
+        typer.Argument(help="Images of one camera, or folders of them (flat-fields are best).", readable=False),
     ],
     camera: Annotated[str, typer.Option("--camera", "-c", help="Camera id: letters, digits, '.', '_', '-'.")],
     db: Annotated[Path, typer.Option("--db", help="HDF5 fingerprint database (created if absent).")],

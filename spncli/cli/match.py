@@ -14,6 +14,7 @@ from ..residual import ResidualParams
 from ..store import FingerprintStore, StoreError
 from . import State, app
 from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, render
+from .restore import DeviceOption, ModelOption, open_restorer
 
 COLUMNS = [
     "image",
@@ -39,7 +40,7 @@ COLUMNS = [
     "db_sha256",
     "tool_version",
 ]
-TABLE_COLUMNS = ["image", "camera", "pce", "ncc", "verdict", "rotation", "shift", "jpeg_quality"]
+TABLE_COLUMNS = ["image", "camera", "pce", "ncc", "verdict", "rotation", "shift", "jpeg_quality", "restored"]
 CAPTION = (
     "PCE above the threshold: consistent with that camera. A PCE at or below it does not exclude the "
     "camera (small, dark, saturated, compressed, resized or cropped images give low PCE)."
@@ -67,7 +68,7 @@ def render_matches(rows: list[dict], format: Format, threshold: float) -> None:
 
 @app.command()
 def match(
-    images: Annotated[list[Path], typer.Argument(help="Images or folders (walked recursively).")],
+    images: Annotated[list[Path], typer.Argument(help="Images or folders (walked recursively).", readable=False)],
     db: Annotated[Path, typer.Option("--db", help="HDF5 fingerprint database.")],
     threshold: Annotated[float, typer.Option(help="PCE above which an image is consistent with a camera.")] = 60.0,
     crop: Annotated[str | None, typer.Option(help="Centre crop of images and fingerprints: N or HxW.")] = None,
@@ -77,6 +78,9 @@ def match(
     format: Annotated[
         Format, typer.Option("--format", "-f", help="table, json (JSON Lines) or csv, on stdout.")
     ] = Format.table,
+    restore: Annotated[bool, typer.Option(help="Score the GAN-restored residual instead of the classic one.")] = False,
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
 ):
     """Score each image against every camera fingerprint: PCE, NCC and a decision.
 
@@ -102,7 +106,7 @@ def match(
     settings = MatchSettings(
         threshold=threshold, crop=size, max_shift=max_shift, rotations=rotations, params=ResidualParams()
     )
-    matcher = Matcher(fingerprints, settings)
+    matcher = Matcher(fingerprints, settings, open_restorer(model, device) if restore else None)
     extra = {
         "crop": f"{size[0]}x{size[1]}" if size else None,
         "max_shift": max_shift,

@@ -17,7 +17,7 @@ COLUMNS = ["image", "quality", "exact", "fit_error", "tables", "components", "pr
 
 @app.command()
 def quality(
-    images: Annotated[list[Path], typer.Argument(help="JPEG files.")],
+    images: Annotated[list[Path], typer.Argument(help="JPEG files.", readable=False)],
     format: Annotated[
         Format, typer.Option("--format", "-f", help="Output: table, json (JSON Lines) or csv.")
     ] = Format.table,

@@ -1,0 +1,75 @@
+"""Small pictures drawn with OpenCV (no plotting library): evaluation bars, correlation surfaces."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+__all__ = ["eval_bars", "png_bytes"]
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    """PNG encoding of a uint8 image (BGR or grey)."""
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def eval_bars(rows: list[dict], threshold: float, title: str) -> np.ndarray:
+    """Grouped bars of the median matching PCE per quality (log scale), classic vs restored.
+
+    Parameters
+    ----------
+    rows : list of dict
+        :func:`spncli.evaluation.summarize` rows.
+    threshold : float
+        Drawn as a dashed line.
+
+    Returns
+    -------
+    ndarray, uint8 (H, W, 3), BGR
+    """
+    width, height, left, bottom, top = 760, 420, 70, 60, 50
+    img = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(img, title, (left, 30), _FONT, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    top_val = max([threshold] + [r.get(k) or 0 for r in rows for k in ("classic_median", "restored_median")]) * 2
+    lmax = math.log10(max(top_val, 10))
+
+    def y_of(v):
+        v = max(v, 1.0)
+        return int(height - bottom - (height - bottom - top) * math.log10(v) / lmax)
+
+    for dec in range(int(lmax) + 1):
+        y = y_of(10**dec)
+        cv2.line(img, (left, y), (width - 20, y), (225, 225, 225), 1)
+        cv2.putText(img, f"{10**dec:g}", (10, y + 5), _FONT, 0.45, (90, 90, 90), 1, cv2.LINE_AA)
+    yt = y_of(threshold)
+    for x in range(left, width - 20, 12):
+        cv2.line(img, (x, yt), (x + 6, yt), (0, 0, 200), 1)
+    cv2.putText(img, f"PCE {threshold:g}", (width - 110, yt - 6), _FONT, 0.45, (0, 0, 200), 1, cv2.LINE_AA)
+    n = max(len(rows), 1)
+    group = (width - 20 - left) / n
+    colours = {"classic": (160, 160, 160), "restored": (200, 120, 30)}
+    for i, r in enumerate(rows):
+        x0 = int(left + i * group + group * 0.15)
+        bar = int(group * 0.3)
+        for j, method in enumerate(("classic", "restored")):
+            v = r.get(f"{method}_median")
+            if v is None:
+                continue
+            x = x0 + j * bar
+            cv2.rectangle(img, (x, y_of(v)), (x + bar - 4, height - bottom), colours[method], -1)
+            cv2.putText(img, f"{v:.0f}", (x, y_of(v) - 4), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            img, str(r["quality"]), (x0 + bar // 2, height - bottom + 20), _FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA
+        )
+    for j, (method, colour) in enumerate(colours.items()):
+        cv2.rectangle(img, (left + j * 130, height - 25), (left + j * 130 + 14, height - 11), colour, -1)
+        cv2.putText(img, method, (left + j * 130 + 20, height - 13), _FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, "median matching PCE (log)", (left + 280, height - 13), _FONT, 0.45, (60, 60, 60), 1, cv2.LINE_AA)
+    return img
