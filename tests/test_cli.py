@@ -7,9 +7,9 @@ import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
-import struct
 import zlib
 from pathlib import Path
 
