@@ -33,6 +33,7 @@ __all__ = [
     "sha256_file",
     "sniff",
     "load_image",
+    "read_bytes",
     "decode",
     "read_exif",
 ]
@@ -247,18 +248,21 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         One line naming the file and the reason: unreadable, empty, not an
         image, truncated, too large, too small, or undecodable.
     """
-    p = Path(path)
+    return decode(read_bytes(path), str(path), max_pixels=max_pixels)
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The whole file, or :class:`EvidenceError` with a one-line reason."""
     try:
-        data = p.read_bytes()
+        return Path(path).read_bytes()
     except IsADirectoryError:
         raise EvidenceError(path, "is a directory, not an image file") from None
     except PermissionError:
         raise EvidenceError(path, "cannot read: permission denied") from None
     except FileNotFoundError:
-        raise EvidenceError(path, "no such file") from None
+        raise EvidenceError(path, "no such file (missing, moved, or a dangling link)") from None
     except OSError as exc:
         raise EvidenceError(path, f"cannot read: {exc.strerror or exc}") from None
-    return decode(data, str(path), max_pixels=max_pixels)
 
 
 def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Evidence:

@@ -233,6 +233,11 @@ def decision_text(pce: float, threshold: float) -> str:
 class Matcher:
     """Score residuals against a set of fingerprints, reusing each one's transform.
 
+    The fingerprints' transforms (centre-cropped as the settings say) are
+    computed once here; the spatial fingerprints are not kept, so a Matcher
+    is as large as the fingerprints and can be shipped once to worker
+    processes.
+
     Parameters
     ----------
     fingerprints : list of Fingerprint
@@ -243,58 +248,65 @@ class Matcher:
 
     def __init__(self, fingerprints: list[Fingerprint], settings: MatchSettings, restorer=None):
         self.settings = settings
-        self.fingerprints = fingerprints
         self.restorer = restorer
-        self._spectra: dict[str, FingerprintSpectrum] = {}
-
-    def _spectrum(self, fp: Fingerprint) -> FingerprintSpectrum:
-        spec = self._spectra.get(fp.camera)
-        if spec is None:
+        self.cameras = [(fp.camera, fp.sha256) for fp in fingerprints]
+        self.spectra = {}
+        for fp in fingerprints:
             k = fp.k
-            if self.settings.crop is not None:
-                h, w = min(self.settings.crop[0], k.shape[0]), min(self.settings.crop[1], k.shape[1])
-                k = centre_crop(k, (h, w))
-            spec = self._spectra[fp.camera] = FingerprintSpectrum(k)
-        return spec
+            if settings.crop is not None:
+                k = centre_crop(k, (min(settings.crop[0], k.shape[0]), min(settings.crop[1], k.shape[1])))
+            self.spectra[fp.camera] = FingerprintSpectrum(k)
 
-    def match(self, ev: Evidence) -> list[dict]:
-        """One result record per fingerprint for an evidence image."""
+    def residual(self, ev: Evidence) -> tuple[np.ndarray, bool]:
+        """The residual scored for an image (classic or restored), after the crop."""
         s = self.settings
         crop = None
         if s.crop is not None:  # crop to what the image allows in its own orientation
             crop = (min(s.crop[0], ev.shape[0]), min(s.crop[1], ev.shape[1]))
         if self.restorer is None:
-            w, restored = residual_of(ev, s.params, crop), False
-        else:
-            try:
-                pixels = np.ascontiguousarray(centre_crop(ev.pixels, crop))
-            except ValueError as exc:
-                raise EvidenceError(ev.path, str(exc)) from None
-            w, restored = self.restorer.restore(ev, pixels, params=s.params)[0], True
+            return residual_of(ev, s.params, crop), False
+        try:
+            pixels = np.ascontiguousarray(centre_crop(ev.pixels, crop))
+        except ValueError as exc:
+            raise EvidenceError(ev.path, str(exc)) from None
+        return self.restorer.restore(ev, pixels, params=s.params)[0], True
+
+    def match(self, ev: Evidence, *, surfaces: bool = False, residual=None) -> list[dict]:
+        """One result record per fingerprint for an evidence image.
+
+        With ``surfaces``, records of pairs above the threshold carry the
+        correlation surface around the peak under the key ``"_surface"``.
+        ``residual`` may pass ``self.residual(ev)`` computed already.
+        """
+        s = self.settings
+        w, restored = self.residual(ev) if residual is None else residual
         records = []
-        for fp in self.fingerprints:
-            m: MatchScore = score(w, self._spectrum(fp), max_shift=s.max_shift, rotations=s.rotations)
-            records.append(
-                {
-                    "image": ev.path,
-                    "sha256": ev.sha256,
-                    "camera": fp.camera,
-                    "pce": round(m.pce, 4),
-                    "ncc": round(m.ncc, 6),
-                    "decision": decision_text(m.pce, s.threshold),
-                    "threshold": s.threshold,
-                    "peak_row": m.peak[0],
-                    "peak_col": m.peak[1],
-                    "shift_row": m.shift[0],
-                    "shift_col": m.shift[1],
-                    "n_shifts": m.n_shifts,
-                    "p_fa": m.p_fa,
-                    "rotation": m.rotation,
-                    "rows": int(w.shape[0]),
-                    "cols": int(w.shape[1]),
-                    "jpeg_quality": ev.quality.quality if ev.quality else None,
-                    "restored": restored,
-                    "fingerprint_sha256": fp.sha256,
-                }
+        for camera, fp_sha in self.cameras:
+            m: MatchScore = score(
+                w, self.spectra[camera], max_shift=s.max_shift, rotations=s.rotations, surface=surfaces
             )
+            record = {
+                "image": ev.path,
+                "sha256": ev.sha256,
+                "camera": camera,
+                "pce": round(m.pce, 4),
+                "ncc": round(m.ncc, 6),
+                "decision": decision_text(m.pce, s.threshold),
+                "threshold": s.threshold,
+                "peak_row": m.peak[0],
+                "peak_col": m.peak[1],
+                "shift_row": m.shift[0],
+                "shift_col": m.shift[1],
+                "n_shifts": m.n_shifts,
+                "p_fa": m.p_fa,
+                "rotation": m.rotation,
+                "rows": int(w.shape[0]),
+                "cols": int(w.shape[1]),
+                "jpeg_quality": ev.quality.quality if ev.quality else None,
+                "restored": restored,
+                "fingerprint_sha256": fp_sha,
+            }
+            if surfaces and m.pce > s.threshold:
+                record["_surface"] = m.surface
+            records.append(record)
         return records

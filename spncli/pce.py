@@ -46,7 +46,13 @@ EXCLUDE = 11
 
 
 class FingerprintSpectrum:
-    """A fingerprint with its Fourier transform, computed once per size.
+    """A fingerprint's Fourier transform, computed once and reused for every probe.
+
+    Only the packed spectrum and two statistics are kept (the same memory as
+    the fingerprint itself); the spatial fingerprint is recomputed from the
+    spectrum on the rare occasions it is needed (normalised correlation of a
+    shifted or cropped probe). Instances pickle, so they can be shipped once
+    to worker processes.
 
     Parameters
     ----------
@@ -54,9 +60,16 @@ class FingerprintSpectrum:
     """
 
     def __init__(self, k: np.ndarray):
-        self.k = np.ascontiguousarray(k, dtype=np.float32)
-        self.shape = self.k.shape
-        self.spectrum = cv2.dft(self.k)  # packed CCS, float32 (M, N)
+        k = np.ascontiguousarray(k, dtype=np.float32)
+        self.shape = k.shape
+        self.spectrum = cv2.dft(k)  # packed CCS, float32 (M, N)
+        self.mean = float(cv2.mean(k)[0])
+        self.sum_sq = float(cv2.norm(k, cv2.NORM_L2SQR))
+
+    @property
+    def k(self) -> np.ndarray:
+        """The spatial fingerprint (inverse transform of the stored spectrum)."""
+        return cv2.dft(self.spectrum, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
 
 
 def cross_correlation(residual: np.ndarray, fp: FingerprintSpectrum) -> np.ndarray:
@@ -139,6 +152,9 @@ class MatchScore:
         False-alarm probability of ``pce`` for ``n_shifts`` tries.
     rotation : int
         Degrees (counter-clockwise) the residual was rotated: 0, 90 or 270.
+    surface : ndarray or None
+        The correlation surface around the peak (``SURFACE x SURFACE``, peak
+        in the centre, normalised by the energy's square root), when asked for.
     """
 
     pce: float
@@ -148,6 +164,7 @@ class MatchScore:
     n_shifts: int
     p_fa: float
     rotation: int
+    surface: np.ndarray | None = None
 
 
 def _align(residual: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
@@ -185,24 +202,30 @@ def _score_one(residual, fp, max_shift, exclude):
     peak = (at[0] % fp.shape[0], at[1] % fp.shape[1])
     shift = (at[0] - expected[0], at[1] - expected[1])
     value = pce_at(cc, peak, exclude)
-    return value, _ncc(res, fp.k, peak, float(cc[peak])), peak, shift, len(rows) * len(cols)
+    return value, _ncc(res, fp, peak, float(cc[peak])), peak, shift, len(rows) * len(cols), cc
 
 
-def _ncc(res: np.ndarray, k: np.ndarray, peak: tuple[int, int], dot: float) -> float:
-    """Normalised (mean-removed) correlation of ``res`` with the region of ``k`` at ``peak``.
+def _ncc(res: np.ndarray, fp: FingerprintSpectrum, peak: tuple[int, int], dot: float) -> float:
+    """Normalised (mean-removed) correlation of ``res`` with the fingerprint region at ``peak``.
 
     ``dot`` is the raw correlation ``C[peak]`` already computed by the FFT.
     """
     h, w = res.shape
     r, c = peak
-    if r + h <= k.shape[0] and c + w <= k.shape[1]:
-        region = k[r : r + h, c : c + w]
-    else:  # wraps round (circular shift of an equal-size residual)
-        region = np.take(np.take(k, np.arange(r, r + h) % k.shape[0], axis=0), np.arange(c, c + w) % k.shape[1], axis=1)
     n = res.size
-    ma, mb = cv2.mean(res)[0], cv2.mean(np.ascontiguousarray(region))[0]
+    if (h, w) == fp.shape and peak == (0, 0):
+        mb, sb = fp.mean, fp.sum_sq
+    else:
+        k = fp.k
+        if r + h <= k.shape[0] and c + w <= k.shape[1]:
+            region = np.ascontiguousarray(k[r : r + h, c : c + w])
+        else:  # wraps round (circular shift of an equal-size residual)
+            rows, cols = np.arange(r, r + h) % k.shape[0], np.arange(c, c + w) % k.shape[1]
+            region = np.ascontiguousarray(k[np.ix_(rows, cols)])
+        mb, sb = cv2.mean(region)[0], cv2.norm(region, cv2.NORM_L2SQR)
+    ma = cv2.mean(res)[0]
     va = cv2.norm(res, cv2.NORM_L2SQR) - n * ma * ma
-    vb = cv2.norm(np.ascontiguousarray(region), cv2.NORM_L2SQR) - n * mb * mb
+    vb = sb - n * mb * mb
     denom = math.sqrt(max(va, 0.0) * max(vb, 0.0))
     return float((dot - n * ma * mb) / denom) if denom > 0 else 0.0
 
@@ -214,6 +237,7 @@ def score(
     max_shift: int = 0,
     rotations: bool = True,
     exclude: int = EXCLUDE,
+    surface: bool = False,
 ) -> MatchScore:
     """Score a residual against a fingerprint.
 
@@ -231,6 +255,8 @@ def score(
         the better one.
     exclude : int, optional
         Neighbourhood excluded from the energy.
+    surface : bool, optional
+        Also return the correlation surface around the peak.
 
     Returns
     -------
@@ -247,11 +273,11 @@ def score(
     best = None
     total = 0
     for angle, res in tries:
-        value, ncc, peak, shift, n = _score_one(np.ascontiguousarray(res), fp, max_shift, exclude)
+        value, ncc, peak, shift, n, cc = _score_one(np.ascontiguousarray(res), fp, max_shift, exclude)
         total += n
         if best is None or value > best[0]:
-            best = (value, ncc, peak, shift, angle)
-    value, ncc, peak, shift, angle = best
+            best = (value, ncc, peak, shift, angle, _surface(cc, peak, value) if surface else None)
+    value, ncc, peak, shift, angle, patch = best
     return MatchScore(
         pce=value,
         ncc=ncc,
@@ -260,4 +286,20 @@ def score(
         n_shifts=total,
         p_fa=false_alarm_probability(value, total),
         rotation=angle,
+        surface=patch,
     )
+
+
+SURFACE = 41
+"""Side of the correlation-surface patch kept for reports."""
+
+
+def _surface(cc: np.ndarray, peak: tuple[int, int], pce: float) -> np.ndarray:
+    """``SURFACE x SURFACE`` patch of ``cc`` around ``peak`` (circular), in units of the noise std."""
+    half = SURFACE // 2
+    rows = np.arange(peak[0] - half, peak[0] + half + 1) % cc.shape[0]
+    cols = np.arange(peak[1] - half, peak[1] + half + 1) % cc.shape[1]
+    patch = cc[np.ix_(rows, cols)].astype(np.float32)
+    value = float(cc[peak])
+    sigma = abs(value) / math.sqrt(abs(pce)) if pce and value else float(patch.std()) or 1.0
+    return patch / np.float32(sigma)

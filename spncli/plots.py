@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["eval_bars", "png_bytes"]
+__all__ = ["eval_bars", "png_bytes", "preview_png"]
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -18,6 +18,16 @@ def png_bytes(img: np.ndarray) -> bytes:
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
+
+
+def preview_png(w: np.ndarray, max_side: int | None = None) -> bytes:
+    """8-bit PNG of a residual, clipped at ±3 standard deviations (optionally downscaled)."""
+    s = float(w.std()) or 1.0
+    img = np.clip((w / (6 * s) + 0.5) * 255.0, 0, 255).astype(np.uint8)
+    if max_side and max(img.shape) > max_side:
+        f = max_side / max(img.shape)
+        img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    return png_bytes(img)
 
 
 def eval_bars(rows: list[dict], threshold: float, title: str) -> np.ndarray:

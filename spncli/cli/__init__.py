@@ -48,7 +48,7 @@ def _root(
     State.max_pixels = max_pixels
 
 
-from . import db, degrade, demo, evaluate, extract, fingerprint, match, quality, restore, train  # noqa: E402,F401  (register commands)
+from . import case, db, degrade, demo, evaluate, extract, fingerprint, match, quality, report, restore, train  # noqa: E402,F401  (register commands)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import typer
 
 from ..evidence import EvidenceError, load_image
 from ..identify import gather_inputs, residual_of
+from ..plots import preview_png
 from ..provenance import (
     OutputInsideEvidence,
     atomic_write_bytes,
@@ -23,18 +24,6 @@ from ..provenance import (
 from ..residual import ResidualParams
 from . import State, app
 from ._common import EXIT_SOME_FAILED, crop_option, die, err, fail_line
-
-
-def preview_png(w: np.ndarray) -> bytes:
-    """8-bit PNG of a residual, clipped at ±3 standard deviations."""
-    import cv2
-
-    s = float(w.std()) or 1.0
-    img = np.clip((w / (6 * s) + 0.5) * 255.0, 0, 255).astype(np.uint8)
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
 
 
 @app.command()

@@ -81,12 +81,28 @@ def match(
     restore: Annotated[bool, typer.Option(help="Score the GAN-restored residual instead of the classic one.")] = False,
     model: ModelOption = None,
     device: DeviceOption = "auto",
+    case: Annotated[
+        Path | None, typer.Option("--case", help="Case folder: parallel, resumable batch with results and audit trail.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes with --case [default: the cores].")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="With --case: an existing Dask scheduler, e.g. tcp://10.0.0.5:8786.")
+    ] = None,
+    examiner: Annotated[str | None, typer.Option(help="Examiner's name for the audit trail.")] = None,
+    case_id: Annotated[str | None, typer.Option("--case-id", help="Case identifier for the audit trail.")] = None,
 ):
     """Score each image against every camera fingerprint: PCE, NCC and a decision.
 
     PCE follows Goljan et al. (2009): signed, read at zero shift (or the best
     of the searched shifts with --max-shift, with the false-alarm probability
     for the number of shifts searched), energy outside an 11x11 neighbourhood.
+
+    With --case DIR the images are scored in parallel worker processes (Dask; a
+    local cluster, or --scheduler), the case folder gets results.jsonl/csv,
+    errors.jsonl, manifest.json and a hash-chained audit.jsonl, and a re-run
+    resumes: images already scored (by SHA-256) are skipped.
     """
     size = crop_option(crop)
     try:
@@ -107,6 +123,22 @@ def match(
         threshold=threshold, crop=size, max_shift=max_shift, rotations=rotations, params=ResidualParams()
     )
     matcher = Matcher(fingerprints, settings, open_restorer(model, device) if restore else None)
+    if case is not None:
+        from .case import run_case
+
+        run_case(
+            images,
+            case,
+            matcher,
+            db=db,
+            db_sha=db_sha,
+            workers=workers,
+            scheduler=scheduler,
+            examiner=examiner,
+            case_id=case_id,
+            format=format,
+        )
+        return
     extra = {
         "crop": f"{size[0]}x{size[1]}" if size else None,
         "max_shift": max_shift,

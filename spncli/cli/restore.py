@@ -14,6 +14,7 @@ import typer
 from ..evidence import EvidenceError, load_image
 from ..geometry import centre_crop
 from ..identify import gather_inputs
+from ..plots import preview_png
 from ..provenance import (
     OutputInsideEvidence,
     atomic_write_bytes,
@@ -25,7 +26,6 @@ from ..provenance import (
 from ..residual import ResidualParams
 from . import State, app
 from ._common import EXIT_SOME_FAILED, crop_option, die, err, fail_line
-from .extract import preview_png
 
 ModelOption = Annotated[
     Path | None, typer.Option("--model", help="Model card (JSON) of the weights [default: shipped].")
