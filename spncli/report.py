@@ -210,7 +210,8 @@ def build_report(folder: str | Path) -> str:
     w(
         f"<li>A PCE above {threshold:g} means the image is <i>consistent with</i> the camera. "
         f"For an image from another camera the probability of exceeding {threshold:g} at one alignment "
-        f"is about {p60:.1e} (Gaussian model of the correlation); the reported false-alarm probability accounts for the number of alignments tried.</li>"
+        f"is about {p60:.1e} (Gaussian model of the correlation); the reported false-alarm probability "
+        "accounts for the number of alignments tried.</li>"
     )
     w(
         "<li>A PCE at or below the threshold <b>does not exclude</b> a camera: small crops, dark, saturated or "
