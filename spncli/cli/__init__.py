@@ -7,6 +7,7 @@ on; the exit code is 1 when some input failed, 2 for a usage error.
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import typer
@@ -51,8 +52,14 @@ def _root(
 from . import case, db, degrade, demo, evaluate, extract, fingerprint, match, quality, report, restore, train  # noqa: E402,F401  (register commands)
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Ctrl-C and SIGTERM stop cleanly: results written so far are kept."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent shell ignored it
+    signal.signal(signal.SIGTERM, _stop)
     try:
         app()
     except KeyboardInterrupt:
