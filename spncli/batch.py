@@ -8,7 +8,8 @@ restoration tasks ask for a ``GPU`` resource where workers declare one. A
 bounded number of tasks is in flight, so memory stays flat on folders of any
 size, and results are handed back as they complete.
 
-Workers read each file once, hash it, and skip the ones whose SHA-256 is
+The same jobs run in-process when no cluster is asked for. A match job's
+workers read each file once, hash it, and skip the ones whose SHA-256 is
 already in the case; the rest are decoded and scored as in
 :class:`spncli.identify.Matcher`.
 """
@@ -19,13 +20,14 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-from .evidence import EvidenceError, decode, read_bytes
+from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, decode, read_bytes
 from .identify import Matcher
 from .plots import preview_png
 
-__all__ = ["make_client", "analyse_file", "run_batch"]
+__all__ = ["make_client", "close_client", "MatchJob", "execute"]
 
 _CONFIGURED = False
 
@@ -62,75 +64,86 @@ def make_client(workers: int | None = None, scheduler: str | None = None):
     return Client(cluster)
 
 
-def analyse_file(path: str, matcher: Matcher, skip: frozenset, max_pixels: int, preview_side: int = 768) -> dict:
-    """Worker task: read, hash, skip if done, decode, score; never raises for a bad file.
+@dataclass
+class MatchJob:
+    """Score one file against the fingerprints (worker side); skips SHA-256s already in the case."""
 
-    Returns
-    -------
-    dict
-        ``{"path", "error"}`` for a file that failed, ``{"path", "sha256",
-        "skipped": True}`` for one already in the case, else ``{"path",
-        "sha256", "records", "surfaces", "preview"}``.
-    """
+    matcher: Matcher
+    skip: frozenset = frozenset()
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    preview_side: int = 768
+
+    def __call__(self, path: str) -> dict:
+        """``{"path", "error"}``, ``{"path", "sha256", "skipped": True}``, or the records and report artifacts."""
+        try:
+            data = read_bytes(path)
+            sha = hashlib.sha256(data).hexdigest()
+            if sha in self.skip:
+                return {"path": path, "sha256": sha, "skipped": True}
+            ev = decode(data, path, max_pixels=self.max_pixels)
+            del data
+            residual = self.matcher.residual(ev)
+            records = self.matcher.match(ev, surfaces=True, residual=residual)
+        except EvidenceError as exc:
+            return {"path": path, "error": exc.reason}
+        surfaces = {r["camera"]: r.pop("_surface") for r in records if "_surface" in r}
+        for r in records:
+            r["size_bytes"] = ev.size_bytes
+        preview = preview_png(residual[0], self.preview_side) if surfaces else None
+        return {"path": path, "sha256": ev.sha256, "records": records, "surfaces": surfaces, "preview": preview}
+
+
+def _run(job: Callable[[str], dict], path: str) -> dict:
+    """Task body: one file; never raises for a bad file (the reason is returned)."""
     _configure_worker()
     try:
-        data = read_bytes(path)
-        sha = hashlib.sha256(data).hexdigest()
-        if sha in skip:
-            return {"path": path, "sha256": sha, "skipped": True}
-        ev = decode(data, path, max_pixels=max_pixels)
-        del data
-        residual = matcher.residual(ev)
-        records = matcher.match(ev, surfaces=True, residual=residual)
-    except EvidenceError as exc:
-        return {"path": path, "error": exc.reason}
+        return job(path)
     except MemoryError:
         return {"path": path, "error": "out of memory while analysing this image"}
     except Exception as exc:  # one bad file must not stop a seized-disk batch; the reason is recorded
         return {"path": path, "error": f"analysis failed: {type(exc).__name__}: {exc}"}
-    surfaces = {r["camera"]: r.pop("_surface") for r in records if "_surface" in r}
-    for r in records:
-        r["size_bytes"] = ev.size_bytes
-    preview = preview_png(residual[0], preview_side) if surfaces else None
-    return {"path": path, "sha256": ev.sha256, "records": records, "surfaces": surfaces, "preview": preview}
 
 
-def run_batch(
-    client,
+def execute(
     paths: Iterable[Path],
-    matcher: Matcher,
+    job: Callable[[str], dict],
     *,
-    skip: frozenset = frozenset(),
-    max_pixels: int,
     on_result: Callable[[dict], None],
+    client=None,
+    gpu: bool = False,
     in_flight: int | None = None,
 ) -> int:
-    """Score every path on the cluster, calling ``on_result`` in the main process as results arrive.
+    """Run ``job`` on every path, in-process (``client=None``) or on a Dask cluster.
 
-    Returns the number of files submitted. ``KeyboardInterrupt`` propagates
-    after the pending tasks are cancelled (results already handed over stay).
+    On a cluster the job (with its settings, fingerprints or network) is
+    scattered to the workers once; at most ``in_flight`` tasks are pending
+    (default: twice the workers); with ``gpu`` the tasks ask for a ``GPU``
+    resource when some worker declares one. ``on_result`` is called in this
+    process as results arrive. Returns the number of files run.
+    ``KeyboardInterrupt`` propagates after pending tasks are cancelled.
     """
+    if client is None:
+        n = 0
+        for path in paths:
+            on_result(_run(job, str(path)))
+            n += 1
+        return n
     from distributed import as_completed
 
-    info = client.scheduler_info()
-    n_workers = max(len(info.get("workers", {})), 1)
-    gpu = matcher.restorer is not None and any(
-        w.get("resources", {}).get("GPU") for w in info.get("workers", {}).values()
-    )
-    shared = client.scatter([matcher], broadcast=True, hash=False)[0]  # a list: scatter splits collections
-    skip_shared = client.scatter([skip], broadcast=True, hash=False)[0]
-    limit = in_flight or 2 * n_workers
-    submitted = 0
+    info = client.scheduler_info().get("workers", {})
+    kwargs = {"resources": {"GPU": 1}} if gpu and any(w.get("resources", {}).get("GPU") for w in info.values()) else {}
+    shared = client.scatter([job], broadcast=True, hash=False)[0]  # a list: scatter splits collections
+    limit = in_flight or 2 * max(len(info), 1)
     pending = as_completed()
     iterator = iter(paths)
-    kwargs = {"resources": {"GPU": 1}} if gpu else {}
+    submitted = 0
 
     def submit_next() -> bool:
         nonlocal submitted
         path = next(iterator, None)
         if path is None:
             return False
-        pending.add(client.submit(analyse_file, str(path), shared, skip_shared, max_pixels, pure=False, **kwargs))
+        pending.add(client.submit(_run, shared, str(path), pure=False, **kwargs))
         submitted += 1
         return True
 
@@ -148,3 +161,13 @@ def run_batch(
             f.cancel()
         raise
     return submitted
+
+
+def close_client(client) -> None:
+    """Close a client and the local cluster it started (if any)."""
+    if client is None:
+        return
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()

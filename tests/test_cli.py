@@ -84,10 +84,18 @@ def test_fingerprint_match_extract_end_to_end(runner, synth_case, tmp_path):
     metas = sorted(out.glob("*.json"))
     assert len(metas) == 4
     meta = json.loads(metas[0].read_text())
-    w = np.load(out / meta["files"]["residual"], allow_pickle=False)
-    assert w.shape == (128, 192) and w.dtype == np.float32 and meta["residual_shape"] == [128, 192]
+    w = np.load(out / meta["files"]["array"], allow_pickle=False)
+    assert w.shape == (128, 192) and w.dtype == np.float32 and meta["shape"] == [128, 192]
     assert meta["input"]["sha256"] == load_image(meta["input"]["path"]).sha256
     assert cv2.imread(str(out / meta["files"]["preview"]), cv2.IMREAD_UNCHANGED).shape == (128, 192)
+    par = tmp_path / "parallel"
+    _ok(
+        runner.invoke(
+            app, ["extract", str(evidence / "probes"), "--out", str(par), "--crop", "128x192", "--workers", "2"]
+        )
+    )
+    for npy in out.glob("*.npy"):  # worker processes write the same residuals
+        np.testing.assert_array_equal(np.load(npy), np.load(par / npy.name))
     assert _snapshot(evidence) == before  # evidence untouched: same files, sizes, mtimes
 
 

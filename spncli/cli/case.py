@@ -34,7 +34,7 @@ def run_case(
     format: Format,
 ) -> None:
     """The parallel, resumable batch behind ``spn match --case``."""
-    from ..batch import make_client, run_batch
+    from ..batch import MatchJob, close_client, execute, make_client
     from .match import render_matches
 
     try:
@@ -125,7 +125,8 @@ def run_case(
         client = None
         try:
             client = make_client(workers, scheduler)
-            run_batch(client, paths, matcher, skip=frozenset(done), max_pixels=State.max_pixels, on_result=on_result)
+            job = MatchJob(matcher, frozenset(done), State.max_pixels)
+            execute(paths, job, on_result=on_result, client=client, gpu=matcher.restorer is not None)
         except KeyboardInterrupt:
             finish("interrupted")
             err.print(f"interrupted: {counts['scored']} image(s) scored and kept in {folder}; re-run to resume")
@@ -133,11 +134,7 @@ def run_case(
         except OSError as exc:
             die(f"cannot reach the Dask scheduler {scheduler}: {exc}" if scheduler else f"cluster failed: {exc}")
         finally:
-            if client is not None:
-                cluster = getattr(client, "cluster", None)
-                client.close()
-                if cluster is not None:
-                    cluster.close()
+            close_client(client)
     finish("completed")
     rows = [r for r in case.rows() if r["decision"] == "consistent"]
     if format is Format.table:

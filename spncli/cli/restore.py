@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import time
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
-from ..evidence import EvidenceError, load_image
-from ..geometry import centre_crop
 from ..identify import gather_inputs
-from ..plots import preview_png
+from ..jobs import RestoreJob
 from ..provenance import (
     OutputInsideEvidence,
-    atomic_write_bytes,
-    atomic_write_json,
     check_output_location,
-    tool_info,
-    utc_now,
 )
 from ..residual import ResidualParams
 from . import State, app
-from ._common import EXIT_SOME_FAILED, crop_option, die, err, fail_line
+from ._batch import SchedulerOption, WorkersOption, run_jobs
+from ._common import EXIT_SOME_FAILED, crop_option, die, err
 
 ModelOption = Annotated[
     Path | None, typer.Option("--model", help="Model card (JSON) of the weights [default: shipped].")
@@ -63,6 +55,8 @@ def restore(
     quality: Annotated[int | None, typer.Option(min=1, max=100, help="Quality for files without JPEG tables.")] = None,
     crop: Annotated[str | None, typer.Option(help="Centre crop before restoration: N or HxW.")] = None,
     preview: Annotated[bool, typer.Option(help="Also write an 8-bit PNG preview.")] = False,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
 ):
     """Restore the sensor noise of each image with the quality-conditioned GAN.
 
@@ -77,50 +71,11 @@ def restore(
     except OutputInsideEvidence as exc:
         die(str(exc))
     restorer = open_restorer(model, device)
-    params = ResidualParams()
-    failed = done = 0
-    for path in gather_inputs(images):
-        try:
-            ev = load_image(path, max_pixels=State.max_pixels)
-            pixels = np.ascontiguousarray(centre_crop(ev.pixels, size))
-            started = time.perf_counter()
-            restored, info = restorer.restore(
-                ev, pixels, quality=quality, params=params, tile=tile, precision=precision
-            )
-        except EvidenceError as exc:
-            fail_line(exc.path, exc.reason)
-            failed += 1
-            continue
-        except ValueError as exc:
-            fail_line(str(path), str(exc))
-            failed += 1
-            continue
-        stem = f"{path.stem}-{ev.sha256[:8]}.restored"
-        buf = io.BytesIO()
-        np.save(buf, restored, allow_pickle=False)
-        atomic_write_bytes(out / f"{stem}.npy", buf.getvalue())
-        files = {"restored": f"{stem}.npy"}
-        if preview:
-            atomic_write_bytes(out / f"{stem}.png", preview_png(restored))
-            files["preview"] = f"{stem}.png"
-        atomic_write_json(
-            out / f"{stem}.json",
-            {
-                "input": ev.provenance(),
-                "files": files,
-                "restored_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
-                "shape": list(restored.shape),
-                "crop": list(size) if size else None,
-                "restoration": info,
-                "residual_params": params.as_dict(),
-                "seconds": round(time.perf_counter() - started, 3),
-                "seed": None,
-                "created_utc": utc_now(),
-                **tool_info(),
-            },
-        )
-        done += 1
-        err.print(f"{path} -> {out / (stem + '.npy')} (quality {info['quality_used']}, {info['device']})")
+    job = RestoreJob(
+        out.absolute(), restorer, ResidualParams(), size, preview, tile, precision, quality, State.max_pixels
+    )
+    paths = [p.absolute() for p in gather_inputs(images)]
+    done, failed = run_jobs(paths, job, workers=workers, scheduler=scheduler, label="restore", gpu=True)
     err.print(f"{done} restored residual(s) written to {out}, {failed} failed")
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)
