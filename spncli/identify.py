@@ -240,18 +240,20 @@ class Matcher:
 
     Parameters
     ----------
-    fingerprints : list of Fingerprint
+    fingerprints : iterable of Fingerprint
+        Consumed once (a generator keeps one spatial fingerprint in memory at a time).
     settings : MatchSettings
     restorer : spncli.restoration.Restorer or None
         When given, images are scored with the restored residual.
     """
 
-    def __init__(self, fingerprints: list[Fingerprint], settings: MatchSettings, restorer=None):
+    def __init__(self, fingerprints: Iterable[Fingerprint], settings: MatchSettings, restorer=None):
         self.settings = settings
         self.restorer = restorer
-        self.cameras = [(fp.camera, fp.sha256) for fp in fingerprints]
+        self.cameras = []
         self.spectra = {}
         for fp in fingerprints:
+            self.cameras.append((fp.camera, fp.sha256))
             k = fp.k
             if settings.crop is not None:
                 k = centre_crop(k, (min(settings.crop[0], k.shape[0]), min(settings.crop[1], k.shape[1])))

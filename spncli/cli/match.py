@@ -115,14 +115,15 @@ def match(
             names = [n for n in names if n in camera]
         if not names:
             raise StoreError(f"{db}: the database holds no camera")
-        fingerprints = [store.load(n) for n in names]
         db_sha = store.file_sha256()
+        settings = MatchSettings(
+            threshold=threshold, crop=size, max_shift=max_shift, rotations=rotations, params=ResidualParams()
+        )
+        restorer = open_restorer(model, device) if restore else None
+        # one fingerprint in memory at a time: only its transform is kept
+        matcher = Matcher((store.load(n) for n in names), settings, restorer)
     except StoreError as exc:
         die(str(exc))
-    settings = MatchSettings(
-        threshold=threshold, crop=size, max_shift=max_shift, rotations=rotations, params=ResidualParams()
-    )
-    matcher = Matcher(fingerprints, settings, open_restorer(model, device) if restore else None)
     if case is not None:
         from .case import run_case
 

@@ -1,0 +1,125 @@
+"""Scale: a generated folder of 12 MP images from synthetic cameras against a database of 50 fingerprints.
+
+Measures images per second and peak memory (the whole process tree: the CLI
+and its Dask workers, sampled every 0.2 s) for one worker and for all cores,
+with the classic and the restored residual. Each fingerprint's Fourier
+transform is computed once per run and shipped to the workers once.
+
+Run: python benchmarks/bench_batch.py --images 2000 --cameras 50
+(the full 2,000-image run takes hours on 2 cores; --images sets the size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from spncli.residual import ResidualParams, postprocess
+from spncli.store import FingerprintStore
+from spncli.synthetic import dead_leaves, encode_jpeg, expose, synthetic_prnu
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def run(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of the process tree."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(ps))
+        time.sleep(0.2)
+    err = proc.stderr.read()
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(err[-2000:])
+    return time.perf_counter() - start, peak / 2**20
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--cameras", type=int, default=50)
+    ap.add_argument("--size", default="3000x4000", help="rows x cols (12 MP)")
+    ap.add_argument("--workers", default=f"1,{os.cpu_count()}")
+    ap.add_argument("--restore", action="store_true", help="also time the restored residual")
+    ap.add_argument("--keep", default=None, help="folder to keep the generated data in")
+    args = ap.parse_args()
+    rows, cols = map(int, args.size.split("x"))
+    work = Path(args.keep or tempfile.mkdtemp(prefix="spn-bench-"))
+    evidence, db = work / "evidence", work / "db.h5"
+    rng = np.random.default_rng(0)
+    if not db.exists():
+        print(f"generating {args.cameras} fingerprints and {args.images} images of {cols}x{rows} in {work} ...")
+        store = FingerprintStore(db)
+        ks = []
+        for c in range(args.cameras):
+            k = synthetic_prnu((rows, cols), rng, std=0.008)
+            ks.append(k)
+            store.add(
+                f"SYN-{c:02d}",
+                postprocess(k + rng.normal(0, 0.004, k.shape).astype(np.float32), ResidualParams()),
+                {"camera": f"SYN-{c:02d}", "synthetic": True},
+            )
+        evidence.mkdir(parents=True)
+        scene_small = (rows // 4, cols // 4)
+        for i in range(args.images):
+            import cv2
+
+            scene = cv2.resize(dead_leaves(scene_small, rng, n=300), (cols, rows), interpolation=cv2.INTER_LINEAR)
+            cam = int(rng.integers(args.cameras))
+            (evidence / f"img_{i:05d}_SYN-{cam:02d}.jpg").write_bytes(encode_jpeg(expose(scene, ks[cam], rng), 90))
+        del ks
+    n = len(list(evidence.glob("*.jpg")))
+    spn = [sys.executable, "-m", "spncli"]
+    results = []
+    for restored in [False, True] if args.restore else [False]:
+        for w in map(int, args.workers.split(",")):
+            case = work / f"case-w{w}-{'restored' if restored else 'classic'}"
+            cmd = [*spn, "match", str(evidence), "--db", str(db), "--case", str(case), "--workers", str(w)]
+            if restored:
+                cmd.append("--restore")
+            seconds, peak = run(cmd)
+            rows_ = [json.loads(x) for x in (case / "results.jsonl").read_text().splitlines()]
+            hits = sum(r["decision"] == "consistent" and r["image"].endswith(f"{r['camera']}.jpg") for r in rows_)
+            results.append(
+                {
+                    "residual": "restored" if restored else "classic",
+                    "workers": w,
+                    "images": n,
+                    "cameras": args.cameras,
+                    "seconds": round(seconds, 1),
+                    "images_per_second": round(n / seconds, 3),
+                    "peak_rss_mib": round(peak),
+                    "true_matches": hits,
+                }
+            )
+            print(json.dumps(results[-1]), flush=True)
+    print("\n| residual | workers | images | cameras | seconds | images/s | peak RSS (MiB, all processes) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['residual']} | {r['workers']} | {r['images']} | {r['cameras']} | {r['seconds']} | "
+            f"{r['images_per_second']} | {r['peak_rss_mib']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
