@@ -137,13 +137,16 @@ def execute(
     pending = as_completed()
     iterator = iter(paths)
     submitted = 0
+    path_of = {}
 
     def submit_next() -> bool:
         nonlocal submitted
         path = next(iterator, None)
         if path is None:
             return False
-        pending.add(client.submit(_run, shared, str(path), pure=False, **kwargs))
+        future = client.submit(_run, shared, str(path), pure=False, **kwargs)
+        path_of[future.key] = str(path)
+        pending.add(future)
         submitted += 1
         return True
 
@@ -152,7 +155,11 @@ def execute(
             if not submit_next():
                 break
         for future in pending:
-            result = future.result()
+            try:
+                result = future.result()
+            except Exception as exc:  # the worker died (memory, kill): that file fails, the batch goes on
+                result = {"path": path_of[future.key], "error": f"worker lost: {type(exc).__name__}: {exc}"}
+            path_of.pop(future.key, None)
             future.release()
             on_result(result)
             submit_next()

@@ -30,17 +30,13 @@ import numpy as np
 from .evidence import sha256_file
 from .provenance import atomic_write_bytes, atomic_write_json, tool_info, utc_now
 
-__all__ = ["CSV_COLUMNS", "Case", "CaseError"]
+__all__ = ["CSV_COLUMNS", "Case"]
 
 CSV_COLUMNS = [
     "image", "sha256", "size_bytes", "jpeg_quality", "camera", "pce", "ncc", "decision", "threshold",
     "rotation", "restored", "peak_row", "peak_col", "n_shifts", "p_fa", "rows", "cols", "fingerprint_sha256",
 ]  # fmt: skip
 GENESIS = "0" * 64
-
-
-class CaseError(Exception):
-    """The case directory cannot be used (``str()`` names it and the reason)."""
 
 
 def _entry_hash(entry: dict) -> str:
