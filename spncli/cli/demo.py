@@ -41,7 +41,7 @@ def demo(
     names = [f"SYN-{i + 1:02d}" for i in range(cameras)]
     err.print(f"generating {cameras} cameras x ({flats} flat-fields + {probes} probes) at {shape[1]}x{shape[0]} ...")
     for name in names:
-        k = synthetic_prnu(shape, rng)
+        k = synthetic_prnu(shape, rng, std=0.005)
         for j in range(flats):
             img = expose(flat_field(shape, rng, level=rng.uniform(150, 200)), k, rng)
             atomic_write_bytes(evidence / "flats" / name / f"{name}_flat_{j:02d}.jpg", encode_jpeg(img, quality))
