@@ -14,25 +14,14 @@ from pathlib import Path
 
 import torch
 
+from spncli.cli.evaluate import COLUMNS
 from spncli.restoration import write_model_card
 
 HERE = Path(__file__).resolve().parent
 
 
 def table(rows: list[dict]) -> str:
-    cols = [
-        "quality",
-        "matching_pairs",
-        "non_matching_pairs",
-        "classic_median",
-        "restored_median",
-        "classic_tpr",
-        "restored_tpr",
-        "classic_fp",
-        "restored_fp",
-        "classic_auc",
-        "restored_auc",
-    ]
+    cols = COLUMNS
     fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]

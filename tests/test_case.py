@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
+from spncli.cli.report import CHROMIUM_FLAGS
 from spncli.synthetic import dead_leaves, encode_jpeg, expose
 
 from .test_cli import _snapshot, unprivileged
@@ -329,13 +330,7 @@ def test_report_renders_in_headless_chromium(db, evidence, tmp_path):
     res = subprocess.run(
         [
             chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+            *CHROMIUM_FLAGS,
             f"--user-data-dir={profile}",
             "--virtual-time-budget=5000",
             "--dump-dom",

@@ -17,36 +17,54 @@ SchedulerOption = Annotated[str | None, typer.Option(help="Run on an existing Da
 
 
 def run_jobs(
-    paths: list[Path], job, *, workers: int | None, scheduler: str | None, label: str, gpu: bool = False
+    paths: list[Path],
+    job,
+    *,
+    workers: int | None,
+    scheduler: str | None,
+    label: str,
+    gpu: bool = False,
+    cluster: bool = False,
+    on_result=None,
+    on_interrupt=None,
 ) -> tuple[int, int]:
-    """Run ``job`` over ``paths`` with a progress bar; one error line per failed file.
+    """Run ``job`` over ``paths`` with a progress bar (rate and ETA on stderr).
 
-    Returns (done, failed). Ctrl-C stops cleanly (exit 130): files written so far are complete.
+    Runs on Dask when ``cluster`` is set or --workers/--scheduler were given, else in-process.
+    ``on_result(result)`` handles each result (default: one error line per failed file, one line
+    per written file) and returns True when the file counts as failed. On Ctrl-C,
+    ``on_interrupt()`` runs and the command exits 130; what was written stays complete.
+    Returns (done, failed).
     """
     from ..batch import close_client, execute, make_client
 
+    def default(result: dict) -> bool:
+        if "error" in result:
+            fail_line(result["path"], result["error"])
+            return True
+        err.print(f"{result['path']} -> {result['written']}")
+        return False
+
+    handle = on_result or default
     counts = {"done": 0, "failed": 0}
     started = time.perf_counter()
     with progress(len(paths), label) as bar:
         task = bar.add_task(label, total=len(paths), rate="")
 
-        def on_result(result: dict) -> None:
-            if "error" in result:
-                fail_line(result["path"], result["error"])
-                counts["failed"] += 1
-            else:
-                counts["done"] += 1
-                err.print(f"{result['path']} -> {result['written']}")
+        def on_any(result: dict) -> None:
+            counts["failed" if handle(result) else "done"] += 1
             rate = (counts["done"] + counts["failed"]) / max(time.perf_counter() - started, 1e-6)
             bar.update(task, advance=1, rate=f"{rate:.2f} img/s")
 
         client = None
         try:
-            if workers or scheduler:
+            if cluster or workers or scheduler:
                 client = make_client(workers, scheduler)
-            execute(paths, job, on_result=on_result, client=client, gpu=gpu)
+            execute(paths, job, on_result=on_any, client=client, gpu=gpu)
         except KeyboardInterrupt:
-            err.print(f"interrupted: {counts['done']} file(s) written are complete")
+            if on_interrupt is not None:
+                on_interrupt()
+            err.print(f"interrupted: the {counts['done']} result(s) written are complete; re-run to resume")
             raise typer.Exit(130) from None
         except OSError as exc:
             die(f"cannot reach the Dask scheduler {scheduler}: {exc}" if scheduler else f"cluster failed: {exc}")

@@ -14,7 +14,8 @@ from ..evidence import sha256_file
 from ..identify import Matcher, gather_inputs
 from ..provenance import OutputInsideEvidence, check_output_location, utc_now
 from . import State, app
-from ._common import EXIT_SOME_FAILED, Format, die, err, fail_line, out, progress
+from ._batch import run_jobs
+from ._common import EXIT_SOME_FAILED, Format, die, err, fail_line, out
 
 case_app = typer.Typer(help="Case folders: verify the evidence and the audit trail.", no_args_is_help=True)
 app.add_typer(case_app, name="case")
@@ -34,7 +35,7 @@ def run_case(
     format: Format,
 ) -> None:
     """The parallel, resumable batch behind ``spn match --case``."""
-    from ..batch import MatchJob, close_client, execute, make_client
+    from ..batch import MatchJob
     from .match import render_matches
 
     try:
@@ -104,37 +105,33 @@ def run_case(
             manifest_sha256=sha256_file(case.manifest),
         )
 
-    with progress(len(paths), "match") as bar:
-        task = bar.add_task("match", total=len(paths), rate="")
+    def on_result(result: dict) -> bool:
+        if "error" in result:
+            case.add_error(result["path"], result["error"])
+            fail_line(result["path"], result["error"])
+            counts["errors"] += 1
+            return True
+        if result.get("skipped"):
+            counts["skipped"] += 1
+        else:
+            case.add_results(result["records"])
+            if result["surfaces"]:
+                case.save_artifacts(result["sha256"], result["preview"], result["surfaces"])
+            counts["scored"] += 1
+        return False
 
-        def on_result(result: dict) -> None:
-            if "error" in result:
-                case.add_error(result["path"], result["error"])
-                fail_line(result["path"], result["error"])
-                counts["errors"] += 1
-            elif result.get("skipped"):
-                counts["skipped"] += 1
-            else:
-                case.add_results(result["records"])
-                if result["surfaces"]:
-                    case.save_artifacts(result["sha256"], result["preview"], result["surfaces"])
-                counts["scored"] += 1
-            elapsed = time.perf_counter() - started
-            bar.update(task, advance=1, rate=f"{(counts['scored'] + counts['errors']) / max(elapsed, 1e-6):.2f} img/s")
-
-        client = None
-        try:
-            client = make_client(workers, scheduler)
-            job = MatchJob(matcher, frozenset(done), State.max_pixels)
-            execute(paths, job, on_result=on_result, client=client, gpu=matcher.restorer is not None)
-        except KeyboardInterrupt:
-            finish("interrupted")
-            err.print(f"interrupted: {counts['scored']} image(s) scored and kept in {folder}; re-run to resume")
-            raise typer.Exit(130) from None
-        except OSError as exc:
-            die(f"cannot reach the Dask scheduler {scheduler}: {exc}" if scheduler else f"cluster failed: {exc}")
-        finally:
-            close_client(client)
+    job = MatchJob(matcher, frozenset(done), State.max_pixels)
+    run_jobs(
+        paths,
+        job,
+        workers=workers,
+        scheduler=scheduler,
+        label="match",
+        gpu=matcher.restorer is not None,
+        cluster=True,
+        on_result=on_result,
+        on_interrupt=lambda: finish("interrupted"),
+    )
     finish("completed")
     rows = [r for r in case.rows() if r["decision"] == "consistent"]
     if format is Format.table:
