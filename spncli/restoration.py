@@ -90,6 +90,13 @@ class Restorer:
     card: dict
     weights_sha256: str
     device: torch.device
+    device_request: str = "auto"
+
+    def _place(self) -> None:
+        """With ``auto``, move to CUDA where this process sees a GPU (e.g. a Dask GPU worker)."""
+        if self.device_request == "auto" and self.device.type != "cuda" and torch.cuda.is_available():
+            self.device = torch.device("cuda")
+            self.model.to(self.device)
 
     @property
     def wiener_min_quality(self) -> int:
@@ -122,6 +129,7 @@ class Restorer:
         precision : str
             ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``.
         """
+        self._place()
         rows, cols = residual.shape
         margin = int(self.card["receptive_radius"]) + 16
         margin += (-margin) % 16
@@ -236,7 +244,7 @@ def load_restorer(card_path: str | Path = DEFAULT_MODEL, device: str = "auto") -
         model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
     except (RuntimeError, ValueError, EOFError) as exc:
         raise ModelError(f"{weights_path}: weights do not fit the architecture ({exc})") from None
-    return Restorer(model.to(dev).eval(), card, digest, dev)
+    return Restorer(model.to(dev).eval(), card, digest, dev, device)
 
 
 def write_model_card(
