@@ -11,7 +11,9 @@ under fp16 or bf16 autocast, on the CPU in float32.
 The post-processing of the restored residual is part of what is conditioned
 on the quality: CFA zero-mean always, the spectral Wiener filter only above
 the quality recorded in the model card (on re-compressed probes it removed
-more PRNU than JPEG artefacts; see the model card's measurements).
+more PRNU than JPEG artefacts), and the network's correction only at or
+below the quality the card records (above it the correction was measured to
+lower the PCE); see the model card's measurements.
 """
 
 from __future__ import annotations
@@ -103,6 +105,11 @@ class Restorer:
         """Probe residuals are spectrally Wiener-filtered only above this quality."""
         return int(self.card.get("postprocess", {}).get("wiener_dft_above_quality", 80))
 
+    @property
+    def network_max_quality(self) -> int:
+        """The network's correction is applied at or below this quality (above it, it was measured to hurt)."""
+        return int(self.card.get("postprocess", {}).get("network_at_or_below_quality", 100))
+
     def condition(self, ev: Evidence, quality: int | None) -> tuple[np.ndarray, int]:
         """Condition vector from the file's tables, or from ``quality`` for files without them."""
         if ev.jpeg is not None and ev.quality is not None:
@@ -186,7 +193,8 @@ class Restorer:
         pixels = ev.pixels if pixels is None else pixels
         grey = grey_residual(pixels, params) if grey is None else grey
         cond, q = self.condition(ev, quality)
-        restored = grey + self.correction(pixels, grey, cond, tile=tile, precision=precision)
+        network = q <= self.network_max_quality
+        restored = grey + self.correction(pixels, grey, cond, tile=tile, precision=precision) if network else grey
         restored = zero_mean_cfa(restored)
         wiener = q > self.wiener_min_quality
         if wiener:
@@ -194,6 +202,7 @@ class Restorer:
         return np.ascontiguousarray(restored, dtype=np.float32), {
             "restored": True,
             "quality_used": q,
+            "network_applied": network,
             "wiener_dft": wiener,
             "tile": tile,
             "precision": str(_autocast_dtype(self.device, precision)).replace("torch.", ""),
@@ -248,7 +257,12 @@ def load_restorer(card_path: str | Path = DEFAULT_MODEL, device: str = "auto") -
 
 
 def write_model_card(
-    weights: str | Path, out_dir: str | Path, name: str, fields: dict | None = None, wiener_dft_above_quality: int = 80
+    weights: str | Path,
+    out_dir: str | Path,
+    name: str,
+    fields: dict | None = None,
+    wiener_dft_above_quality: int = 80,
+    network_at_or_below_quality: int = 100,
 ) -> Path:
     """Copy EMA weights to ``out_dir/<name>.pt`` and write ``out_dir/<name>.json`` (the card).
 
@@ -278,7 +292,11 @@ def write_model_card(
         "inputs": "image RGB/255-0.5 (B,3,H,W); classic grey residual/4 (B,1,H,W); condition (B,65): "
         "quality/100 and log(luma table)/log(255)",
         "output": "correction dW (B,1,H,W) x4 added to the classic residual",
-        "postprocess": {"zero_mean_cfa": True, "wiener_dft_above_quality": wiener_dft_above_quality},
+        "postprocess": {
+            "zero_mean_cfa": True,
+            "wiener_dft_above_quality": wiener_dft_above_quality,
+            "network_at_or_below_quality": network_at_or_below_quality,
+        },
         **(fields or {}),
     }
     atomic_write_bytes(out_dir / f"{name}.pt", data)
