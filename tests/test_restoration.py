@@ -43,6 +43,47 @@ def test_degrade_names_manifest_and_qualities(runner, synth_case, tmp_path):
     assert _snapshot(src.parent) == before
 
 
+def test_quality_list_syntax(synth_case, tmp_path):
+    import subprocess
+    import sys
+
+    from spncli.cli import expand_list_options
+
+    assert expand_list_options(["degrade", "a.jpg", "--quality", "90", "70", "./50", "--out", "o"]) == [
+        "degrade",
+        "a.jpg",
+        "--quality",
+        "90",
+        "--quality",
+        "70",
+        "./50",
+        "--out",
+        "o",
+    ]
+    assert expand_list_options(["match", "--quality", "90", "70"]) == ["match", "--quality", "90", "70"]
+    src = synth_case["probes"]["CAM-B"][0]
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spncli",
+            "degrade",
+            str(src),
+            "--quality",
+            "90",
+            "70",
+            "50",
+            "30",
+            "--out",
+            str(tmp_path / "d"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name.split(".")[1] for p in (tmp_path / "d").glob("*.jpg")) == ["q30", "q50", "q70", "q90"]
+
+
 def test_tiles_cover_and_stay_aligned():
     for length, tile, overlap in [(1000, 256, 64), (4000, 1024, 128), (200, 256, 64), (1040, 512, 128)]:
         sl = tile_slices(length, tile, overlap)

@@ -8,6 +8,7 @@ on; the exit code is 1 when some input failed, 2 for a usage error.
 from __future__ import annotations
 
 import signal
+import sys
 from typing import Annotated
 
 import typer
@@ -52,6 +53,28 @@ def _root(
 from . import case, db, degrade, demo, evaluate, extract, fingerprint, match, quality, report, restore, train  # noqa: E402,F401  (register commands)
 
 
+def expand_list_options(argv: list[str], command: str = "degrade", options=("--quality", "-q")) -> list[str]:
+    """Let ``spn degrade ... --quality 90 70 50 30`` mean ``-q 90 -q 70 -q 50 -q 30``.
+
+    Numbers (1-3 digits) following ``--quality`` are taken as further qualities, so
+    an image argument must not be a bare number there (write ``./70``).
+    """
+    if command not in argv:
+        return argv
+    out, i = [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] in options and i + 1 < len(argv):
+            out.append(argv[i + 1])
+            i += 2
+            while i < len(argv) and argv[i].isdigit() and len(argv[i]) <= 3:
+                out += [options[0], argv[i]]
+                i += 1
+            continue
+        i += 1
+    return out
+
+
 def _stop(signum, frame):
     raise KeyboardInterrupt
 
@@ -61,7 +84,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent shell ignored it
     signal.signal(signal.SIGTERM, _stop)
     try:
-        app()
+        app(args=expand_list_options(sys.argv[1:]), prog_name="spn")
     except KeyboardInterrupt:
         _common.err.print("interrupted: results written so far are kept")
         raise SystemExit(130) from None

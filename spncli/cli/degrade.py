@@ -28,7 +28,10 @@ def degrade(
     images: Annotated[list[Path], typer.Argument(help="Images or folders (walked recursively).", readable=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (outside the evidence).")],
     quality: Annotated[
-        list[int] | None, typer.Option("--quality", "-q", help="Quality 1-100, repeatable [default: 90 70 50 30].")
+        list[int] | None,
+        typer.Option(
+            "--quality", "-q", help="Qualities 1-100: --quality 90 70 50 30 (or repeat -q) [default: 90 70 50 30]."
+        ),
     ] = None,
     codec: Annotated[str, typer.Option(help=f"One of: {', '.join(CODECS)}.")] = "jpeg",
     subsampling: Annotated[
