@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,7 +142,9 @@ class FingerprintStore:
         """Lock; write a new file holding the old cameras less ``drop``; rename it into place.
 
         Yields the new file (open for writing) and the set of camera ids the
-        old file held.
+        old file held. Without ``drop`` the old file is copied byte for byte
+        (the kernel's fast copy) and extended; with ``drop`` the kept cameras
+        are copied into a fresh file, which also reclaims the space.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -152,14 +155,18 @@ class FingerprintStore:
                 for stale in self.path.parent.glob(f".{self.path.name}.*.tmp.h5"):
                     stale.unlink(missing_ok=True)
                 with atomic_path(self.path, suffix=".h5") as tmp:
+                    held: set[str] = set(self.cameras()) if self.path.exists() else set()
+                    if self.path.exists() and not (drop & held):
+                        shutil.copyfile(self.path, tmp)
+                        with h5py.File(tmp, "r+", locking=False) as new:
+                            yield new, held
+                        return
                     with h5py.File(tmp, "w", locking=False) as new:
                         new.attrs["format"] = FORMAT
                         cams = new.create_group("cameras")
-                        held: set[str] = set()
                         if self.path.exists():
                             with self._open_read() as old:
-                                for name, group in old.get("cameras", {}).items():
-                                    held.add(name)
+                                for name, group in old["cameras"].items():
                                     if name not in drop:
                                         old.copy(group, cams, name=name)
                         yield new, held
