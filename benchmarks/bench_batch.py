@@ -61,36 +61,38 @@ def main():
     ap.add_argument("--workers", default=f"1,{os.cpu_count()}")
     ap.add_argument("--restore", action="store_true", help="also time the restored residual")
     ap.add_argument("--keep", default=None, help="folder to keep the generated data in")
+    ap.add_argument("--db", default=None, help="reuse this fingerprint database (made by an earlier run)")
+    ap.add_argument("--quality", type=int, default=90, help="JPEG quality of the generated images")
+    ap.add_argument("--only-restored", action="store_true", help="with --restore: skip the classic runs")
     args = ap.parse_args()
     rows, cols = map(int, args.size.split("x"))
     work = Path(args.keep or tempfile.mkdtemp(prefix="spn-bench-"))
-    evidence, db = work / "evidence", work / "db.h5"
+    evidence, db = work / "evidence", Path(args.db) if args.db else work / "db.h5"
     rng = np.random.default_rng(0)
+    ks = [synthetic_prnu((rows, cols), rng, std=0.008) for _ in range(args.cameras)]  # deterministic
     if not db.exists():
-        print(f"generating {args.cameras} fingerprints and {args.images} images of {cols}x{rows} in {work} ...")
+        print(f"storing {args.cameras} fingerprints of {cols}x{rows} in {db} ...", flush=True)
         store = FingerprintStore(db)
-        ks = []
-        for c in range(args.cameras):
-            k = synthetic_prnu((rows, cols), rng, std=0.008)
-            ks.append(k)
-            store.add(
-                f"SYN-{c:02d}",
-                postprocess(k + rng.normal(0, 0.004, k.shape).astype(np.float32), ResidualParams()),
-                {"camera": f"SYN-{c:02d}", "synthetic": True},
-            )
-        evidence.mkdir(parents=True)
-        scene_small = (rows // 4, cols // 4)
-        for i in range(args.images):
-            import cv2
+        noise = np.random.default_rng(1)
+        for c, k in enumerate(ks):
+            estimate = postprocess(k + noise.normal(0, 0.004, k.shape).astype(np.float32), ResidualParams())
+            store.add(f"SYN-{c:02d}", estimate, {"camera": f"SYN-{c:02d}", "synthetic": True})
+    if not evidence.exists():
+        print(f"generating {args.images} images of {cols}x{rows} at quality {args.quality} ...", flush=True)
+        import cv2
 
-            scene = cv2.resize(dead_leaves(scene_small, rng, n=300), (cols, rows), interpolation=cv2.INTER_LINEAR)
-            cam = int(rng.integers(args.cameras))
-            (evidence / f"img_{i:05d}_SYN-{cam:02d}.jpg").write_bytes(encode_jpeg(expose(scene, ks[cam], rng), 90))
-        del ks
+        evidence.mkdir(parents=True)
+        scenes = np.random.default_rng(2)
+        for i in range(args.images):
+            scene = cv2.resize(dead_leaves((rows // 4, cols // 4), scenes, n=300), (cols, rows))
+            cam = int(scenes.integers(args.cameras))
+            img = expose(scene, ks[cam], scenes)
+            (evidence / f"img_{i:05d}_SYN-{cam:02d}.jpg").write_bytes(encode_jpeg(img, args.quality))
+    del ks
     n = len(list(evidence.glob("*.jpg")))
     spn = [sys.executable, "-m", "spncli"]
     results = []
-    for restored in [False, True] if args.restore else [False]:
+    for restored in [True] if args.only_restored else [False, True] if args.restore else [False]:
         for w in map(int, args.workers.split(",")):
             case = work / f"case-w{w}-{'restored' if restored else 'classic'}"
             cmd = [*spn, "match", str(evidence), "--db", str(db), "--case", str(case), "--workers", str(w)]
