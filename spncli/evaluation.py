@@ -16,6 +16,7 @@ import numpy as np
 from .degrade import DegradeSettings, encode
 from .evidence import Evidence, decode, load_image
 from .geometry import centre_crop
+from .identify import cropped_pixels
 from .pce import FingerprintSpectrum, score
 from .residual import ResidualParams, grey_residual, postprocess
 
@@ -62,7 +63,7 @@ def score_probe(
     tile: int = 1024,
 ) -> list[PairScore]:
     """Score one probe against every fingerprint with the classic and (if given) the restored residual."""
-    pixels = np.ascontiguousarray(centre_crop(ev.pixels, crop))
+    pixels = cropped_pixels(ev, crop)
     grey = grey_residual(pixels, params)
     classic = postprocess(grey, params)
     restored = restorer.restore(ev, pixels, grey=grey, params=params, tile=tile)[0] if restorer else None

@@ -27,6 +27,7 @@ from .store import Fingerprint
 __all__ = [
     "IMAGE_SUFFIXES",
     "gather_inputs",
+    "cropped_pixels",
     "residual_of",
     "build_fingerprint",
     "MatchSettings",
@@ -77,8 +78,8 @@ def gather_inputs(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
                     yield f
 
 
-def residual_of(ev: Evidence, params: ResidualParams, crop: tuple[int, int] | None) -> np.ndarray:
-    """Noise residual of an evidence image, after the centre crop (if any).
+def cropped_pixels(ev: Evidence, crop: tuple[int, int] | None) -> np.ndarray:
+    """The evidence pixels after the centre crop (if any), contiguous.
 
     Raises
     ------
@@ -86,10 +87,14 @@ def residual_of(ev: Evidence, params: ResidualParams, crop: tuple[int, int] | No
         If the crop is larger than the image.
     """
     try:
-        pixels = np.ascontiguousarray(centre_crop(ev.pixels, crop))
+        return np.ascontiguousarray(centre_crop(ev.pixels, crop))
     except ValueError as exc:
         raise EvidenceError(ev.path, str(exc)) from None
-    return extract_residual(pixels, params)
+
+
+def residual_of(ev: Evidence, params: ResidualParams, crop: tuple[int, int] | None) -> np.ndarray:
+    """Noise residual of an evidence image, after the centre crop (if any); see :func:`cropped_pixels`."""
+    return extract_residual(cropped_pixels(ev, crop), params)
 
 
 def _quality_stats(qualities: list[int]) -> dict:
@@ -267,11 +272,7 @@ class Matcher:
             crop = (min(s.crop[0], ev.shape[0]), min(s.crop[1], ev.shape[1]))
         if self.restorer is None:
             return residual_of(ev, s.params, crop), False
-        try:
-            pixels = np.ascontiguousarray(centre_crop(ev.pixels, crop))
-        except ValueError as exc:
-            raise EvidenceError(ev.path, str(exc)) from None
-        return self.restorer.restore(ev, pixels, params=s.params)[0], True
+        return self.restorer.restore(ev, cropped_pixels(ev, crop), params=s.params)[0], True
 
     def match(self, ev: Evidence, *, surfaces: bool = False, residual=None) -> list[dict]:
         """One result record per fingerprint for an evidence image.

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .evidence import DEFAULT_MAX_PIXELS, Evidence, EvidenceError, load_image
-from .geometry import centre_crop
+from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, load_image
+from .identify import cropped_pixels
 from .plots import preview_png
 from .provenance import atomic_write_bytes, atomic_write_json, tool_info, utc_now
 from .residual import ResidualParams, extract_residual
@@ -54,13 +54,6 @@ def save_with_provenance(out: Path, stem: str, array: np.ndarray, record: dict, 
     return out / f"{stem}.npy"
 
 
-def _pixels(ev: Evidence, crop):
-    try:
-        return np.ascontiguousarray(centre_crop(ev.pixels, crop))
-    except ValueError as exc:
-        raise EvidenceError(ev.path, str(exc)) from None
-
-
 @dataclass
 class ExtractJob:
     """Classic residual of each image, saved as ``NAME-SHA8.residual.*``."""
@@ -74,7 +67,7 @@ class ExtractJob:
     def __call__(self, path: str) -> dict:
         try:
             ev = load_image(path, max_pixels=self.max_pixels)
-            w = extract_residual(_pixels(ev, self.crop), self.params)
+            w = extract_residual(cropped_pixels(ev, self.crop), self.params)
         except EvidenceError as exc:
             return {"path": path, "error": exc.reason}
         written = save_with_provenance(
@@ -112,7 +105,7 @@ class RestoreJob:
             started = time.perf_counter()
             restored, info = self.restorer.restore(
                 ev,
-                _pixels(ev, self.crop),
+                cropped_pixels(ev, self.crop),
                 quality=self.quality,
                 params=self.params,
                 tile=self.tile,
