@@ -8,26 +8,22 @@ restoration tasks ask for a ``GPU`` resource where workers declare one. A
 bounded number of tasks is in flight, so memory stays flat on folders of any
 size, and results are handed back as they complete.
 
-The same jobs run in-process when no cluster is asked for. A match job's
-workers read each file once, hash it, and skip the ones whose SHA-256 is
-already in the case; the rest are decoded and scored as in
-:class:`spncli.identify.Matcher`.
+The same jobs (:mod:`spncli.jobs`) run in-process when no cluster is asked
+for: :func:`execute` is the one path for ``match``, ``match --case``,
+``extract`` and ``restore``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
-from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, decode, read_bytes
-from .identify import Matcher
-from .plots import preview_png
+__all__ = ["make_client", "close_client", "execute", "LOST"]
 
-__all__ = ["make_client", "close_client", "MatchJob", "execute"]
+LOST = "worker lost"
+"""Start of the reason given for a file whose worker died (memory, kill): not a fault of the file as such."""
 
 _CONFIGURED = False
 
@@ -62,35 +58,6 @@ def make_client(workers: int | None = None, scheduler: str | None = None):
         silence_logs=logging.ERROR,
     )
     return Client(cluster)
-
-
-@dataclass
-class MatchJob:
-    """Score one file against the fingerprints (worker side); skips SHA-256s already in the case."""
-
-    matcher: Matcher
-    skip: frozenset = frozenset()
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    preview_side: int = 768
-
-    def __call__(self, path: str) -> dict:
-        """``{"path", "error"}``, ``{"path", "sha256", "skipped": True}``, or the records and report artifacts."""
-        try:
-            data = read_bytes(path)
-            sha = hashlib.sha256(data).hexdigest()
-            if sha in self.skip:
-                return {"path": path, "sha256": sha, "skipped": True}
-            ev = decode(data, path, max_pixels=self.max_pixels)
-            del data
-            residual = self.matcher.residual(ev)
-            records = self.matcher.match(ev, surfaces=True, residual=residual)
-        except EvidenceError as exc:
-            return {"path": path, "error": exc.reason}
-        surfaces = {r["camera"]: r.pop("_surface") for r in records if "_surface" in r}
-        for r in records:
-            r["size_bytes"] = ev.size_bytes
-        preview = preview_png(residual[0], self.preview_side) if surfaces else None
-        return {"path": path, "sha256": ev.sha256, "records": records, "surfaces": surfaces, "preview": preview}
 
 
 def _run(job: Callable[[str], dict], path: str) -> dict:
@@ -158,7 +125,7 @@ def execute(
             try:
                 result = future.result()
             except Exception as exc:  # the worker died (memory, kill): that file fails, the batch goes on
-                result = {"path": path_of[future.key], "error": f"worker lost: {type(exc).__name__}: {exc}"}
+                result = {"path": path_of[future.key], "error": f"{LOST}: {type(exc).__name__}: {exc}", "lost": True}
             path_of.pop(future.key, None)
             future.release()
             on_result(result)

@@ -1,42 +1,76 @@
-"""The case directory: results, errors, manifest and a hash-chained audit trail.
+"""The case directory: results, errors, manifest, artifacts and a hash-chained audit trail that covers them.
 
-Layout of a case directory (never inside the evidence)::
+Layout of a case directory (never inside the evidence, and never holding it)::
 
     results.jsonl   one row per image x camera, appended image by image (fsync'd)
     results.csv     the same rows, sorted, regenerated at the end of every run
     errors.jsonl    one row per file that could not be analysed (file, reason)
-    manifest.json   every input with its SHA-256, tool version, parameters,
-                    database checksum, runs with start/end UTC
-    audit.jsonl     append-only; each entry carries the SHA-256 of the previous
+    manifest.json   every input path with its SHA-256 (or its error), duplicates, tool
+                    version, parameters, database checksum, runs with start/end UTC
+    audit.jsonl     append-only; each entry carries the SHA-256 of the previous one
     artifacts/      per matched image: residual preview and correlation surfaces
+    case.lock       held (``flock``) by the one run that may write the case
 
-A run killed at any moment leaves every complete row; a partial last line is
-dropped when the case is resumed. A resumed run skips the images already done
-(by SHA-256) and ends with the same ``results.csv`` as an uninterrupted run:
-rows hold no timing, and the CSV is sorted.
+The case proves itself: the audit entry that ends a run records the SHA-256
+and size of every file the case holds (all but ``audit.jsonl`` and the lock),
+and the hash of the last entry, the *head*, is printed for the examiner's
+notes. :meth:`Case.verify` re-checks the chain, every recorded file, extra or
+missing files and the inputs, without writing anything; with the head the
+examiner noted, a truncated audit trail is caught as well.
+
+Each image is committed as one unit: its pictures first (atomic, fsync'd),
+its rows last, in one append. A run killed at any moment leaves every
+complete image; a partial last line, and the rows of an image cut between two
+rows, are dropped when the case is resumed. Rows hold no timing and the CSV is
+sorted, so a resumed run ends with the same ``results.csv`` as an
+uninterrupted one. Case files are opened with ``O_NOFOLLOW``: a link inside
+the case is refused, never followed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import os
+import socket
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .evidence import sha256_file
-from .provenance import atomic_write_bytes, atomic_write_json, tool_info, utc_now
+from .provenance import atomic_write_bytes, tool_info, utc_now
 
-__all__ = ["CSV_COLUMNS", "Case"]
+__all__ = ["CSV_COLUMNS", "GENESIS", "Case", "CaseError", "CaseBusy", "Verification"]
 
 CSV_COLUMNS = [
     "image", "sha256", "size_bytes", "jpeg_quality", "camera", "pce", "ncc", "decision", "threshold",
     "rotation", "restored", "peak_row", "peak_col", "n_shifts", "p_fa", "rows", "cols", "fingerprint_sha256",
 ]  # fmt: skip
 GENESIS = "0" * 64
+AUDIT = "audit.jsonl"
+LOCK = "case.lock"
+NOT_HASHED = frozenset({AUDIT, LOCK})
+"""Files outside the recorded hashes: the chain covers itself, the lock holds only who runs."""
+APPEND_ONLY = ("results.jsonl",)
+REGENERATED = ("results.csv", "manifest.json", "errors.jsonl")
+"""Written again at the end of every run from the rows and the errors met (so free after a killed run)."""
+RUN_END = ("match-completed", "match-interrupted")
+TORN_AUDIT = "audit.jsonl: ends with a partial line (a kill while writing, or cut or appended to)"
+
+
+class CaseError(Exception):
+    """The case folder cannot be used as asked. ``str()`` is one line naming the path."""
+
+
+class CaseBusy(CaseError):
+    """Another run holds the case's lock."""
 
 
 def _entry_hash(entry: dict) -> str:
@@ -44,27 +78,80 @@ def _entry_hash(entry: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def _append_lines(path: Path, lines: list[str]) -> None:
-    """Append whole lines in one write, then fsync: a kill leaves at most a partial last line."""
-    data = "".join(line + "\n" for line in lines).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def _open(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that never follows a link at the last component (``O_NOFOLLOW``)."""
     try:
-        os.write(fd, data)
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CaseError(f"{path}: is a symbolic link; a case never follows links out of its folder") from None
+        raise
+
+
+def _read(path: Path) -> bytes | None:
+    """The file's bytes (``None`` when absent), read without following a link."""
+    try:
+        fd = _open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise CaseError(f"{path}: not a regular file")
+        return f.read()
+
+
+def _jsonl(data: bytes | None) -> tuple[list[dict], int]:
+    """Rows of JSON Lines bytes up to the last newline, and that byte count (a partial line is not a row)."""
+    if not data:
+        return [], 0
+    end = data.rfind(b"\n") + 1
+    return [json.loads(line) for line in data[:end].decode().splitlines() if line.strip()], end
+
+
+def _is_temp(rel: str) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return name.startswith(".") and ".tmp" in name
+
+
+def _last_line_end(fd: int, size: int, chunk: int = 1 << 16) -> int:
+    """Offset just after the last newline of an open file (0 when it has none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - chunk)
+        block = os.pread(fd, end - start, start)
+        i = block.rfind(b"\n")
+        if i >= 0:
+            return start + i + 1
+        end = start
+    return 0
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _read_jsonl(path: Path, repair: bool = False) -> list[dict]:
-    """Rows of a JSON Lines file; a partial last line (from a kill) is dropped (and cut off if ``repair``)."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if repair and end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    return [json.loads(line) for line in data[:end].decode().splitlines() if line.strip()]
+def _digest(data: bytes) -> dict:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+@dataclass
+class Verification:
+    """What :meth:`Case.verify` found: ``problems`` (empty: the case verifies), the chain head, notes."""
+
+    problems: list[str] = field(default_factory=list)
+    head: str = GENESIS
+    entries: int = 0
+    files_checked: int = 0
+    inputs_checked: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
 
 class Case:
@@ -72,7 +159,7 @@ class Case:
 
     Parameters
     ----------
-    root : Path
+    root : path-like
     """
 
     def __init__(self, root: str | os.PathLike):
@@ -81,107 +168,285 @@ class Case:
         self.errors = self.root / "errors.jsonl"
         self.csv = self.root / "results.csv"
         self.manifest = self.root / "manifest.json"
-        self.audit_log = self.root / "audit.jsonl"
+        self.audit_log = self.root / AUDIT
+        self.lock_file = self.root / LOCK
         self.artifacts = self.root / "artifacts"
 
+    # -- the folder itself --------------------------------------------------
+    def _real_dir(self, folder: Path, create: bool = True) -> None:
+        """Make sure ``folder`` is a real directory (not a link), creating it if asked."""
+        try:
+            st = os.lstat(folder)
+        except FileNotFoundError:
+            if not create:
+                return
+            os.mkdir(folder)
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise CaseError(f"{folder}: is a symbolic link; a case never follows links out of its folder")
+        if not stat.S_ISDIR(st.st_mode):
+            raise CaseError(f"{folder}: exists and is not a folder")
+
+    def create(self) -> None:
+        """Create the case folder (its parents too); refuse a link, a file, or a folder that is no case.
+
+        Raises
+        ------
+        CaseError
+        """
+        if self.root.is_symlink():
+            raise CaseError(f"{self.root}: is a symbolic link; give the case folder's real path")
+        if self.root.exists() and not self.root.is_dir():
+            raise CaseError(f"{self.root}: exists and is not a folder; --case needs a new or existing case folder")
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self._real_dir(self.root)
+        links = self.links()
+        if links:
+            raise CaseError(f"{links[0]}: is a symbolic link inside the case; a case never follows links")
+        names = {p.name for p in self.root.iterdir()} - {LOCK}
+        if names and AUDIT not in names:
+            raise CaseError(
+                f"{self.root}: not empty and not a case folder (no audit.jsonl); give a new folder for the case"
+            )
+
+    def links(self) -> list[Path]:
+        """Symbolic links (and other non-regular entries) anywhere in the case."""
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            for name in sorted(dirnames + filenames):
+                p = Path(dirpath) / name
+                mode = os.lstat(p).st_mode
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    found.append(p)
+        return sorted(found)
+
+    def files(self) -> dict[str, dict]:
+        """SHA-256 and size of every regular file the case holds, by path relative to the case (not the audit
+        trail, not the lock; links are not followed and not included: see :meth:`links`)."""
+        out = {}
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            dirnames.sort()
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                rel = p.relative_to(self.root).as_posix()
+                if rel in NOT_HASHED or not stat.S_ISREG(os.lstat(p).st_mode):
+                    continue
+                out[rel] = _digest(_read(p) or b"")
+        return out
+
+    # -- one run at a time --------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the case's exclusive lock for the block.
+
+        Raises
+        ------
+        CaseBusy
+            At once, naming the PID, host and start time of the run that holds it.
+        """
+        fd = _open(self.lock_file, os.O_RDWR | os.O_CREAT)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CaseBusy(f"{self.root}: another run holds the case ({self._holder(fd)})") from None
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "started_utc": utc_now()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+            os.fsync(fd)
+            try:
+                yield holder
+            finally:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            h = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            return f"pid {h['pid']} on {h['host']}, started {h['started_utc']}"
+        except (ValueError, KeyError):
+            return "holder unknown"
+
+    def busy(self) -> str | None:
+        """Who holds the lock now (``None``: nobody), checked without creating or writing anything."""
+        try:
+            fd = _open(self.lock_file, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return self._holder(fd)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    # -- writing (under the lock) --------------------------------------------
+    def _append(self, path: Path, lines: list[str]) -> None:
+        """Append whole lines in one write, then fsync: a kill leaves at most a partial last line, which the
+        next append cuts off first (it never glues a row onto a torn one)."""
+        fd = _open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                os.ftruncate(fd, _last_line_end(fd, size))
+            os.write(fd, "".join(line + "\n" for line in lines).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _write(self, path: Path, data: bytes) -> None:
+        """Atomic write (the rename replaces a link at that name, never follows it), then fsync the folder."""
+        self._real_dir(path.parent)
+        atomic_write_bytes(path, data)
+        _fsync_dir(path.parent)
+
+    def _rewrite_jsonl(self, path: Path, rows: list[dict]) -> None:
+        self._write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+
     # -- results ----------------------------------------------------------
-    def done(self, n_cameras: int) -> dict[str, list[dict]]:
-        """Images already fully scored, by SHA-256 (rows of incomplete images are removed)."""
-        rows = _read_jsonl(self.results, repair=True)
-        by_sha: dict[str, list[dict]] = {}
+    def done(self, cameras: set[str]) -> dict[tuple[str, str], list[dict]]:
+        """Images fully scored, by (path, SHA-256). Repairs what a kill left: a partial last line is cut,
+        the rows of an image without a row for every camera are removed (the image is scored again)."""
+        data = _read(self.results)
+        rows, end = _jsonl(data)
+        by_key: dict[tuple[str, str], list[dict]] = {}
         for r in rows:
-            by_sha.setdefault(r["sha256"], []).append(r)
-        complete = {sha: rs for sha, rs in by_sha.items() if len({r["camera"] for r in rs}) >= n_cameras}
-        if len(complete) != len(by_sha):  # a kill between two rows of one image: drop that image's rows
-            keep = [json.dumps(r, ensure_ascii=False) for r in rows if r["sha256"] in complete]
-            atomic_write_bytes(self.results, "".join(line + "\n" for line in keep).encode())
+            by_key.setdefault((r["image"], r["sha256"]), []).append(r)
+        complete = {k: rs for k, rs in by_key.items() if cameras <= {r["camera"] for r in rs}}
+        if data is not None and (end < len(data) or len(complete) != len(by_key)):
+            self._rewrite_jsonl(self.results, [r for r in rows if (r["image"], r["sha256"]) in complete])
         return complete
 
-    def add_results(self, rows: list[dict]) -> None:
-        """Append the rows of one image."""
-        _append_lines(self.results, [json.dumps(r, ensure_ascii=False) for r in rows])
+    def commit_image(self, rows: list[dict], preview_png: bytes | None, surfaces: dict[str, np.ndarray]) -> None:
+        """One image as one unit: its pictures first, its rows last (one append, fsync'd)."""
+        if surfaces:
+            self.save_artifacts(rows[0]["sha256"], preview_png, surfaces)
+        self._append(self.results, [json.dumps(r, ensure_ascii=False) for r in rows])
 
     def add_error(self, path: str, reason: str) -> None:
-        _append_lines(self.errors, [json.dumps({"file": path, "reason": reason}, ensure_ascii=False)])
-
-    def reset_errors(self) -> None:
-        """Errors are re-tried by a resumed run: start its error list afresh."""
-        self.errors.unlink(missing_ok=True)
+        self._append(self.errors, [json.dumps({"file": path, "reason": reason}, ensure_ascii=False)])
 
     def rows(self) -> list[dict]:
-        return _read_jsonl(self.results)
+        return _jsonl(_read(self.results))[0]
 
     def error_rows(self) -> list[dict]:
-        return _read_jsonl(self.errors)
+        return _jsonl(_read(self.errors))[0]
+
+    def settle_errors(self) -> list[dict]:
+        """Keep one error per file (its latest), none for a file scored since; sorted by file."""
+        scored = {r["image"] for r in self.rows()}
+        latest = {e["file"]: e for e in self.error_rows() if e["file"] not in scored}
+        errors = [latest[f] for f in sorted(latest)]
+        if errors or self.errors.exists():
+            self._rewrite_jsonl(self.errors, errors)
+        return errors
 
     def write_csv(self) -> None:
-        """results.csv from results.jsonl, sorted by image then camera; errors sorted too."""
+        """results.csv from results.jsonl, sorted by image then camera."""
         rows = sorted(self.rows(), key=lambda r: (r["image"], r["camera"]))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for r in rows:
             writer.writerow({c: "" if r.get(c) is None else r.get(c) for c in CSV_COLUMNS})
-        atomic_write_bytes(self.csv, buf.getvalue().encode())
-        errors = sorted(self.error_rows(), key=lambda e: e["file"])
-        if errors:
-            atomic_write_bytes(self.errors, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors).encode())
+        self._write(self.csv, buf.getvalue().encode())
 
     # -- artifacts for the report -----------------------------------------
     def artifact_dir(self, sha256: str) -> Path:
         return self.artifacts / sha256[:16]
 
     def save_artifacts(self, sha256: str, preview_png: bytes | None, surfaces: dict[str, np.ndarray]) -> None:
+        self._real_dir(self.artifacts)
         folder = self.artifact_dir(sha256)
+        self._real_dir(folder)
         if preview_png is not None:
-            atomic_write_bytes(folder / "residual.png", preview_png)
+            self._write(folder / "residual.png", preview_png)
         for camera, surface in surfaces.items():
             buf = io.BytesIO()
             np.save(buf, surface.astype(np.float32), allow_pickle=False)
-            atomic_write_bytes(folder / f"surface-{camera}.npy", buf.getvalue())
+            self._write(folder / f"surface-{camera}.npy", buf.getvalue())
+
+    def read_artifact(self, path: Path) -> bytes | None:
+        """An artifact's bytes, read without following a link (``None`` when absent)."""
+        self._real_dir(self.artifacts, create=False)
+        self._real_dir(path.parent, create=False)
+        return _read(path)
+
+    def tidy(self) -> list[str]:
+        """Remove what a killed run left behind: temporary files, and pictures of images that have no rows."""
+        removed = []
+        keep = {self.artifact_dir(r["sha256"]).name for r in self.rows()}
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            for name in filenames:
+                p = Path(dirpath) / name
+                stray_pic = p.parent.parent == self.artifacts and p.parent.name not in keep
+                if _is_temp(name) or stray_pic:
+                    p.unlink()
+                    removed.append(p.relative_to(self.root).as_posix())
+        if self.artifacts.is_dir() and not self.artifacts.is_symlink():
+            for d in self.artifacts.iterdir():
+                if d.is_dir() and not d.is_symlink() and not any(d.iterdir()):
+                    d.rmdir()
+        return sorted(removed)
 
     # -- manifest and audit -------------------------------------------------
-    def write_manifest(
-        self,
-        *,
-        parameters: dict,
-        db: str,
-        db_sha256: str,
-        runs: list[dict],
-        case_id: str | None,
-        examiner: str | None,
-        inputs_given: list[str],
-    ) -> None:
-        """Every input with its SHA-256 (scored) or its error, with versions, parameters and runs."""
-        inputs: dict[str, dict] = {}
-        for r in self.rows():
-            inputs.setdefault(
-                r["image"],
-                {"path": r["image"], "sha256": r["sha256"], "size_bytes": r.get("size_bytes"), "status": "scored"},
-            )
-        for e in self.error_rows():
-            inputs.setdefault(e["file"], {"path": e["file"], "sha256": None, "status": "error", "reason": e["reason"]})
-        atomic_write_json(
-            self.manifest,
-            {
-                "case_id": case_id,
-                "examiner": examiner,
-                "evidence": inputs_given,
-                "database": db,
-                "database_sha256": db_sha256,
-                "parameters": parameters,
-                "runs": runs,
-                "inputs": sorted(inputs.values(), key=lambda i: i["path"]),
-                **tool_info(),
-            },
-        )
+    def write_manifest(self, content: dict) -> None:
+        """manifest.json: ``content`` and the tool's versions."""
+        text = json.dumps({**content, **tool_info()}, indent=2, ensure_ascii=False) + "\n"
+        self._write(self.manifest, text.encode())
 
     def read_manifest(self) -> dict | None:
-        return json.loads(self.manifest.read_text()) if self.manifest.exists() else None
+        data = _read(self.manifest)
+        return json.loads(data) if data is not None else None
+
+    def audit_entries(self) -> tuple[list[dict], list[str]]:
+        """The audit entries and what is wrong with the file as a chain (read-only)."""
+        data = _read(self.audit_log)
+        problems = []
+        if data is None:
+            return [], ["audit.jsonl: missing"]
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            problems.append(TORN_AUDIT)
+        entries = []
+        for n, line in enumerate(data[:end].decode(errors="replace").splitlines(), 1):
+            try:
+                entry = json.loads(line)
+                if not isinstance(entry, dict):
+                    raise ValueError
+            except ValueError:
+                problems.append(f"audit.jsonl line {n}: not an audit entry")
+                continue
+            entries.append(entry)
+        prev = GENESIS
+        for i, e in enumerate(entries):
+            if e.get("seq") != i:
+                problems.append(f"audit entry {i}: out of sequence (seq {e.get('seq')})")
+            if e.get("prev_hash") != prev:
+                problems.append(f"audit entry {i}: chain broken (prev_hash does not match entry {i - 1})")
+            if _entry_hash(e) != e.get("hash"):
+                problems.append(f"audit entry {i}: altered (its hash does not match its content)")
+            prev = e.get("hash")
+        if not entries and not problems:
+            problems.append("audit.jsonl: empty")
+        return entries, problems
+
+    def head(self) -> str:
+        """The hash of the last audit entry (the genesis hash for an empty trail)."""
+        entries, _ = self.audit_entries()
+        return entries[-1]["hash"] if entries else GENESIS
 
     def audit(self, event: str, **fields) -> dict:
-        """Append an audit entry chained to the previous one by its SHA-256."""
-        entries = _read_jsonl(self.audit_log, repair=True)
+        """Append an audit entry chained to the previous one by its SHA-256 (a partial last line is cut)."""
+        data = _read(self.audit_log) or b""
+        end = data.rfind(b"\n") + 1
+        entries, _ = _jsonl(data[:end])
         entry = {
             "seq": len(entries),
             "utc": utc_now(),
@@ -191,41 +456,135 @@ class Case:
             "prev_hash": entries[-1]["hash"] if entries else GENESIS,
         }
         entry["hash"] = _entry_hash(entry)
-        _append_lines(self.audit_log, [json.dumps(entry, ensure_ascii=False, sort_keys=True)])
+        self._append(self.audit_log, [json.dumps(entry, ensure_ascii=False, sort_keys=True)])
         return entry
 
-    def verify(self) -> list[str]:
-        """Re-hash the inputs and the audit chain; return the problems found (empty: intact)."""
+    # -- proof ----------------------------------------------------------------
+    @staticmethod
+    def recorded_files(entries: list[dict]) -> tuple[dict[str, dict], int | None]:
+        """The files the audit trail says the case holds: the last run's end entry, plus the reports written
+        after it; and the index of that run-end entry (``None``: no run ended)."""
+        last = next((i for i in range(len(entries) - 1, -1, -1) if entries[i].get("event") in RUN_END), None)
+        if last is None:
+            return {}, None
+        files = dict(entries[last].get("files", {}))
+        for e in entries[last + 1 :]:
+            files.update(e.get("report_files", {}))
+        return files, last
+
+    @staticmethod
+    def _last_run_open(entries: list[dict]) -> dict | None:
+        """The last run's start entry if that run wrote no end entry (killed, running, or the trail was cut)."""
+        runs = [e for e in entries if str(e.get("event", "")).startswith("match-")]
+        return runs[-1] if runs and runs[-1].get("event") == "match-start" else None
+
+    def _compare(self, recorded: dict[str, dict], now: dict[str, dict], since: str, killed: bool) -> list[str]:
+        """Differences between recorded and present files (after a killed run, appends and new pictures pass)."""
         problems = []
-        entries = _read_jsonl(self.audit_log)
-        prev = GENESIS
-        for i, e in enumerate(entries):
-            if e.get("prev_hash") != prev:
-                problems.append(f"audit entry {i}: chain broken (prev_hash does not match entry {i - 1})")
-            if _entry_hash(e) != e.get("hash"):
-                problems.append(f"audit entry {i}: altered (its hash does not match its content)")
-            prev = e.get("hash")
+        for rel in sorted(recorded.keys() | now.keys()):
+            rec, cur = recorded.get(rel), now.get(rel)
+            if killed and (rel in REGENERATED or _is_temp(rel) or (rec is None and rel.startswith("artifacts/"))):
+                continue
+            if cur is None:
+                problems.append(f"{rel}: missing (recorded by {since}, SHA-256 {rec['sha256'][:16]}...)")
+            elif rec is None:
+                if not (killed and rel in APPEND_ONLY):
+                    problems.append(f"{rel}: not recorded in the audit trail (added after {since})")
+            elif cur["sha256"] != rec["sha256"]:
+                if killed and rel in APPEND_ONLY and cur["size"] >= rec["size"]:
+                    data = _read(self.root / rel) or b""
+                    if _digest(data[: rec["size"]]) == rec:
+                        continue  # rows appended by the killed run after the recorded ones
+                problems.append(
+                    f"{rel}: changed since {since} recorded it "
+                    f"(SHA-256 now {cur['sha256'][:16]}..., recorded {rec['sha256'][:16]}...)"
+                )
+        return problems
+
+    def state_problems(self) -> tuple[list[str], list[dict]]:
+        """The chain and the case files against what the trail records (no input is read); and the entries.
+
+        After a run that wrote no end entry (killed), the rows it appended, the pictures it added and the
+        files it regenerates at its end (CSV, manifest, errors) pass; recorded rows and pictures must not
+        have changed.
+        """
+        entries, problems = self.audit_entries()
+        problems += [f"{p.relative_to(self.root)}: is a link or a special file, not a regular case file"
+                     for p in self.links()]  # fmt: skip
+        now = self.files()
         if not entries:
-            problems.append("audit.jsonl: missing or empty")
-        manifest = self.read_manifest()
+            if now:
+                problems.append("the case holds files but no audit trail records them")
+            return problems, entries
+        recorded, last = self.recorded_files(entries)
+        since = f"audit entry {last} ({entries[last]['utc']})" if last is not None else "the start of the case"
+        problems += self._compare(recorded, now, since, killed=self._last_run_open(entries) is not None)
+        return problems, entries
+
+    def verify(self, *, head: str | None = None, inputs: bool = True, locked_by_us: bool = False) -> Verification:
+        """Check the case, writing nothing: the chain, each recorded file against the file now, files added
+        or missing, links, the inputs re-hashed, and (``head``) that the noted head is still in the chain.
+        A run holding the lock is a problem too, unless ``locked_by_us`` (the caller holds it).
+
+        Returns
+        -------
+        Verification
+            One problem per difference, each naming the file or entry.
+        """
+        v = Verification()
+        if not self.root.is_dir() or self.root.is_symlink():
+            v.problems.append(f"{self.root}: not a case folder")
+            return v
+        problems, entries = self.state_problems()
+        v.problems += problems
+        v.entries = len(entries)
+        v.head = entries[-1]["hash"] if entries else GENESIS
+        recorded, _ = self.recorded_files(entries)
+        v.files_checked = len(recorded)
+        open_run = self._last_run_open(entries)
+        if open_run is not None:
+            v.problems.append(
+                f"audit trail: the last run (started {open_run.get('utc')}) has no end entry: it was killed, "
+                "is still running, or the trail was cut; resume it with the same spn match --case"
+            )
+        elif entries and not recorded:
+            v.problems.append("audit trail: no run ended, so no file of the case is recorded")
+        holder = None if locked_by_us else self.busy()
+        if holder:
+            v.problems.append(f"a run is writing the case now ({holder})")
+        if head is not None:
+            hashes = [e.get("hash") for e in entries]
+            if head not in hashes:
+                v.problems.append(
+                    f"audit trail: the noted head {head} is not in the chain (entries were removed or rewritten)"
+                )
+            elif hashes.index(head) < len(hashes) - 1:
+                after = [e.get("event") for e in entries[hashes.index(head) + 1 :]]
+                v.notes.append(f"{len(after)} audit entr(y/ies) after the noted head: {', '.join(after)}")
+        if inputs:
+            self._verify_inputs(v)
+        return v
+
+    def _verify_inputs(self, v: Verification) -> None:
+        try:
+            manifest = self.read_manifest()
+        except (ValueError, CaseError) as exc:
+            v.problems.append(f"manifest.json: unreadable ({exc})")
+            return
         if manifest is None:
-            return problems + ["manifest.json: missing"]
-        for item in manifest["inputs"]:
-            if item.get("sha256") is None:
+            return
+        for item in manifest.get("inputs", []):
+            if not item.get("sha256"):
                 continue
             path = Path(item["path"])
-            if not path.exists():
-                problems.append(f"{path}: missing (recorded SHA-256 {item['sha256'][:16]}...)")
-                continue
+            v.inputs_checked += 1
             try:
                 digest = sha256_file(path)
+            except FileNotFoundError:
+                v.problems.append(f"{path}: missing (recorded SHA-256 {item['sha256'][:16]}...)")
+                continue
             except OSError as exc:
-                problems.append(f"{path}: cannot read ({exc.strerror or exc})")
+                v.problems.append(f"{path}: cannot read ({exc.strerror or exc})")
                 continue
             if digest != item["sha256"]:
-                problems.append(f"{path}: changed (SHA-256 {digest[:16]}... recorded {item['sha256'][:16]}...)")
-        last_end = next((e for e in reversed(entries) if e.get("event") == "match-end"), None)
-        if last_end and last_end.get("results_csv_sha256") and self.csv.exists():
-            if sha256_file(self.csv) != last_end["results_csv_sha256"]:
-                problems.append("results.csv: changed since the last run recorded it in the audit trail")
-        return problems
+                v.problems.append(f"{path}: changed (SHA-256 {digest[:16]}... recorded {item['sha256'][:16]}...)")

@@ -1,11 +1,12 @@
-"""Per-file jobs that write residuals with their provenance: extraction and restoration.
+"""Per-file jobs: matching, and residuals written with their provenance (extraction, restoration).
 
 A job is a small picklable object holding the settings; calling it on a path
-reads, hashes, analyses the image and writes ``NAME-SHA8.<kind>.npy`` (float32),
-``.json`` (provenance) and optionally ``.png`` into the output folder,
-atomically. The same job runs in-process or on Dask workers
-(:func:`spncli.batch.execute`), and never raises for a bad file: it returns
-``{"path", "error"}``.
+reads, hashes and analyses the image. :class:`MatchJob` returns the scores
+(and the pictures a case keeps); the residual jobs write
+``NAME-SHA8.<kind>.npy`` (float32), ``.json`` (provenance) and optionally
+``.png`` into the output folder, atomically. The same job runs in-process or
+on Dask workers (:func:`spncli.batch.execute`), and never raises for a bad
+file: it returns ``{"path", "error"}``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, load_image
-from .identify import cropped_pixels
+from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, decode, load_image, read_bytes
+from .identify import Matcher, cropped_pixels
 from .plots import preview_png
 from .provenance import atomic_write_bytes, atomic_write_json, tool_info, utc_now
 from .residual import ResidualParams, extract_residual
 
-__all__ = ["ExtractJob", "RestoreJob", "save_with_provenance"]
+__all__ = ["MatchJob", "ExtractJob", "RestoreJob", "save_with_provenance"]
 
 
 def save_with_provenance(out: Path, stem: str, array: np.ndarray, record: dict, preview: bool) -> Path:
@@ -52,6 +53,40 @@ def save_with_provenance(out: Path, stem: str, array: np.ndarray, record: dict, 
         },
     )
     return out / f"{stem}.npy"
+
+
+@dataclass
+class MatchJob:
+    """Score one file against the fingerprints; skips the (path, SHA-256) pairs a case holds already.
+
+    With ``artifacts``, a scored result carries what a case keeps for the report: the correlation
+    surfaces of the pairs above the threshold and a preview of the residual (only when there is one).
+    """
+
+    matcher: Matcher
+    skip: frozenset = frozenset()
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    artifacts: bool = True
+    preview_side: int = 768
+
+    def __call__(self, path: str) -> dict:
+        """``{"path", "error"}``, ``{"path", "sha256", "skipped": True}``, or the records (and artifacts)."""
+        try:
+            data = read_bytes(path)
+            sha = hashlib.sha256(data).hexdigest()
+            if (path, sha) in self.skip:
+                return {"path": path, "sha256": sha, "skipped": True}
+            ev = decode(data, path, max_pixels=self.max_pixels)
+            del data
+            residual = self.matcher.residual(ev)
+            records = self.matcher.match(ev, surfaces=self.artifacts, residual=residual)
+        except EvidenceError as exc:
+            return {"path": path, "error": exc.reason}
+        surfaces = {r["camera"]: r.pop("_surface") for r in records if "_surface" in r}
+        for r in records:
+            r["size_bytes"] = ev.size_bytes
+        preview = preview_png(residual[0], self.preview_side) if surfaces else None
+        return {"path": path, "sha256": ev.sha256, "records": records, "surfaces": surfaces, "preview": preview}
 
 
 @dataclass

@@ -27,6 +27,7 @@ __all__ = [
     "atomic_write_json",
     "OutputInsideEvidence",
     "check_output_location",
+    "check_apart",
 ]
 
 
@@ -124,4 +125,27 @@ def check_output_location(output: str | os.PathLike, inputs) -> None:
             raise OutputInsideEvidence(
                 f"{output}: output would be written inside the evidence {what} {folder}; "
                 "choose a path outside the evidence (evidence is read-only)"
+            )
+
+
+def check_apart(output: str | os.PathLike, inputs) -> None:
+    """Refuse an output folder inside (or beside) the evidence, and evidence inside the output folder.
+
+    The second rule keeps a tool's own files from ever being read as evidence
+    (e.g. evidence placed at ``CASE/artifacts``) and the evidence from ever
+    being written into.
+
+    Raises
+    ------
+    OutputInsideEvidence
+        Naming both paths.
+    """
+    inputs = list(inputs)
+    check_output_location(output, inputs)
+    out = Path(output).resolve()
+    for item in inputs:
+        p = Path(item).resolve()
+        if p.is_relative_to(out):
+            raise OutputInsideEvidence(
+                f"{item}: evidence inside the output folder {output}; keep the evidence outside the case folder"
             )

@@ -65,6 +65,7 @@ font-size:.9em;text-align:left;vertical-align:top}th{background:#f3f3f3}
 .bar{background:#eee;height:12px;width:260px;position:relative}.bar span{position:absolute;left:0;top:0;bottom:0;
 background:#2b7bb9}.bar i{position:absolute;top:-3px;bottom:-3px;border-left:2px solid #c00}
 code{font-size:.85em;word-break:break-all}.note{color:#555;font-size:.9em}
+.unverified{border:4px solid #c00;background:#fee;padding:.5em 1em;margin-bottom:1em}.unverified h2{color:#c00;margin:0}
 """
 
 _SCRIPT = """<script>
@@ -82,8 +83,21 @@ def _pce_bar(pce: float, threshold: float) -> str:
     )
 
 
-def build_report(folder: str | Path) -> str:
-    """The HTML report of a case folder (results, errors, manifest, audit, artifacts)."""
+def _not_verified(problems: list[str]) -> str:
+    items = "".join(f"<li>{_e(p)}</li>" for p in problems)
+    return (
+        "<div class='unverified'><h2>NOT VERIFIED</h2><p>This case did not verify when the report was written "
+        "(<code>spn case verify</code>): what follows may not be what the analysis produced.</p>"
+        f"<ul>{items}</ul></div>"
+    )
+
+
+def build_report(folder: str | Path, *, problems: list[str] | None = None, head: str | None = None) -> str:
+    """The HTML report of a case folder (results, errors, manifest, audit, artifacts).
+
+    ``problems``: what ``verify`` found; when there are any the report is marked NOT VERIFIED at the top
+    and in its title. ``head``: the audit chain head the report was written against.
+    """
     case = Case(folder)
     manifest = case.read_manifest() or {}
     rows = case.rows()
@@ -100,16 +114,20 @@ def build_report(folder: str | Path) -> str:
     p60 = false_alarm_probability(threshold)
     out = io.StringIO()
     w = out.write
+    mark = "NOT VERIFIED - " if problems else ""
     w(
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>spn report {_e(manifest.get('case_id'))}"
-        f"</title><style>{_CSS}</style></head><body>"
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{mark}spn report "
+        f"{_e(manifest.get('case_id'))}</title><style>{_CSS}</style></head><body>"
     )
+    if problems:
+        w(_not_verified(problems))
     w("<h1>Camera identification report (sensor pattern noise)</h1>")
     w("<table class='meta'>")
     for k, v in [
         ("Case", manifest.get("case_id")),
         ("Examiner", manifest.get("examiner")),
         ("Report generated (UTC)", utc_now()),
+        ("Audit chain head", head),
         (
             "Analysis runs (UTC)",
             "; ".join(f"{r.get('started_utc')} to {r.get('finished_utc')} ({r.get('status')})" for r in runs),
@@ -159,18 +177,18 @@ def build_report(folder: str | Path) -> str:
         for r in matches:
             folder_a = case.artifact_dir(r["sha256"])
             pics = []
-            surface = folder_a / f"surface-{cam}.npy"
-            if surface.exists():
+            surface = case.read_artifact(folder_a / f"surface-{cam}.npy")
+            if surface is not None:
                 pics.append(
                     (
                         "Correlation surface around the peak (41x41 shifts; colour: correlation in units of its "
                         "noise std)",
-                        surface_png(np.load(surface, allow_pickle=False)),
+                        surface_png(np.load(io.BytesIO(surface), allow_pickle=False)),
                     )
                 )
-            preview = folder_a / "residual.png"
-            if preview.exists():
-                pics.append(("Noise residual of the image (clipped at ±3 std)", preview.read_bytes()))
+            preview = case.read_artifact(folder_a / "residual.png")
+            if preview is not None:
+                pics.append(("Noise residual of the image (clipped at ±3 std)", preview))
             w("<div class='match'><div>")
             w(
                 f"<p><b>{_e(Path(r['image']).name)}</b> is <span class='ok'>consistent with {_e(cam)}</span>: "
@@ -229,8 +247,8 @@ def build_report(folder: str | Path) -> str:
     )
     w("</ul>")
     w(
-        f"<p class='note'>Integrity: re-check with <code>spn case verify {_e(folder)}</code> (re-hashes every input "
-        "and the audit chain).</p>"
+        f"<p class='note'>Integrity: re-check with <code>spn case verify {_e(folder)} --head {_e(head)}</code> "
+        "(the audit chain, every case file against its recorded SHA-256, and every input re-hashed).</p>"
     )
     w(_SCRIPT + "</body></html>")
     return out.getvalue()

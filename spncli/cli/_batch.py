@@ -1,4 +1,4 @@
-"""Running per-file jobs from the CLI: in-process, or on Dask with --workers / --scheduler."""
+"""Running per-file jobs from the CLI: in-process, or on Dask with --workers / --scheduler; progress on stderr."""
 
 from __future__ import annotations
 
@@ -15,6 +15,49 @@ WorkersOption = Annotated[
 ]
 SchedulerOption = Annotated[str | None, typer.Option(help="Run on an existing Dask scheduler, e.g. tcp://HOST:8786.")]
 
+PLAIN_EVERY_S = 5.0
+"""Seconds between two plain progress lines when stderr is not a terminal (a log file, a pipe, CI)."""
+
+
+class BatchProgress:
+    """Progress of a batch on stderr: a bar on a terminal, else a plain line every few seconds.
+
+    Use as a context manager; call :meth:`start` with the number of files (when known) and
+    :meth:`advance` once per file.
+    """
+
+    def __init__(self, label: str, every_s: float = PLAIN_EVERY_S):
+        self.label, self.every_s = label, every_s
+        self.total = 0
+        self.done = self.failed = 0
+        self.started = self.last_line = time.monotonic()
+        self.bar = progress(None, label)
+        self.task = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def start(self, total: int) -> None:
+        self.total = total
+        self.started = self.last_line = time.monotonic()
+        self.task = self.bar.add_task(self.label, total=total, rate="")
+
+    def advance(self, failed: bool = False) -> None:
+        self.done += 1
+        self.failed += failed
+        now = time.monotonic()
+        rate = self.done / max(now - self.started, 1e-6)
+        if self.task is not None:
+            self.bar.update(self.task, advance=1, rate=f"{rate:.2f} img/s")
+        if not err.is_terminal and (now - self.last_line >= self.every_s or self.done == self.total):
+            self.last_line = now
+            left = f", about {(self.total - self.done) / rate:.0f} s left" if self.total > self.done else ""
+            err.print(f"{self.label}: {self.done}/{self.total} file(s), {self.failed} failed, {rate:.2f} img/s{left}")
+
 
 def run_jobs(
     paths: list[Path],
@@ -24,17 +67,13 @@ def run_jobs(
     scheduler: str | None,
     label: str,
     gpu: bool = False,
-    cluster: bool = False,
     on_result=None,
-    on_interrupt=None,
 ) -> tuple[int, int]:
-    """Run ``job`` over ``paths`` with a progress bar (rate and ETA on stderr).
+    """Run ``job`` over ``paths`` (Dask with --workers/--scheduler, else in-process) with progress on stderr.
 
-    Runs on Dask when ``cluster`` is set or --workers/--scheduler were given, else in-process.
     ``on_result(result)`` handles each result (default: one error line per failed file, one line
-    per written file) and returns True when the file counts as failed. On Ctrl-C,
-    ``on_interrupt()`` runs and the command exits 130; what was written stays complete.
-    Returns (done, failed).
+    per written file) and returns True when the file counts as failed. On Ctrl-C the command exits
+    130; what was written stays complete. Returns (done, failed).
     """
     from ..batch import close_client, execute, make_client
 
@@ -46,28 +85,22 @@ def run_jobs(
         return False
 
     handle = on_result or default
-    counts = {"done": 0, "failed": 0}
-    started = time.perf_counter()
-    with progress(len(paths), label) as bar:
-        task = bar.add_task(label, total=len(paths), rate="")
+    with BatchProgress(label) as bar:
+        bar.start(len(paths))
 
         def on_any(result: dict) -> None:
-            counts["failed" if handle(result) else "done"] += 1
-            rate = (counts["done"] + counts["failed"]) / max(time.perf_counter() - started, 1e-6)
-            bar.update(task, advance=1, rate=f"{rate:.2f} img/s")
+            bar.advance(bool(handle(result)))
 
         client = None
         try:
-            if cluster or workers or scheduler:
+            if workers or scheduler:
                 client = make_client(workers, scheduler)
             execute(paths, job, on_result=on_any, client=client, gpu=gpu)
         except KeyboardInterrupt:
-            if on_interrupt is not None:
-                on_interrupt()
-            err.print(f"interrupted: the {counts['done']} result(s) written are complete; re-run to resume")
+            err.print(f"interrupted: the {bar.done - bar.failed} result(s) written are complete; re-run to resume")
             raise typer.Exit(130) from None
         except OSError as exc:
             die(f"cannot reach the Dask scheduler {scheduler}: {exc}" if scheduler else f"cluster failed: {exc}")
         finally:
             close_client(client)
-    return counts["done"], counts["failed"]
+    return bar.done - bar.failed, bar.failed

@@ -8,11 +8,14 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ..evidence import EvidenceError, load_image
+from ..casefile import Case
+from ..casework import CaseError, run_case
 from ..identify import Matcher, MatchSettings, gather_inputs
+from ..jobs import MatchJob
 from ..residual import ResidualParams
 from ..store import FingerprintStore, StoreError
 from . import State, app
+from ._batch import BatchProgress, run_jobs
 from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, render
 from .restore import DeviceOption, ModelOption, open_restorer
 
@@ -85,10 +88,11 @@ def match(
         Path | None, typer.Option("--case", help="Case folder: parallel, resumable batch with results and audit trail.")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Worker processes with --case [default: the cores].")
+        int | None,
+        typer.Option(min=1, help="Worker processes (Dask) [default: in-process; with --case: the cores]."),
     ] = None,
     scheduler: Annotated[
-        str | None, typer.Option(help="With --case: an existing Dask scheduler, e.g. tcp://10.0.0.5:8786.")
+        str | None, typer.Option(help="An existing Dask scheduler, e.g. tcp://10.0.0.5:8786.")
     ] = None,
     examiner: Annotated[str | None, typer.Option(help="Examiner's name for the audit trail.")] = None,
     case_id: Annotated[str | None, typer.Option("--case-id", help="Case identifier for the audit trail.")] = None,
@@ -102,7 +106,9 @@ def match(
     With --case DIR the images are scored in parallel worker processes (Dask; a
     local cluster, or --scheduler), the case folder gets results.jsonl/csv,
     errors.jsonl, manifest.json and a hash-chained audit.jsonl, and a re-run
-    resumes: images already scored (by SHA-256) are skipped.
+    resumes: images already scored (by path and SHA-256) are skipped. One run
+    at a time holds a case; the chain head printed at the end proves the case
+    later (spn case verify CASE --head HASH).
     """
     size = crop_option(crop)
     try:
@@ -125,44 +131,80 @@ def match(
     except StoreError as exc:
         die(str(exc))
     if case is not None:
-        from .case import run_case
-
-        run_case(
-            images,
-            case,
-            matcher,
-            db=db,
-            db_sha=db_sha,
-            workers=workers,
-            scheduler=scheduler,
-            examiner=examiner,
-            case_id=case_id,
-            format=format,
-        )
+        _match_case(images, case, matcher, db=db, db_sha=db_sha, workers=workers, scheduler=scheduler,
+                    examiner=examiner, case_id=case_id, format=format)  # fmt: skip
         return
+    _match_plain(images, matcher, db_sha=db_sha, workers=workers, scheduler=scheduler, format=format, size=size)
+
+
+def _match_plain(images, matcher, *, db_sha, workers, scheduler, format, size) -> None:
+    """Plain ``match``: the same job and executor as a case, scores rendered as they arrive."""
     extra = {
         "crop": f"{size[0]}x{size[1]}" if size else None,
-        "max_shift": max_shift,
+        "max_shift": matcher.settings.max_shift,
         "db_sha256": db_sha,
         "tool_version": __version__,
     }
-    rows, failed = [], 0
-    for path in gather_inputs(images):
-        try:
-            ev = load_image(path, max_pixels=State.max_pixels)
-            records = matcher.match(ev)
-        except EvidenceError as exc:
-            fail_line(exc.path, exc.reason)
-            failed += 1
-            continue
-        for r in records:
-            r.update(extra)
-            if format is Format.json:
-                render([r], format, COLUMNS)  # stream: one line per record as soon as it is known
+    rows = []
+
+    def on_result(result: dict) -> bool:
+        if "error" in result:
+            fail_line(result["path"], result["error"])
+            return True
+        records = [r | extra for r in result["records"]]
+        if format is Format.json:
+            render(records, format, COLUMNS)  # stream: one line per record as soon as it is known
         rows.extend(records)
-        err.print(f"matched {path}")
+        err.print(f"matched {result['path']}")
+        return False
+
+    job = MatchJob(matcher, max_pixels=State.max_pixels, artifacts=False)
+    paths = list(gather_inputs(images))
+    _, failed = run_jobs(paths, job, workers=workers, scheduler=scheduler, label="match",
+                         gpu=matcher.restorer is not None, on_result=on_result)  # fmt: skip
     if format is not Format.json:  # JSON was streamed above
-        render_matches(rows, format, threshold)
+        render_matches(sorted(rows, key=lambda r: (r["image"], r["camera"])), format, matcher.settings.threshold)
     err.print(f"{len(rows)} score(s), {failed} file(s) failed")
     if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _match_case(images, folder, matcher, *, db, db_sha, workers, scheduler, examiner, case_id, format) -> None:
+    """``match --case``: :func:`spncli.casework.run_case`, rendered."""
+    with BatchProgress("match") as bar:
+
+        def on_result(result: dict) -> None:
+            if "error" in result:
+                fail_line(result["path"], result["error"])
+            bar.advance("error" in result)
+
+        try:
+            summary = run_case(
+                images, folder, matcher, db=db, db_sha=db_sha, max_pixels=State.max_pixels, cluster=True,
+                workers=workers, scheduler=scheduler, examiner=examiner, case_id=case_id,
+                on_start=bar.start, on_result=on_result, on_notice=err.print,
+            )  # fmt: skip
+        except CaseError as exc:
+            die(str(exc))
+        except OSError as exc:
+            die(f"{folder}: cannot write the case: {exc.strerror or exc}; every committed image is kept, "
+                "re-run to resume", EXIT_SOME_FAILED)  # fmt: skip
+    rows = Case(folder).rows()
+    if format is Format.table:
+        shown = [r for r in rows if r["decision"] == "consistent"]
+        render_matches(sorted(shown, key=lambda r: (r["camera"], r["image"])), format, matcher.settings.threshold)
+    else:
+        render_matches(sorted(rows, key=lambda r: (r["image"], r["camera"])), format, matcher.settings.threshold)
+    for group in summary.duplicates:
+        err.print(f"same bytes (SHA-256 {group['sha256'][:16]}...) at {len(group['paths'])} paths, each scored: "
+                  + ", ".join(d["path"] for d in group["paths"]))  # fmt: skip
+    err.print(
+        f"case {folder}: {summary.scored} scored, {summary.skipped} already done, {summary.errors} failed; "
+        f"{summary.consistent} consistent pair(s); results.csv, manifest.json, audit.jsonl written"
+    )
+    err.print(f"audit chain head: {summary.head}  (note it: spn case verify {folder} --head HASH)")
+    if summary.status == "interrupted":
+        err.print("interrupted: every committed image is kept; re-run the same command to resume")
+        raise typer.Exit(130)
+    if summary.errors:
         raise typer.Exit(EXIT_SOME_FAILED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import tempfile
@@ -10,11 +11,13 @@ from typing import Annotated
 
 import typer
 
-from ..casefile import Case
-from ..provenance import atomic_write_bytes
+from ..casefile import Case, CaseError
+from ..provenance import OutputInsideEvidence, atomic_write_bytes, check_output_location
 from ..report import build_report
 from . import app
-from ._common import die, err
+from ._common import EXIT_SOME_FAILED, die, err, fail_line
+
+CASE_FILES = frozenset({"results.jsonl", "results.csv", "errors.jsonl", "manifest.json", "audit.jsonl", "case.lock"})
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -35,6 +38,19 @@ def find_chromium() -> str | None:
     return None
 
 
+def _check_target(folder: Path, target: Path, evidence: list[str]) -> None:
+    """The report goes outside the evidence, and inside the case only as a new top-level .html file."""
+    try:
+        check_output_location(target, evidence)
+    except OutputInsideEvidence as exc:
+        die(str(exc))
+    if target.resolve().parent == folder.resolve():
+        if target.suffix != ".html" or target.name in CASE_FILES:
+            die(f"{target}: not a report name inside the case (an .html name other than the case's own files)")
+    elif target.resolve().is_relative_to(folder.resolve()):
+        die(f"{target}: inside the case's own folders; write the report at the case's top level or outside it")
+
+
 @app.command()
 def report(
     folder: Annotated[Path, typer.Argument(help="Case folder made by spn match --case.")],
@@ -42,37 +58,72 @@ def report(
     pdf: Annotated[
         bool, typer.Option(help="Also print a PDF with the system's Chromium (none is downloaded).")
     ] = False,
+    allow_unverified: Annotated[
+        bool,
+        typer.Option(help="Write the report of a case that does not verify, marked NOT VERIFIED at the top."),
+    ] = False,
 ):
     """Write a self-contained HTML report: case summary, images consistent with each camera with their
-    correlation surfaces and residual previews, PCE against the threshold, and the limitations."""
+    correlation surfaces and residual previews, PCE against the threshold, and the limitations.
+
+    The case is verified first (spn case verify); a case that does not verify gets no report unless
+    --allow-unverified, which marks it NOT VERIFIED."""
+    case = Case(folder)
     if not (folder / "results.jsonl").exists():
         die(f"{folder}: not a case folder (no results.jsonl); run spn match ... --case {folder} first")
     target = out or folder / "report.html"
-    page = build_report(folder).encode()
-    atomic_write_bytes(target, page)
-    Case(folder).audit("report", html=str(target))
-    err.print(f"report written to {target}")
-    if pdf:
-        chromium = find_chromium()
-        if chromium is None:
-            die("--pdf needs a system Chromium (e.g. Debian's 'chromium' package); the HTML report was written")
-        pdf_path = target.with_suffix(".pdf")
-        with tempfile.TemporaryDirectory() as profile:
-            tmp_pdf = Path(profile) / "report.pdf"
-            subprocess.run(
-                [
-                    chromium,
-                    *CHROMIUM_FLAGS,
-                    f"--user-data-dir={profile}",
-                    f"--print-to-pdf={tmp_pdf}",
-                    "--no-pdf-header-footer",
-                    target.resolve().as_uri(),
-                ],
-                check=False,
-                capture_output=True,
-                timeout=120,
+    try:
+        with case.lock():
+            v = case.verify(locked_by_us=True)
+            if v.problems:
+                for p in v.problems:
+                    fail_line(str(folder), p)
+                if not allow_unverified:
+                    die(f"{folder}: the case does not verify; no report written (--allow-unverified writes one "
+                        "marked NOT VERIFIED)", EXIT_SOME_FAILED)  # fmt: skip
+                err.print("warning: the report is marked NOT VERIFIED")
+            _check_target(folder, target, (case.read_manifest() or {}).get("evidence", []))
+            page = build_report(folder, problems=v.problems, head=v.head).encode()
+            atomic_write_bytes(target, page)
+            written = {target: page}
+            err.print(f"report written to {target}")
+            if pdf:
+                pdf_path = target.with_suffix(".pdf")
+                written[pdf_path] = _print_pdf(target)
+                atomic_write_bytes(pdf_path, written[pdf_path])
+                err.print(f"PDF written to {pdf_path}")
+            inside = {p.resolve().relative_to(folder.resolve()).as_posix(): data for p, data in written.items()
+                      if p.resolve().parent == folder.resolve()}  # fmt: skip
+            case.audit(
+                "report",
+                html=str(target),
+                verified=not v.problems,
+                problems=v.problems,
+                report_files={r: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for r, d in inside.items()},
             )
-            if not tmp_pdf.exists():
-                die("Chromium did not produce the PDF; the HTML report was written")
-            atomic_write_bytes(pdf_path, tmp_pdf.read_bytes())
-        err.print(f"PDF written to {pdf_path}")
+    except CaseError as exc:
+        die(str(exc), EXIT_SOME_FAILED)
+
+
+def _print_pdf(html: Path) -> bytes:
+    chromium = find_chromium()
+    if chromium is None:
+        die("--pdf needs a system Chromium (e.g. Debian's 'chromium' package); the HTML report was written")
+    with tempfile.TemporaryDirectory() as profile:
+        tmp_pdf = Path(profile) / "report.pdf"
+        subprocess.run(
+            [
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                f"--print-to-pdf={tmp_pdf}",
+                "--no-pdf-header-footer",
+                html.resolve().as_uri(),
+            ],
+            check=False,
+            capture_output=True,
+            timeout=120,
+        )
+        if not tmp_pdf.exists():
+            die("Chromium did not produce the PDF; the HTML report was written")
+        return tmp_pdf.read_bytes()

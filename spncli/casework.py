@@ -1,0 +1,330 @@
+"""The case workflow: one locked, resumable, audited run of ``match`` over evidence into a case folder.
+
+:func:`run_case` is what ``spn match --case`` does, without the command line:
+
+1. the case folder is checked (not a link, not a file, not inside the evidence, not holding it) and its
+   lock taken for the whole run (a second run fails at once, naming the holder);
+2. a case that changed since its audit trail recorded it is refused (a run never builds on a case that
+   does not verify), as is a resume with another database or other scoring parameters;
+3. the images are scored through the one executor (:func:`spncli.batch.execute`: in-process or Dask),
+   each committed as one unit (pictures first, rows last, fsync'd); images already in the case, keyed
+   by (path, SHA-256), are skipped, so a second path with the same bytes gets its own rows;
+4. Ctrl-C or SIGTERM is deferred: the run stops after the image in progress is committed (a second one
+   stops at once, which leaves the case as a kill does: every committed image kept);
+5. at the end, errors settled, ``results.csv`` and ``manifest.json`` written (every walked path, with
+   duplicates and their rows), and an audit entry records the SHA-256 of every file the case holds;
+   its hash, the chain head, is returned for the examiner's notes.
+
+Nothing here prints: the caller renders through the ``on_*`` callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .batch import close_client, execute, make_client
+from .casefile import TORN_AUDIT, Case, CaseBusy, CaseError
+from .evidence import DEFAULT_MAX_PIXELS
+from .identify import Matcher, gather_inputs
+from .jobs import MatchJob
+from .provenance import OutputInsideEvidence, check_apart, utc_now
+
+__all__ = ["CaseSummary", "CaseError", "CaseBusy", "run_case", "case_parameters"]
+
+RUN_ONLY = ("workers", "scheduler", "max_pixels")
+"""Parameters that may differ between the runs of one case (they do not change a score)."""
+
+
+@dataclass
+class CaseSummary:
+    """What one run did. ``status``: ``"completed"`` or ``"interrupted"``; ``head``: the audit chain head."""
+
+    folder: Path
+    status: str
+    files: int
+    scored: int
+    skipped: int
+    errors: int
+    consistent: int
+    head: str
+    duplicates: list[dict] = field(default_factory=list)
+
+
+class _Stop(Exception):
+    """Raised after a committed image when a stop was asked for."""
+
+
+def case_parameters(matcher: Matcher, *, max_pixels: int, workers=None, scheduler=None) -> dict:
+    """The parameters recorded with a case (all but :data:`RUN_ONLY` must agree between its runs)."""
+    restorer = matcher.restorer
+    return matcher.settings.as_dict() | {
+        "restored": restorer is not None,
+        "weights_sha256": restorer.weights_sha256 if restorer is not None else None,
+        "cameras": [c for c, _ in matcher.cameras],
+        "max_pixels": max_pixels,
+        "workers": workers,
+        "scheduler": scheduler,
+    }
+
+
+def _scoring(params: dict) -> dict:
+    return json.loads(json.dumps({k: v for k, v in params.items() if k not in RUN_ONLY}))
+
+
+def _check_resume(case: Case, parameters: dict, db_sha: str) -> bool:
+    """Refuse a case that does not verify, or one started with another database or parameters.
+
+    Returns whether the last run ended without an end entry (killed)."""
+    if not case.audit_log.exists() and not case.audit_log.is_symlink():
+        return False  # a new case (Case.create refused a folder holding files but no audit trail)
+    problems, entries = case.state_problems()
+    problems = [p for p in problems if p != TORN_AUDIT]  # a kill while appending: the next entry cuts it
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CaseError(
+            f"{case.root}: the case changed since its audit trail recorded it: {problems[0]}{more}; "
+            f"run spn case verify {case.root} (a run never builds on a case that does not verify)"
+        )
+    first = next((e for e in entries if e.get("event") == "match-start"), None)
+    if first is not None:
+        if first.get("database_sha256") != db_sha:
+            raise CaseError(
+                f"{case.root}: the case was started with another database (SHA-256 "
+                f"{str(first.get('database_sha256'))[:16]}...); use a new case folder"
+            )
+        before, now = _scoring(first.get("parameters", {})), _scoring(parameters)
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if changed:
+            diff = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+            raise CaseError(f"{case.root}: the case was started with other parameters ({diff}); use a new case folder")
+    return case._last_run_open(entries) is not None
+
+
+def _inputs(case: Case, walked: list[str], errors: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Every input (scored, error, or not reached) and the groups of paths holding the same bytes."""
+    rows_of: dict[str, list[dict]] = {}
+    for r in case.rows():
+        rows_of.setdefault(r["image"], []).append(r)
+    inputs: dict[str, dict] = {}
+    for path, rs in rows_of.items():
+        inputs[path] = {"path": path, "sha256": rs[0]["sha256"], "size_bytes": rs[0].get("size_bytes"),
+                        "status": "scored", "rows": len(rs)}  # fmt: skip
+    for e in errors:
+        inputs.setdefault(e["file"], {"path": e["file"], "sha256": None, "status": "error", "reason": e["reason"]})
+    for path in walked:
+        inputs.setdefault(path, {"path": path, "sha256": None, "status": "not reached (run interrupted)"})
+    by_sha: dict[str, list[str]] = {}
+    for item in inputs.values():
+        if item["sha256"]:
+            by_sha.setdefault(item["sha256"], []).append(item["path"])
+    duplicates = []
+    for sha, paths in sorted(by_sha.items()):
+        if len(paths) > 1:
+            duplicates.append({
+                "sha256": sha,
+                "paths": [{"path": p, "rows": [{"camera": r["camera"], "pce": r["pce"], "decision": r["decision"]}
+                                               for r in sorted(rows_of[p], key=lambda r: r["camera"])]}
+                          for p in sorted(paths)],
+            })  # fmt: skip
+            for p in paths:
+                inputs[p]["same_bytes_as"] = sorted(set(paths) - {p})
+    return sorted(inputs.values(), key=lambda i: i["path"]), duplicates
+
+
+@contextlib.contextmanager
+def _deferred_signals(enabled: bool, on_notice: Callable[[str], None]):
+    """While the block runs, SIGINT/SIGTERM only ask for a stop; a second one stops at once."""
+    asked = {"n": 0}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+
+    def handler(signum, frame):
+        asked["n"] += 1
+        if asked["n"] > 1:
+            raise KeyboardInterrupt
+        on_notice("interrupt: stopping after the image in progress is committed (again: stop at once)")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield asked
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run_case(
+    evidence: Sequence[str | os.PathLike],
+    folder: str | os.PathLike,
+    matcher: Matcher,
+    *,
+    db: str | os.PathLike,
+    db_sha: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    cluster: bool = True,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    examiner: str | None = None,
+    case_id: str | None = None,
+    on_start: Callable[[int], None] = lambda total: None,
+    on_result: Callable[[dict], None] = lambda result: None,
+    on_notice: Callable[[str], None] = lambda message: None,
+    stop: Callable[[], bool] = lambda: False,
+    handle_signals: bool = True,
+) -> CaseSummary:
+    """Score the evidence into a case folder: locked, resumable, committed image by image, audited.
+
+    Parameters
+    ----------
+    evidence : sequence of path-like
+        Files and folders (walked by :func:`spncli.identify.gather_inputs`).
+    folder : path-like
+        The case folder (created if absent).
+    matcher : Matcher
+    db, db_sha : path-like, str
+        The fingerprint database and its SHA-256 (a case keeps one database).
+    max_pixels : int
+    cluster, workers, scheduler
+        Dask (a local cluster of ``workers`` processes, or ``scheduler``), or in-process when
+        ``cluster`` is False and no scheduler is given.
+    examiner, case_id : str or None
+        Recorded in the audit trail and the manifest.
+    on_start, on_result, on_notice : callable
+        Called with the number of files walked, with each result (after it is committed), and with
+        a message meant for the user.
+    stop : callable
+        Checked after each committed image; True stops the run as Ctrl-C does.
+    handle_signals : bool
+        Defer SIGINT/SIGTERM to the next commit (main thread only).
+
+    Returns
+    -------
+    CaseSummary
+
+    Raises
+    ------
+    CaseError
+        The folder cannot be used (one line naming it); :class:`CaseBusy` when another run holds it.
+    """
+    case = Case(folder)
+    try:
+        check_apart(folder, evidence)
+    except OutputInsideEvidence as exc:
+        raise CaseError(str(exc)) from None
+    case.create()
+    parameters = case_parameters(matcher, max_pixels=max_pixels, workers=workers, scheduler=scheduler)
+    with case.lock(), _deferred_signals(handle_signals, on_notice) as asked:
+        killed = _check_resume(case, parameters, db_sha)
+        if killed:
+            removed = case.tidy()
+            if removed:
+                on_notice(f"removed {len(removed)} file(s) a killed run left unfinished")
+        done = case.done({c for c, _ in matcher.cameras})
+        client = None
+        if cluster or scheduler:
+            try:
+                client = make_client(workers, scheduler)
+            except OSError as exc:
+                raise CaseError(f"cannot reach the Dask scheduler {scheduler}: {exc}" if scheduler
+                                else f"the local Dask cluster failed to start: {exc}") from None  # fmt: skip
+        try:
+            return _run(case, matcher, evidence, parameters, client, done, asked, stop,
+                        db=db, db_sha=db_sha, examiner=examiner, case_id=case_id,
+                        on_start=on_start, on_result=on_result)  # fmt: skip
+        finally:
+            close_client(client)
+
+
+def _run(case, matcher, evidence, parameters, client, done, asked, stop, *, db, db_sha, examiner, case_id,
+         on_start, on_result) -> CaseSummary:  # fmt: skip
+    started, t0 = utc_now(), time.perf_counter()
+    previous_runs = (case.read_manifest() or {}).get("runs", [])
+    given = [str(Path(p).absolute()) for p in evidence]
+    case.audit(
+        "match-start",
+        parameters=parameters,
+        database=str(db),
+        database_sha256=db_sha,
+        examiner=examiner,
+        case_id=case_id,
+        evidence=given,
+        resumed_images=len(done),
+    )
+    paths = [str(Path(p).absolute()) for p in gather_inputs(evidence)]
+    on_start(len(paths))
+    counts = {"scored": 0, "skipped": 0, "errors": 0}
+
+    def stopping() -> bool:
+        return asked["n"] > 0 or stop()
+
+    def handle(result: dict) -> None:
+        if result.get("lost") and stopping():
+            raise _Stop  # its worker was stopped with us: not an error of the file; a resume retries it
+        if "error" in result:
+            case.add_error(result["path"], result["error"])
+            counts["errors"] += 1
+        elif result.get("skipped"):
+            counts["skipped"] += 1
+        else:
+            case.commit_image(result["records"], result["preview"], result["surfaces"])
+            counts["scored"] += 1
+        on_result(result)
+        if stopping():
+            raise _Stop
+
+    status = "completed"
+    try:
+        if stopping():
+            raise _Stop
+        job = MatchJob(matcher, frozenset(done), parameters["max_pixels"])
+        execute(paths, job, on_result=handle, client=client, gpu=matcher.restorer is not None)
+    except _Stop:
+        status = "interrupted"
+    errors = case.settle_errors()
+    case.write_csv()
+    inputs, duplicates = _inputs(case, paths, errors)
+    rows = case.rows()
+    run = {
+        "started_utc": started,
+        "finished_utc": utc_now(),
+        "status": status,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "files": len(paths),
+        **counts,
+        "resumed_images": len(done),
+        "max_pixels": parameters["max_pixels"],
+        "workers": parameters["workers"],
+        "scheduler": parameters["scheduler"],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    case.write_manifest({
+        "case_id": case_id,
+        "examiner": examiner,
+        "evidence": given,
+        "database": str(db),
+        "database_sha256": db_sha,
+        "parameters": parameters,
+        "runs": previous_runs + [run],
+        "inputs": inputs,
+        "duplicates": duplicates,
+    })  # fmt: skip
+    end = case.audit(f"match-{status}", examiner=examiner, case_id=case_id, **counts, files=case.files())
+    return CaseSummary(
+        folder=case.root,
+        status=status,
+        files=len(paths),
+        **counts,
+        consistent=sum(r["decision"] == "consistent" for r in rows),
+        head=end["hash"],
+        duplicates=duplicates,
+    )

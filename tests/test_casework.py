@@ -1,0 +1,398 @@
+"""The case workflow in-process: commit per image, resume, lock, links, tampering caught by verify."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from spncli.casefile import Case, CaseBusy, CaseError
+from spncli.casework import run_case
+from spncli.cli import app
+from spncli.identify import Matcher, MatchSettings, build_fingerprint
+from spncli.store import FingerprintStore
+from spncli.synthetic import dead_leaves, encode_jpeg, expose
+
+
+@pytest.fixture(scope="module")
+def db(synth_case, tmp_path_factory):
+    path = tmp_path_factory.mktemp("db") / "cams.h5"
+    store = FingerprintStore(path)
+    for cam, folder in synth_case["flats"].items():
+        k, meta = build_fingerprint(sorted(folder.glob("*.jpg")), cam)
+        store.add(cam, k, meta)
+    return path
+
+
+@functools.cache
+def _matcher(db: Path, threshold: float = 60.0) -> tuple[Matcher, str]:
+    """The matcher (its transforms computed once per module) and the database's SHA-256."""
+    store = FingerprintStore(db)
+    return Matcher((store.load(n) for n in store.cameras()), MatchSettings(threshold=threshold)), store.file_sha256()
+
+
+@pytest.fixture(scope="module")
+def evidence(synth_case, tmp_path_factory):
+    """Two images per camera, a copy of one under another name (same bytes), and one broken file."""
+    root = tmp_path_factory.mktemp("seized")
+    rng = np.random.default_rng(3)
+    for cam, k in synth_case["k"].items():
+        for i in range(2):
+            (root / f"{cam}_{i}.jpg").write_bytes(encode_jpeg(expose(dead_leaves(k.shape, rng), k, rng), 90))
+    (root / "sub").mkdir()
+    shutil.copy(root / "CAM-A_0.jpg", root / "sub" / "copy_of_A0.jpg")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not much of a jpeg")
+    return root
+
+
+def _run(evidence, case, db, **kw):
+    matcher, db_sha = _matcher(db, kw.pop("threshold", 60.0))
+    return run_case([evidence], case, matcher, db=db, db_sha=db_sha, cluster=False, handle_signals=False, **kw)
+
+
+def _state(folder: Path) -> dict:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def done_case(evidence, db, tmp_path_factory):
+    """A completed case (module-wide; copy it before changing it) and its run summary."""
+    case = tmp_path_factory.mktemp("done") / "case"
+    return case, _run(evidence, case, db, examiner="A. Examiner", case_id="C-7")
+
+
+def _copy(done_case, tmp_path) -> Path:
+    dst = tmp_path / "case"
+    shutil.copytree(done_case[0], dst, symlinks=True)
+    return dst
+
+
+def test_run_records_every_path_duplicates_and_the_head(done_case, evidence):
+    case, summary = done_case
+    assert summary.status == "completed" and summary.files == 6
+    assert (summary.scored, summary.errors, summary.skipped) == (5, 1, 0)
+    rows = Case(case).rows()
+    assert len(rows) == 10 and summary.consistent == 5
+    for r in rows:
+        own = Path(r["image"]).name.startswith(r["camera"]) or ("copy_of_A0" in r["image"] and r["camera"] == "CAM-A")
+        assert (r["decision"] == "consistent") == own, r
+    manifest = json.loads((case / "manifest.json").read_text())
+    walked = {str(p) for p in evidence.rglob("*.jpg")}
+    assert {i["path"] for i in manifest["inputs"]} == walked  # every walked path, scored or with its error
+    [dup] = manifest["duplicates"]
+    assert [d["path"] for d in dup["paths"]] == sorted([str(evidence / "CAM-A_0.jpg"), str(evidence / "sub/copy_of_A0.jpg")])
+    assert all(len(d["rows"]) == 2 for d in dup["paths"])
+    audit = [json.loads(x) for x in (case / "audit.jsonl").read_text().splitlines()]
+    assert [a["event"] for a in audit] == ["match-start", "match-completed"]
+    assert audit[-1]["hash"] == summary.head
+    files = audit[-1]["files"]
+    assert {"results.jsonl", "results.csv", "errors.jsonl", "manifest.json"} <= set(files)
+    assert any(f.startswith("artifacts/") and f.endswith(".png") for f in files)
+    assert any(f.startswith("artifacts/") and f.endswith(".npy") for f in files)
+    assert Case(case).verify(head=summary.head).ok
+
+
+def test_verify_writes_nothing_and_prints_the_head(done_case, tmp_path):
+    case = _copy(done_case, tmp_path)
+    before = _state(case)
+    res = CliRunner().invoke(app, ["case", "verify", str(case), "--head", done_case[1].head])
+    assert res.exit_code == 0, res.output
+    assert f"audit chain head: {done_case[1].head}" in res.stdout and "verifies" in res.stdout
+    assert _state(case) == before  # read-only: not one byte, not one mtime
+    res = CliRunner().invoke(app, ["case", "verify", str(case), "--record"])
+    assert res.exit_code == 0 and json.loads((case / "audit.jsonl").read_text().splitlines()[-1])["event"] == "verify"
+    assert CliRunner().invoke(app, ["case", "verify", str(case), "--head", done_case[1].head]).exit_code == 0
+
+
+def _edit_csv(case: Path, fn) -> None:
+    lines = (case / "results.csv").read_text().splitlines()
+    (case / "results.csv").write_text("\n".join(fn(lines)) + "\n")
+
+
+def _first_consistent_row(lines):
+    i = next(i for i, x in enumerate(lines) if ",consistent," in x)
+    return i
+
+
+def _set_threshold(case: Path) -> None:
+    m = json.loads((case / "manifest.json").read_text())
+    m["parameters"]["threshold"] = 10.0
+    (case / "manifest.json").write_text(json.dumps(m, indent=2))
+
+
+def _drop_input(case: Path) -> None:
+    m = json.loads((case / "manifest.json").read_text())
+    m["inputs"] = m["inputs"][1:]
+    (case / "manifest.json").write_text(json.dumps(m, indent=2))
+
+
+def _flip(lines):
+    i = next(i for i, x in enumerate(lines) if ",not consistent," in x)
+    lines[i] = lines[i].replace(",not consistent,", ",consistent,")
+    return lines
+
+
+def _pce(lines):
+    i = _first_consistent_row(lines)
+    cells = lines[i].split(",")
+    cells[5] = "999.0"
+    lines[i] = ",".join(cells)
+    return lines
+
+
+def _edit_jsonl(case: Path) -> None:
+    rows = [json.loads(x) for x in (case / "results.jsonl").read_text().splitlines()]
+    rows[0]["pce"] = 1234.5
+    (case / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _edit_picture(case: Path) -> None:
+    pic = sorted((case / "artifacts").rglob("residual.png"))[0]
+    data = bytearray(pic.read_bytes())
+    data[-20] ^= 0xFF
+    pic.write_bytes(bytes(data))
+
+
+TAMPERING = {
+    "csv PCE edited": (lambda c: _edit_csv(c, _pce), "results.csv: changed"),
+    "csv row deleted": (lambda c: _edit_csv(c, lambda lines: lines[:2] + lines[3:]), "results.csv: changed"),
+    "csv junk appended": (lambda c: _edit_csv(c, lambda lines: [*lines, "junk,1,2"]), "results.csv: changed"),
+    "csv decision flipped": (lambda c: _edit_csv(c, _flip), "results.csv: changed"),
+    "jsonl edited": (_edit_jsonl, "results.jsonl: changed"),
+    "errors emptied": (lambda c: (c / "errors.jsonl").write_text(""), "errors.jsonl: changed"),
+    "threshold edited": (_set_threshold, "manifest.json: changed"),
+    "manifest entry removed": (_drop_input, "manifest.json: changed"),
+    "picture edited": (_edit_picture, "residual.png: changed"),
+    "picture removed": (lambda c: sorted((c / "artifacts").rglob("*.npy"))[0].unlink(), ".npy: missing"),
+    "file added": (lambda c: (c / "artifacts" / "extra.png").write_bytes(b"x"), "extra.png: not recorded"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TAMPERING))
+def test_verify_names_each_tampering(done_case, tmp_path, name):
+    case = _copy(done_case, tmp_path)
+    tamper, expected = TAMPERING[name]
+    tamper(case)
+    before = _state(case)
+    res = CliRunner().invoke(app, ["case", "verify", str(case)])
+    assert res.exit_code == 1, res.output
+    lines = [x for x in res.stderr.splitlines() if x.startswith("error:")]
+    assert any(expected in x for x in lines), res.stderr
+    assert f"audit chain head: {done_case[1].head}" in res.stdout
+    assert _state(case) == before
+    with pytest.raises(CaseError, match="changed since its audit trail recorded it"):  # a run will not build on it
+        _refuse(case)
+    res = CliRunner().invoke(app, ["report", str(case)])
+    assert res.exit_code == 1 and not (case / "report.html").exists(), res.output
+    res = CliRunner().invoke(app, ["report", str(case), "--allow-unverified"])
+    assert res.exit_code == 0, res.output
+    assert "NOT VERIFIED" in (case / "report.html").read_text()
+
+
+def _refuse(case: Path) -> None:
+    from spncli.casework import _check_resume
+
+    _check_resume(Case(case), {}, "")
+
+
+def test_dropped_last_audit_line_is_caught(done_case, tmp_path):
+    case = _copy(done_case, tmp_path)
+    head = done_case[1].head
+    lines = (case / "audit.jsonl").read_text().splitlines()
+    (case / "audit.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    res = CliRunner().invoke(app, ["case", "verify", str(case), "--head", head])
+    assert res.exit_code == 1
+    assert f"the noted head {head} is not in the chain" in res.stderr
+    assert "has no end entry" in res.stderr
+    printed = res.stdout.split("audit chain head: ", 1)[1].split()[0]
+    assert printed != head  # the examiner's note and the printed head differ
+
+
+def test_forged_chain_is_caught_only_against_the_noted_head(done_case, tmp_path):
+    """An adversary who edits a file and rebuilds the last entry's hashes passes everything but the head."""
+    from spncli.casefile import _entry_hash
+
+    case = _copy(done_case, tmp_path)
+    _edit_csv(case, _flip)
+    lines = (case / "audit.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    last["files"] = Case(case).files()
+    last["hash"] = _entry_hash(last)
+    (case / "audit.jsonl").write_text("\n".join([*lines[:-1], json.dumps(last, sort_keys=True)]) + "\n")
+    assert Case(case).verify().ok
+    v = Case(case).verify(head=done_case[1].head)
+    assert not v.ok and v.head != done_case[1].head
+
+
+def test_second_run_fails_at_once_naming_the_holder(done_case, evidence, db, tmp_path):
+    case = _copy(done_case, tmp_path)
+    with Case(case).lock():
+        with pytest.raises(CaseBusy, match=rf"another run holds the case \(pid {os.getpid()} on .+, started 20"):
+            _run(evidence, case, db)
+        res = CliRunner().invoke(app, ["match", str(evidence), "--db", str(db), "--case", str(case)])
+        assert res.exit_code == 2 and f"pid {os.getpid()}" in res.stderr
+        assert len([x for x in res.stderr.splitlines() if x.strip()]) == 1, res.stderr
+        assert "a run is writing the case now" in "\n".join(Case(case).verify().problems)
+    assert _run(evidence, case, db).skipped == 5  # released: the next run resumes
+
+
+def test_resume_keyed_by_path_and_sha(done_case, evidence, db, tmp_path):
+    case = _copy(done_case, tmp_path)
+    summary = _run(evidence, case, db)
+    assert (summary.scored, summary.skipped, summary.errors) == (0, 5, 1)
+    assert (case / "results.csv").read_bytes() == (done_case[0] / "results.csv").read_bytes()
+    assert Case(case).verify(head=summary.head).ok
+
+
+def test_resume_refuses_other_parameters(done_case, evidence, db, tmp_path):
+    case = _copy(done_case, tmp_path)
+    with pytest.raises(CaseError, match=r"other parameters \(threshold 60.0 -> 50.0\)"):
+        _run(evidence, case, db, threshold=50.0)
+
+
+def test_links_files_and_evidence_in_the_case_are_refused(done_case, evidence, db, tmp_path):
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(b"precious" * 100)
+    case = _copy(done_case, tmp_path)
+    (case / "results.jsonl").unlink()
+    os.symlink(outside, case / "results.jsonl")
+    with pytest.raises(CaseError, match="symbolic link"):
+        _run(evidence, case, db)
+    assert outside.read_bytes() == b"precious" * 100
+    assert any("results.jsonl: is a link" in p for p in Case(case).verify().problems)
+    link = tmp_path / "link-case"
+    os.symlink(done_case[0], link)
+    with pytest.raises(CaseError, match="symbolic link"):
+        _run(evidence, link, db)
+    art = tmp_path / "c2"
+    shutil.copytree(done_case[0], art)
+    shutil.rmtree(art / "artifacts")
+    os.symlink(tmp_path, art / "artifacts")
+    with pytest.raises(CaseError, match="symbolic link"):
+        _run(evidence, art, db)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(CaseError, match="exists and is not a folder"):
+        _run(evidence, a_file, db)
+    res = CliRunner().invoke(app, ["match", str(evidence), "--db", str(db), "--case", str(a_file)])
+    assert res.exit_code == 2 and "exists and is not a folder" in res.stderr and res.exception.__class__ is SystemExit
+    with pytest.raises(CaseError, match="inside the evidence"):
+        _run(evidence, evidence / "case", db)
+    fresh = tmp_path / "fresh"
+    (fresh / "artifacts").mkdir(parents=True)
+    shutil.copy(evidence / "CAM-A_1.jpg", fresh / "artifacts" / "x.jpg")
+    with pytest.raises(CaseError, match="evidence inside the output folder"):
+        _run(fresh / "artifacts", fresh, db)
+    other = tmp_path / "not-a-case"
+    other.mkdir()
+    (other / "thesis.txt").write_text("mine")
+    with pytest.raises(CaseError, match="not a case folder"):
+        _run(evidence, other, db)
+
+
+def test_file_vanishing_after_the_walk_is_an_error_row(evidence, db, tmp_path, monkeypatch):
+    import spncli.casework as cw
+
+    ev = tmp_path / "ev"
+    shutil.copytree(evidence, ev)
+    real = cw.gather_inputs
+
+    def walk_then_vanish(items):
+        yield from real(items)
+        (ev / "CAM-B_1.jpg").unlink()  # after the walk, before any file is read
+
+    monkeypatch.setattr(cw, "gather_inputs", walk_then_vanish)
+    summary = _run(ev, tmp_path / "case", db)
+    errors = {Path(e["file"]).name: e["reason"] for e in Case(tmp_path / "case").error_rows()}
+    assert "no such file" in errors["CAM-B_1.jpg"] and summary.errors == 2
+
+
+def test_stop_after_a_committed_image_then_resume_equals_uninterrupted(done_case, evidence, db, tmp_path):
+    for n in (1, 3):
+        case = tmp_path / f"case{n}"
+        seen = []
+        summary = _run(evidence, case, db, on_result=seen.append, stop=lambda: len(seen) >= n)
+        assert summary.status == "interrupted" and summary.scored + summary.errors == n
+        manifest = json.loads((case / "manifest.json").read_text())
+        assert manifest["runs"][-1]["status"] == "interrupted"
+        assert sum(i["status"].startswith("not reached") for i in manifest["inputs"]) == 6 - n
+        assert Case(case).verify(head=summary.head).ok  # an interrupted run's end entry covers its files
+        again = _run(evidence, case, db)
+        assert again.skipped == summary.scored
+        assert (case / "results.csv").read_bytes() == (done_case[0] / "results.csv").read_bytes()
+        assert Case(case).verify().ok
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (not even ``finally`` blocks that write)."""
+
+
+def test_killed_at_every_write_step_resumes_to_the_same_case(evidence, db, tmp_path, monkeypatch):
+    """Kill after the k-th write of a run (and before it, or halfway through an append), for every k; a resume ends
+    with the uninterrupted results, every picture, and a case that verifies."""
+    small = tmp_path / "ev"  # one image per camera, a same-bytes copy, a broken file: every kind of commit
+    for rel in ("CAM-A_0.jpg", "CAM-B_0.jpg", "sub/copy_of_A0.jpg", "broken.jpg"):
+        (small / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(evidence / rel, small / rel)
+    evidence = small
+    monkeypatch.setattr(os, "fsync", lambda fd: None)  # an exception stands for the kill here, not a power cut
+    reference = tmp_path / "reference"
+    _run(evidence, reference, db)
+    want = (reference / "results.csv").read_bytes()
+    want_files = set(json.loads((reference / "audit.jsonl").read_text().splitlines()[-1])["files"])
+    real_append, real_write = Case._append, Case._write
+    k_max = None
+    k = 0
+    while k_max is None or k < k_max:
+        k += 1
+        for torn in (False, True):
+            case = tmp_path / f"k{k}{'t' if torn else ''}"
+            calls = {"n": 0}
+
+            def append(self, path, lines, torn=torn):
+                calls["n"] += 1
+                if calls["n"] == k and torn:
+                    data = "".join(line + "\n" for line in lines).encode()
+                    with open(path, "ab") as f:
+                        f.write(data[: max(1, len(data) // 2)])
+                    raise Killed
+                real_append(self, path, lines)
+                if calls["n"] == k:
+                    raise Killed
+
+            def write(self, path, data, torn=torn):
+                calls["n"] += 1
+                if calls["n"] == k and torn:  # cut before this write
+                    raise Killed
+                real_write(self, path, data)
+                if calls["n"] == k:
+                    raise Killed
+
+            monkeypatch.setattr(Case, "_append", append)
+            monkeypatch.setattr(Case, "_write", write)
+            try:
+                _run(evidence, case, db)
+                killed = False
+            except Killed:
+                killed = True
+            finally:
+                monkeypatch.setattr(Case, "_append", real_append)
+                monkeypatch.setattr(Case, "_write", real_write)
+            if not killed:
+                k_max = k
+                continue
+            entries = Case(case).audit_entries()[0]
+            ended = bool(entries) and entries[-1]["event"] == "match-completed"  # killed after its last write
+            assert Case(case).verify().ok == ended  # a killed run is not a finished case
+            summary = _run(evidence, case, db)
+            assert summary.status == "completed", k
+            assert (case / "results.csv").read_bytes() == want, (k, torn)
+            assert set(Case(case).files()) == want_files, (k, torn)
+            assert Case(case).verify(head=summary.head).ok, (k, torn, Case(case).verify().problems)
+    assert k_max > 10  # the run has that many write steps, each one was cut
