@@ -45,8 +45,16 @@ def _configure_worker() -> None:
 
 
 def make_client(workers: int | None = None, scheduler: str | None = None):
-    """A Dask client: to ``scheduler`` if given, else to a new local cluster of ``workers`` processes."""
+    """A Dask client: to ``scheduler`` if given, else to a new local cluster of ``workers`` processes.
+
+    Dask's own log records (heartbeats, reconnections, shutdown noise, with their tracebacks) are
+    silenced here and in the local workers: what matters reaches the caller as a result per file
+    ("worker lost: ...") or an exception.
+    """
     from distributed import Client, LocalCluster
+
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
     if scheduler:
         return Client(scheduler, timeout="20s")
@@ -55,7 +63,7 @@ def make_client(workers: int | None = None, scheduler: str | None = None):
         threads_per_worker=1,
         processes=True,
         dashboard_address=None,
-        silence_logs=logging.ERROR,
+        silence_logs=logging.CRITICAL,
     )
     return Client(cluster)
 

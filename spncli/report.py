@@ -2,8 +2,9 @@
 
 Pictures (correlation surfaces around each peak, residual previews) are
 embedded as data URIs, so the single file opens anywhere, offline. A small
-inline script records in the page whether every picture decoded (used by the
-tests' headless browser; harmless elsewhere).
+inline script records in the page how many pictures decoded, and when every
+one has either decoded or failed (used by the tests' headless browser;
+harmless elsewhere).
 """
 
 from __future__ import annotations
@@ -69,8 +70,10 @@ code{font-size:.85em;word-break:break-all}.note{color:#555;font-size:.9em}
 """
 
 _SCRIPT = """<script>
-window.addEventListener('load',function(){var im=document.images,ok=0;for(var i=0;i<im.length;i++)
-{if(im[i].complete&&im[i].naturalWidth>0)ok++;}document.body.setAttribute('data-images-loaded',ok+'/'+im.length);});
+(function(){function check(){var im=document.images,ok=0,bad=0;for(var i=0;i<im.length;i++){if(!im[i].complete)
+continue;if(im[i].naturalWidth>0)ok++;else bad++;}var b=document.body;b.setAttribute('data-images-loaded',ok+'/'+
+im.length);b.setAttribute('data-images-failed',String(bad));if(ok+bad<im.length)setTimeout(check,50);
+else b.setAttribute('data-images-settled','yes');}window.addEventListener('load',check);})();
 </script>"""
 
 
