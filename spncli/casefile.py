@@ -138,6 +138,16 @@ def _digest(data: bytes) -> dict:
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
+def _digest_file(path: Path, chunk: int = 1 << 20) -> dict:
+    """SHA-256 and size of a case file, read in chunks without following a link."""
+    h, size = hashlib.sha256(), 0
+    with os.fdopen(_open(path, os.O_RDONLY), "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+    return {"sha256": h.hexdigest(), "size": size}
+
+
 @dataclass
 class Verification:
     """What :meth:`Case.verify` found: ``problems`` (empty: the case verifies), the chain head, notes."""
@@ -180,8 +190,11 @@ class Case:
         except FileNotFoundError:
             if not create:
                 return
-            os.mkdir(folder)
-            return
+            try:
+                os.mkdir(folder)
+                return
+            except FileExistsError:  # made by another process in between: check what it is
+                st = os.lstat(folder)
         if stat.S_ISLNK(st.st_mode):
             raise CaseError(f"{folder}: is a symbolic link; a case never follows links out of its folder")
         if not stat.S_ISDIR(st.st_mode):
@@ -231,7 +244,7 @@ class Case:
                 rel = p.relative_to(self.root).as_posix()
                 if rel in NOT_HASHED or not stat.S_ISREG(os.lstat(p).st_mode):
                     continue
-                out[rel] = _digest(_read(p) or b"")
+                out[rel] = _digest_file(p)
         return out
 
     # -- one run at a time --------------------------------------------------

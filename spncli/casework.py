@@ -247,7 +247,10 @@ def run_case(
 def _run(case, matcher, evidence, parameters, client, done, asked, stop, *, db, db_sha, examiner, case_id,
          on_start, on_result) -> CaseSummary:  # fmt: skip
     started, t0 = utc_now(), time.perf_counter()
-    previous_runs = (case.read_manifest() or {}).get("runs", [])
+    try:
+        previous_runs = (case.read_manifest() or {}).get("runs", [])
+    except ValueError:  # only after a killed run (a finished one verified): the runs are in the audit trail too
+        previous_runs = []
     given = [str(Path(p).absolute()) for p in evidence]
     case.audit(
         "match-start",

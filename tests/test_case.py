@@ -204,7 +204,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(db, synth_case, tmp_path)
 
 def test_second_run_refused_and_sigkill_at_several_row_counts(db, synth_case, tmp_path):
     """Two runs on one case: the second fails at once naming the first. SIGKILL at several row counts
-    (the first run stopped with SIGSTOP at that count, so the count is where it dies; twice in a row), then a resume: the same results as an uninterrupted run, every picture, a case that
+    (the first run stopped with SIGSTOP at that count, so the count is where it dies; twice in a row), then
+    a resume: the same results as an uninterrupted run, every picture, a case that
     verifies."""
     folder = tmp_path / "ev"
     _good_images(synth_case, folder, 4, seed=9)

@@ -106,7 +106,8 @@ def test_run_records_every_path_duplicates_and_the_head(done_case, evidence):
     walked = {str(p) for p in evidence.rglob("*.jpg")}
     assert {i["path"] for i in manifest["inputs"]} == walked  # every walked path, scored or with its error
     [dup] = manifest["duplicates"]
-    assert [d["path"] for d in dup["paths"]] == sorted([str(evidence / "CAM-A_0.jpg"), str(evidence / "sub/copy_of_A0.jpg")])
+    same = sorted([str(evidence / "CAM-A_0.jpg"), str(evidence / "sub/copy_of_A0.jpg")])
+    assert [d["path"] for d in dup["paths"]] == same
     assert all(len(d["rows"]) == 2 for d in dup["paths"])
     audit = [json.loads(x) for x in (case / "audit.jsonl").read_text().splitlines()]
     assert [a["event"] for a in audit] == ["match-start", "match-completed"]
