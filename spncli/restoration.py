@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,11 +272,13 @@ def load_restorer(card_path: str | Path = DEFAULT_MODEL, device: str = "auto") -
         raise ModelError(str(exc)) from None
     model = RestorationNet(**card.get("architecture", {}))
     try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses any pickle that is not plain tensors (nothing is run)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
-            f"{weights_path}: not a plain tensor state dict; refused without running it ({type(exc).__name__}: {first})"
+            f"{weights_path}: not a plain tensor state dict: torch.load(weights_only=True) refused it "
+            f"({type(exc).__name__}); nothing in it was run"
         ) from None
     try:
         model.load_state_dict(state)
