@@ -20,7 +20,6 @@ import os
 import stat
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 

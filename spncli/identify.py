@@ -21,6 +21,7 @@ from .evidence import (
     DEFAULT_MAX_PIXELS,
     FORMATS,
     Evidence,
+    LINK_REFUSED,
     EvidenceError,
     image_format,
     load_image,
@@ -58,9 +59,6 @@ UNSUPPORTED_SUFFIXES = frozenset(
 )
 """Suffixes of image formats that are recognised but not decoded (each gets an error row, never a silent skip)."""
 
-LINK_OUT = "link out of the folder, not followed"
-
-
 def _head_reason(path: Path) -> tuple[bool, str | None]:
     """(is an image, reason refused) of a regular file, from its suffix and first bytes."""
     try:
@@ -88,7 +86,7 @@ def _entry(f: Path, root: Path, seen: set[Path]) -> tuple[Path, str | None] | No
     if stat.S_ISLNK(st.st_mode):
         real = f.resolve()
         if not real.is_relative_to(root):
-            return f, LINK_OUT
+            return f, LINK_REFUSED
         return None  # a link inside the folder: its target is walked under its own name
     if stat.S_ISDIR(st.st_mode):
         return None
@@ -110,9 +108,9 @@ def walk_inputs(
     """Every input named or walked, with the reason it is refused (None: to be read).
 
     Paths named directly are yielded as given (a symbolic link named
-    directly is yielded as its target, the file it names, unless it dangles). Folders are walked
-    recursively in sorted order without following links; below a folder, an
-    entry is yielded when it is
+    directly is yielded as its target, the file it names, unless it
+    dangles). Folders are walked recursively in sorted order without
+    following links; below a folder, an entry is yielded when it is
 
     * an image by suffix or signature (JPEG, PNG, TIFF, WebP): reason None;
     * an image of a format recognised by its signature but not decoded
@@ -146,7 +144,7 @@ def walk_inputs(
             for name in [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
                 dirnames.remove(name)  # never descended into; a link out of the folder is reported
                 if not (Path(dirpath) / name).resolve().is_relative_to(root):
-                    yield Path(dirpath) / name, LINK_OUT
+                    yield Path(dirpath) / name, LINK_REFUSED
             for name in sorted(filenames):
                 f = Path(dirpath) / name
                 entry = _entry(f, root, seen)
@@ -332,7 +330,8 @@ def build_fingerprint(
     k = acc.finalize()
     if not np.isfinite(k).all():
         raise FingerprintRefused(
-            f"the fingerprint of camera {camera!r} has non-finite values (NaN or infinity; check --sigma); nothing stored"
+            f"the fingerprint of camera {camera!r} has non-finite values (NaN or infinity; check --sigma); "
+            "nothing stored"
         )
 
     def agreed(key):

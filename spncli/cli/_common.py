@@ -34,7 +34,7 @@ class Format(StrEnum):
 
 
 def printable(text: object) -> str:
-    """``text`` with control characters (newline, tab, escape, ...) as backslash escapes: one line, no terminal codes."""
+    """``text`` with control characters (newline, tab, escape, ...) as backslash escapes: one line, no escapes."""
     return "".join(
         c if c.isprintable() or c == " " else c.encode("unicode_escape", "backslashreplace").decode("ascii")
         for c in str(text)

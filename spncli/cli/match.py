@@ -72,7 +72,9 @@ def match(
     db: Annotated[Path, typer.Option("--db", help="HDF5 fingerprint database.")],
     threshold: Annotated[
         float,
-        typer.Option(help="PCE above which an image is consistent with a camera (finite).", callback=finite("--threshold")),
+        typer.Option(
+            help="PCE above which an image is consistent with a camera (finite).", callback=finite("--threshold")
+        ),
     ] = 60.0,
     crop: Annotated[str | None, typer.Option(help="Centre crop of images and fingerprints: N or HxW.")] = None,
     max_shift: Annotated[int, typer.Option(min=0, help="Search the peak within +-N pixels (cropped images).")] = 0,

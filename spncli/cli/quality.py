@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..evidence import EvidenceError, read_bytes
+from ..identify import gather_inputs
 from ..jpegtables import JpegFormatError, estimate_quality, parse_jpeg
 from . import State, app
 from ._common import EXIT_SOME_FAILED, Format, fail_line, render
@@ -18,7 +19,7 @@ COLUMNS = ["image", "quality", "exact", "fit_error", "tables", "components", "pr
 
 @app.command()
 def quality(
-    images: Annotated[list[Path], typer.Argument(help="JPEG files.", readable=False)],
+    images: Annotated[list[Path], typer.Argument(help="JPEG files, or folders of them.", readable=False)],
     format: Annotated[
         Format, typer.Option("--format", "-f", help="Output: table, json (JSON Lines) or csv.")
     ] = Format.table,
@@ -31,7 +32,7 @@ def quality(
     difference in quantization steps).
     """
     rows, failed = [], 0
-    for path in images:
+    for path in gather_inputs(images):
         try:
             data = read_bytes(path, max_bytes=State.max_bytes)
             s = parse_jpeg(data)
