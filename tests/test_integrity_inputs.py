@@ -26,7 +26,7 @@ import pytest
 from spncli import identify
 from spncli.batch import _run
 from spncli.cli import app
-from spncli.evidence import DEFAULT_MAX_BYTES, Evidence, EvidenceError, load_image, read_bytes
+from spncli.evidence import DEFAULT_MAX_BYTES, MAX_BYTES_ENV, Evidence, EvidenceError, load_image, read_bytes
 from spncli.geometry import GEOMETRY_RULE, anchor, centre_crop, crop_offsets
 from spncli.identify import (
     FingerprintRefused,
@@ -209,7 +209,7 @@ def test_fifo_named_on_the_command_line_does_not_hang(tmp_path, synth_case):
     db = tmp_path / "db.h5"
     cmd = [sys.executable, "-m", "spncli"]
     flats = str(synth_case["flats"]["CAM-A"])
-    subprocess.run([*cmd, "fingerprint", flats, "-c", "A", "--db", str(db)], check=True, capture_output=True, timeout=300)
+    subprocess.run([*cmd, "fingerprint", flats, "-c", "A", "--db", str(db)], check=True, capture_output=True)
     for args in (["match", str(fifo), "--db", str(db)], ["quality", str(fifo)]):
         res = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120)
         lines = _errors(res.stderr)
@@ -218,8 +218,9 @@ def test_fifo_named_on_the_command_line_does_not_hang(tmp_path, synth_case):
         assert "Traceback" not in res.stderr
 
 
-def test_byte_bound_is_checked_before_reading(runner, tmp_path, synth_case):
+def test_byte_bound_is_checked_before_reading(runner, tmp_path, synth_case, monkeypatch):
     """Issue: a JPEG padded past 2 GiB ended match/fingerprint with an OpenCV traceback."""
+    monkeypatch.setenv(MAX_BYTES_ENV, str(DEFAULT_MAX_BYTES))  # the CLI sets it per run; restored after the test
     (tmp_path / "ev").mkdir()
     huge = tmp_path / "ev" / "huge.jpg"
     with open(huge, "wb") as f:
