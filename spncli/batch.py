@@ -75,8 +75,8 @@ def _run(job: Callable[[str], dict], path: str) -> dict:
         return job(path)
     except MemoryError:
         return {"path": path, "error": "out of memory while analysing this image"}
-    except Exception as exc:  # one bad file must not stop a seized-disk batch; the reason is recorded
-        return {"path": path, "error": f"analysis failed: {type(exc).__name__}: {exc}"}
+    except Exception as exc:  # a defect, not bad evidence: recorded as such, and the batch goes on
+        return {"path": path, "error": f"internal error (please report): {type(exc).__name__}: {exc}"}
 
 
 def execute(

@@ -2,9 +2,13 @@
 
 Every command reads its images through :func:`load_image`. The file is read
 into memory once; its SHA-256 is computed over exactly the bytes that are
-decoded. The format is recognised by content (signature), never by the file
-name, and the pixel count is read from the header and checked against a bound
-before any decoding, so a decompression bomb is refused cheaply. OpenCV is
+decoded. Only regular files are opened (a FIFO, socket, device or symbolic
+link is refused from its ``lstat`` without being opened, so nothing hangs),
+and the file's size is checked against a byte bound before it is read. The
+format is recognised by content (signature), never by the file name; formats
+recognised but not decoded (HEIC, GIF, BMP, ...) are refused by name. The
+pixel count is read from the header and checked against a bound before any
+decoding, so a decompression bomb is refused cheaply. OpenCV is
 told to ignore the EXIF orientation: pixels stay in sensor order, which is the
 geometry of the sensor pattern noise.
 """
@@ -13,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -29,7 +33,14 @@ __all__ = [
     "EvidenceError",
     "Evidence",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_BYTES",
+    "MAX_BYTES_ENV",
     "MIN_SIDE",
+    "LINK_REFUSED",
+    "default_max_bytes",
+    "image_format",
+    "unsupported_reason",
+    "not_regular_reason",
     "sha256_file",
     "sniff",
     "load_image",
@@ -41,10 +52,89 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 200_000_000
 """Largest image (pixels) decoded by default: 200 MP, above any camera sold today."""
 
+DEFAULT_MAX_BYTES = 2**31 - 1
+"""Largest file (bytes) read by default, and at most: OpenCV cannot decode a buffer of 2 GiB or more."""
+
+MAX_BYTES_ENV = "SPN_MAX_BYTES"
+"""Environment variable carrying ``spn --max-bytes`` to this process and to local worker processes."""
+
 MIN_SIDE = 64
 """Smallest side (pixels) for which a noise residual means anything."""
 
 FORMATS = ("jpeg", "png", "tiff", "webp")
+"""Formats decoded (names as :func:`sniff` returns them)."""
+
+LINK_REFUSED = "link out of the folder, not followed (a symbolic link is never followed; name its target to read it)"
+
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
+_BMP_HEADERS = {12, 16, 40, 52, 56, 64, 108, 124}
+
+
+def default_max_bytes() -> int:
+    """The byte bound in force: ``$SPN_MAX_BYTES`` (set by ``spn --max-bytes``) or :data:`DEFAULT_MAX_BYTES`."""
+    try:
+        value = int(os.environ.get(MAX_BYTES_ENV, DEFAULT_MAX_BYTES))
+    except ValueError:
+        return DEFAULT_MAX_BYTES
+    return min(max(value, 1), DEFAULT_MAX_BYTES)
+
+
+def image_format(head: bytes) -> str | None:
+    """Name the image format of a file from its first 32 bytes.
+
+    Returns
+    -------
+    str or None
+        One of :data:`FORMATS` for a decoded format; ``"HEIC"``, ``"AVIF"``,
+        ``"GIF"``, ``"BMP"``, ``"JPEG 2000"``, ``"JPEG XL"`` or ``"PSD"`` for
+        an image format recognised but not decoded; None for anything else.
+    """
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _HEIF_BRANDS:
+            return "HEIC"
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        if brand in (b"jp2 ", b"jpx ", b"jpm "):
+            return "JPEG 2000"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_HEADERS:
+        return "BMP"
+    if head[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or head[:4] == b"\xff\x4f\xff\x51":
+        return "JPEG 2000"
+    if head[:2] == b"\xff\x0a" or head[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n":
+        return "JPEG XL"
+    if head[:4] == b"8BPS":
+        return "PSD"
+    return None
+
+
+def unsupported_reason(fmt: str) -> str:
+    """The one-line reason for an image format recognised but not decoded."""
+    return f"format not supported: {fmt} (spn decodes JPEG, PNG, TIFF and WebP; convert losslessly, e.g. to PNG)"
+
+
+def not_regular_reason(mode: int) -> str:
+    """The one-line reason for a non-regular file (from its ``st_mode``)."""
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), "not a file")
+    return f"not a regular file ({kind}): refused without opening it"
 
 
 class EvidenceError(Exception):
@@ -201,6 +291,9 @@ def sniff(data: bytes) -> tuple[str, int, int, jpegtables.JpegStructure | None]:
         except (struct.error, ValueError) as exc:
             raise ValueError(f"unreadable WebP header ({exc})") from None
         return "webp", rows, cols, None
+    fmt = image_format(data[:32])
+    if fmt is not None:
+        raise ValueError(unsupported_reason(fmt))
     raise ValueError("not an image: no JPEG, PNG, TIFF or WebP signature")
 
 
@@ -228,7 +321,9 @@ def read_exif(data: bytes) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Evidence:
+def load_image(
+    path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int | None = None
+) -> Evidence:
     """Read, hash and decode one image in sensor orientation.
 
     Parameters
@@ -237,6 +332,9 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         JPEG, PNG, TIFF or WebP; 8- or 16-bit; grey, colour or with alpha.
     max_pixels : int, optional
         Refuse images whose header declares more pixels than this.
+    max_bytes : int, optional
+        Refuse files larger than this, before reading them (default:
+        :func:`default_max_bytes`).
 
     Returns
     -------
@@ -245,24 +343,55 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     Raises
     ------
     EvidenceError
-        One line naming the file and the reason: unreadable, empty, not an
-        image, truncated, too large, too small, or undecodable.
+        One line naming the file and the reason: unreadable, not a regular
+        file, a link, empty, too many bytes, not an image, a format not
+        supported, truncated, too many pixels, too small, or undecodable.
     """
-    return decode(read_bytes(path), str(path), max_pixels=max_pixels)
+    return decode(read_bytes(path, max_bytes=max_bytes), str(path), max_pixels=max_pixels)
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """The whole file, or :class:`EvidenceError` with a one-line reason."""
+def read_bytes(path: str | os.PathLike, *, max_bytes: int | None = None) -> bytes:
+    """The whole file, or :class:`EvidenceError` with a one-line reason.
+
+    The entry is ``lstat``-ed first: a symbolic link, FIFO, socket, device or
+    folder is refused without being opened (so a FIFO cannot hang the
+    batch), and a file larger than ``max_bytes`` (default:
+    :func:`default_max_bytes`) is refused before it is read. The file is then
+    opened without following links and without blocking, and checked again
+    on the open descriptor.
+    """
+    limit = default_max_bytes() if max_bytes is None else min(max_bytes, DEFAULT_MAX_BYTES)
     try:
-        return Path(path).read_bytes()
-    except IsADirectoryError:
-        raise EvidenceError(path, "is a directory, not an image file") from None
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            if not os.path.exists(path):
+                raise FileNotFoundError(path)
+            raise EvidenceError(path, LINK_REFUSED)
+        if stat.S_ISDIR(st.st_mode):
+            raise EvidenceError(path, "is a directory, not an image file")
+        if not stat.S_ISREG(st.st_mode):
+            raise EvidenceError(path, not_regular_reason(st.st_mode))
+        _check_size(path, st.st_size, limit)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with open(fd, "rb", closefd=True) as f:
+            st = os.fstat(f.fileno())  # the entry may have changed since lstat
+            if not stat.S_ISREG(st.st_mode):
+                raise EvidenceError(path, not_regular_reason(st.st_mode))
+            _check_size(path, st.st_size, limit)
+            data = f.read(limit + 1)
+        _check_size(path, len(data), limit)  # grew while being read
+        return data
     except PermissionError:
         raise EvidenceError(path, "cannot read: permission denied") from None
     except FileNotFoundError:
         raise EvidenceError(path, "no such file (missing, moved, or a dangling link)") from None
     except OSError as exc:
         raise EvidenceError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def _check_size(path, size: int, limit: int) -> None:
+    if size > limit:
+        raise EvidenceError(path, f"{size:,} bytes exceeds the bound of {limit:,} bytes (--max-bytes)")
 
 
 def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Evidence:
@@ -272,6 +401,8 @@ def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> E
     """
     if not data:
         raise EvidenceError(path, "empty file (0 bytes)")
+    if len(data) > DEFAULT_MAX_BYTES:
+        _check_size(path, len(data), DEFAULT_MAX_BYTES)
     digest = hashlib.sha256(data).hexdigest()
     try:
         fmt, rows, cols, structure = sniff(data)

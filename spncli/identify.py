@@ -9,6 +9,7 @@ caller) decides how to show them.
 from __future__ import annotations
 
 import os
+import stat
 import statistics
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -16,9 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .evidence import DEFAULT_MAX_PIXELS, Evidence, EvidenceError, load_image
+from .evidence import (
+    DEFAULT_MAX_PIXELS,
+    FORMATS,
+    Evidence,
+    LINK_REFUSED,
+    EvidenceError,
+    image_format,
+    load_image,
+    not_regular_reason,
+    unsupported_reason,
+)
 from .fingerprint import FingerprintAccumulator
-from .geometry import centre_crop
+from .geometry import alignment_note, centre_crop, crop_geometry
 from .pce import FingerprintSpectrum, MatchScore, score
 from .provenance import tool_info, utc_now
 from .residual import ResidualParams, extract_residual
@@ -27,55 +38,140 @@ from .store import Fingerprint
 __all__ = [
     "IMAGE_SUFFIXES",
     "gather_inputs",
+    "walk_inputs",
+    "fingerprint_frame",
     "cropped_pixels",
     "residual_of",
     "build_fingerprint",
+    "FingerprintRefused",
+    "MIN_IMAGES",
+    "RECOMMENDED_IMAGES",
     "MatchSettings",
     "Matcher",
     "decision_text",
 ]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".webp"})
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"RIFF")
+"""Suffixes of the formats decoded; files with these names are always taken from a walked folder."""
 
+UNSUPPORTED_SUFFIXES = frozenset(
+    {".heic", ".heif", ".hif", ".avif", ".gif", ".bmp", ".dib", ".jxl", ".jp2", ".j2k", ".jpx", ".psd"}
+)
+"""Suffixes of image formats that are recognised but not decoded (each gets an error row, never a silent skip)."""
 
-def _looks_like_image(path: Path) -> bool:
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return True
+def _head_reason(path: Path) -> tuple[bool, str | None]:
+    """(is an image, reason refused) of a regular file, from its suffix and first bytes."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            head = os.read(fd, 32)
+        finally:
+            os.close(fd)
     except OSError:
-        return False
-    return any(head.startswith(sig) for sig in _SIGNATURES)
+        return True, None  # unreadable: the reader says why
+    fmt = image_format(head)
+    if fmt in FORMATS:
+        return True, None
+    if fmt is not None:
+        return True, unsupported_reason(fmt)
+    return path.suffix.lower() in IMAGE_SUFFIXES | UNSUPPORTED_SUFFIXES, None
 
 
-def gather_inputs(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Files named directly, and the image files below named folders.
+def _entry(f: Path, root: Path, seen: set[Path]) -> tuple[Path, str | None] | None:
+    """Classify one walked entry without opening anything but regular files; None: not evidence here."""
+    try:
+        st = os.lstat(f)
+    except OSError as exc:
+        return f, f"cannot read: {exc.strerror or exc}"
+    if stat.S_ISLNK(st.st_mode):
+        real = f.resolve()
+        if not real.is_relative_to(root):
+            return f, LINK_REFUSED
+        return None  # a link inside the folder: its target is walked under its own name
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return f, not_regular_reason(st.st_mode)
+    real = f.resolve()
+    if real in seen:
+        return None
+    image, reason = _head_reason(f)
+    if not image:
+        return None
+    seen.add(real)
+    return f, reason
 
-    Folders are walked recursively in sorted order; a file below a folder is
-    taken when its name has an image suffix or its first bytes carry a JPEG,
-    PNG, TIFF or WebP signature. Symbolic links are not followed out of the folder,
-    and each real file is yielded once. Files named directly are always
-    yielded (so that a bad one gets its error line).
+
+def walk_inputs(
+    paths: Iterable[str | os.PathLike], *, on_other: Callable[[Path], None] = lambda path: None
+) -> Iterator[tuple[Path, str | None]]:
+    """Every input named or walked, with the reason it is refused (None: to be read).
+
+    Paths named directly are yielded as given (a symbolic link named
+    directly is yielded as its target, the file it names, unless it
+    dangles). Folders are walked recursively in sorted order without
+    following links; below a folder, an entry is yielded when it is
+
+    * an image by suffix or signature (JPEG, PNG, TIFF, WebP): reason None;
+    * an image of a format recognised by its signature but not decoded
+      (HEIC/HEIF, AVIF, GIF, BMP, JPEG 2000, JPEG XL, PSD): "format not
+      supported: HEIC" (a file with such a suffix but no signature is yielded
+      with None: the reader says what it is);
+    * not a regular file (FIFO, socket, device): refused without being opened;
+    * a symbolic link (to a file or a folder) out of the folder: refused,
+      never followed.
+
+    Links inside the folder are not yielded (their targets are, once, under
+    their own names); each real file is yielded once. Regular files that are
+    not images by name or content go to ``on_other``.
     """
     seen: set[Path] = set()
     for item in paths:
         p = Path(item)
+        if p.is_symlink() and p.exists():
+            p = Path(os.path.realpath(p))  # named by the examiner: read the file it names
         if not p.is_dir():
-            yield p
+            try:
+                mode = os.lstat(p).st_mode
+            except OSError:
+                yield p, None  # the reader says why (missing, permission)
+                continue
+            yield p, None if stat.S_ISREG(mode) else not_regular_reason(mode)
             continue
         root = p.resolve()
         for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
             dirnames.sort()
+            for name in [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+                dirnames.remove(name)  # never descended into; a link out of the folder is reported
+                if not (Path(dirpath) / name).resolve().is_relative_to(root):
+                    yield Path(dirpath) / name, LINK_REFUSED
             for name in sorted(filenames):
                 f = Path(dirpath) / name
-                real = f.resolve()
-                if not real.is_relative_to(root) or real in seen or not real.is_file():
-                    continue
-                if _looks_like_image(f):
-                    seen.add(real)
-                    yield f
+                entry = _entry(f, root, seen)
+                if entry is not None:
+                    yield entry
+                elif not f.is_symlink() and f.is_file() and f.resolve() not in seen:
+                    on_other(f)
+
+
+def gather_inputs(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
+    """The paths of :func:`walk_inputs`, refused ones included, so that each gets its error line.
+
+    A refused entry's reason is found again by the reader
+    (:func:`spncli.evidence.read_bytes` refuses non-regular files and links
+    without opening them; :func:`spncli.evidence.decode` refuses unsupported
+    formats by signature), so every caller's per-file error path reports it.
+    """
+    for path, _reason in walk_inputs(paths):
+        yield path
+
+
+def fingerprint_frame(meta: dict, shape: tuple[int, int]) -> tuple[int, int] | None:
+    """The source frame (rows, cols) a stored fingerprint records; None if unknown (older, cropped)."""
+    frame = (meta.get("geometry") or {}).get("frame")
+    if frame:
+        return int(frame[0]), int(frame[1])
+    return None if meta.get("crop") else (int(shape[0]), int(shape[1]))
 
 
 def cropped_pixels(ev: Evidence, crop: tuple[int, int] | None) -> np.ndarray:
@@ -108,6 +204,52 @@ def _quality_stats(qualities: list[int]) -> dict:
     }
 
 
+MIN_IMAGES = 2
+"""Fewest images a fingerprint is built from (one image's residual is mostly its scene)."""
+
+RECOMMENDED_IMAGES = 10
+"""Below this many images the fingerprint is stored with a warning: its PCEs run low."""
+
+
+class FingerprintRefused(ValueError):
+    """The images cannot make one fingerprint (mixed cameras or sizes, too few, non-finite); nothing is stored."""
+
+
+_EXIF_KEYS = ("make", "model", "serial")
+
+
+def _check_source(ev: Evidence, first: Evidence | None, allow_mixed: bool) -> None:
+    """Refuse an image whose size, or EXIF make/model/serial, differs from the first image's."""
+    if first is None:
+        return
+    if ev.shape != first.shape:
+        raise FingerprintRefused(
+            f"{ev.path} is {ev.shape[1]}x{ev.shape[0]} (cols x rows) but {first.path} is "
+            f"{first.shape[1]}x{first.shape[0]}: all images of one fingerprint must share size and orientation; "
+            "nothing stored"
+        )
+    if allow_mixed:
+        return
+    for key in _EXIF_KEYS:
+        a, b = first.exif.get(key), ev.exif.get(key)
+        if a is not None and b is not None and a != b:
+            raise FingerprintRefused(
+                f"EXIF {key} {b!r} of {ev.path} differs from {a!r} of {first.path}: images of two cameras? "
+                "(use --allow-mixed to build one fingerprint from them anyway); nothing stored"
+            )
+
+
+def _source_record(path, ev: Evidence) -> dict:
+    return {
+        "path": str(path),
+        "name": Path(path).name,
+        "sha256": ev.sha256,
+        "jpeg_quality": ev.quality.quality if ev.quality else None,
+        "rows": ev.shape[0],
+        "cols": ev.shape[1],
+    }
+
+
 def build_fingerprint(
     paths: Iterable[Path],
     camera: str,
@@ -115,8 +257,11 @@ def build_fingerprint(
     params: ResidualParams = ResidualParams(),
     crop: tuple[int, int] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = None,
+    allow_mixed: bool = False,
     on_error: Callable[[str, str], None] = lambda path, reason: None,
     on_progress: Callable[[str], None] = lambda path: None,
+    on_warning: Callable[[str], None] = lambda message: None,
 ) -> tuple[np.ndarray, dict]:
     """Estimate a camera fingerprint from images, one at a time.
 
@@ -127,57 +272,67 @@ def build_fingerprint(
         Camera id recorded in the metadata.
     params : ResidualParams
     crop : (rows, cols) or None
-        Centre crop applied to every image before extraction.
-    max_pixels : int
-    on_error, on_progress : callable
-        Called with a file that failed (and the reason), or that is done.
+        Crop applied to every image before extraction, placed by the rule of
+        :mod:`spncli.geometry` (recorded under ``geometry``).
+    max_pixels, max_bytes : int
+        Bounds of :func:`spncli.evidence.load_image`.
+    allow_mixed : bool
+        Accept images whose EXIF make, model or serial differ.
+    on_error, on_progress, on_warning : callable
+        Called with a file that failed (and the reason), a file that is done,
+        or a warning about the fingerprint as a whole (fewer than
+        :data:`RECOMMENDED_IMAGES` images).
 
     Returns
     -------
     k : ndarray, float32
     meta : dict
-        Camera id, EXIF make/model/serial, image count and size, each source
-        file's path and SHA-256 and quality, quality statistics, parameters,
-        tool version, UTC times.
+        Camera id, EXIF make/model/serial, image count and size, the geometry
+        (rule, frame, crop origin), each source file's path and SHA-256 and
+        quality, quality statistics, parameters, tool version, UTC times.
 
     Raises
     ------
-    ValueError
-        If no image could be used.
+    FingerprintRefused
+        Images of different sizes, or (without ``allow_mixed``) different
+        EXIF make/model/serial; fewer than :data:`MIN_IMAGES` usable images;
+        a fingerprint with non-finite values.
     """
     started = utc_now()
     acc = FingerprintAccumulator(params)
     sources, qualities, exif_seen = [], [], []
+    first = None
     for path in paths:
         try:
-            ev = load_image(path, max_pixels=max_pixels)
-            pixels = np.ascontiguousarray(centre_crop(ev.pixels, crop))
-            acc.check(pixels)
-            acc.add(pixels, ev.saturation)
+            ev = load_image(path, max_pixels=max_pixels, max_bytes=max_bytes)
+            pixels = cropped_pixels(ev, crop)
         except EvidenceError as exc:
             on_error(exc.path, exc.reason)
             continue
-        except ValueError as exc:
-            on_error(str(path), str(exc))
-            continue
-        q = ev.quality.quality if ev.quality else None
-        if q is not None:
-            qualities.append(q)
-        sources.append(
-            {
-                "path": str(path),
-                "name": Path(path).name,
-                "sha256": ev.sha256,
-                "jpeg_quality": q,
-                "rows": ev.shape[0],
-                "cols": ev.shape[1],
-            }
-        )
+        _check_source(ev, first, allow_mixed)
+        first = first or ev
+        acc.add(pixels, ev.saturation)
+        if ev.quality is not None:
+            qualities.append(ev.quality.quality)
+        sources.append(_source_record(path, ev))
         exif_seen.append(ev.exif)
         on_progress(str(path))
-    if acc.count == 0:
-        raise ValueError(f"no usable image for camera {camera!r}")
+    if acc.count < MIN_IMAGES:
+        raise FingerprintRefused(
+            f"{acc.count} usable image(s) for camera {camera!r}: a fingerprint needs at least {MIN_IMAGES} "
+            f"({RECOMMENDED_IMAGES} or more recommended, flat-fields best); nothing stored"
+        )
+    if acc.count < RECOMMENDED_IMAGES:
+        on_warning(
+            f"camera {camera!r}: only {acc.count} image(s); {RECOMMENDED_IMAGES} or more are recommended: a "
+            "fingerprint from few images gives low PCEs, and a low PCE never excludes the camera"
+        )
     k = acc.finalize()
+    if not np.isfinite(k).all():
+        raise FingerprintRefused(
+            f"the fingerprint of camera {camera!r} has non-finite values (NaN or infinity; check --sigma); "
+            "nothing stored"
+        )
 
     def agreed(key):
         values = {e.get(key) for e in exif_seen}
@@ -188,10 +343,12 @@ def build_fingerprint(
         "make": agreed("make"),
         "model": agreed("model"),
         "serial": agreed("serial"),
+        "exif_mixed_allowed": allow_mixed,
         "image_count": acc.count,
         "rows": int(k.shape[0]),
         "cols": int(k.shape[1]),
         "crop": list(crop) if crop else None,
+        "geometry": crop_geometry(first.shape, crop),
         "sources": sources,
         "quality": _quality_stats(qualities),
         "saturated_fraction_mean": float(np.mean(acc.saturated_fraction)),
@@ -257,8 +414,10 @@ class Matcher:
         self.restorer = restorer
         self.cameras = []
         self.spectra = {}
+        self.frames = {}  # each fingerprint's source frame, for the alignment note
         for fp in fingerprints:
             self.cameras.append((fp.camera, fp.sha256))
+            self.frames[fp.camera] = fingerprint_frame(fp.meta, fp.k.shape)
             k = fp.k
             if settings.crop is not None:
                 k = centre_crop(k, (min(settings.crop[0], k.shape[0]), min(settings.crop[1], k.shape[1])))
@@ -308,6 +467,7 @@ class Matcher:
                 "jpeg_quality": ev.quality.quality if ev.quality else None,
                 "restored": restored,
                 "fingerprint_sha256": fp_sha,
+                "alignment": alignment_note(ev.shape, self.frames[camera], s.max_shift),
             }
             if surfaces and m.pce > s.threshold:
                 record["_surface"] = m.surface

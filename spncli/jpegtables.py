@@ -133,6 +133,11 @@ def _parse_dqt(segment: bytes, out: JpegStructure) -> None:
             raise JpegFormatError("DQT: table runs past the end of its segment")
         raw = np.frombuffer(segment[pos : pos + size], dtype=">u2" if pq else "u1")
         pos += size
+        if not raw.all():
+            raise JpegFormatError(
+                f"DQT: quantization table {tq} has {int((raw == 0).sum())} zero entries "
+                "(invalid: every entry must be 1 or more, T.81 B.2.4.1)"
+            )
         table = np.empty(64, dtype=np.int64)
         table[ZIGZAG] = raw
         out.tables[tq] = table.reshape(8, 8)

@@ -26,6 +26,7 @@ References
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -82,8 +83,8 @@ class ResidualParams:
     wiener_dft: bool = True
 
     def __post_init__(self):
-        if not self.sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"sigma must be a finite number > 0, got {self.sigma}")
         if self.wavelet not in pywt.wavelist(kind="discrete"):
             raise ValueError(f"wavelet {self.wavelet!r} is not a discrete PyWavelets wavelet (e.g. 'db4', 'db8')")
         if not 1 <= self.levels <= 8:

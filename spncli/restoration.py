@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,9 @@ __all__ = [
     "write_model_card",
     "tile_slices",
     "hann_window",
+    "TILE_MULTIPLE",
+    "MIN_TILE",
+    "check_tile",
 ]
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "spn-restore-v1.json"
@@ -48,6 +52,23 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "spn-restore
 
 class ModelError(Exception):
     """The model card or weights cannot be used (``str()`` names the file and the reason)."""
+
+
+TILE_MULTIPLE = 16
+"""Tile sides are multiples of this: tile starts keep the CFA, JPEG and pooling grids of the whole image."""
+
+MIN_TILE = 64
+"""Smallest tile side (pixels)."""
+
+
+def check_tile(tile: int) -> int:
+    """Return ``tile`` if it is a tile side the network can run, else ValueError naming the allowed values."""
+    if tile < MIN_TILE or tile % TILE_MULTIPLE:
+        raise ValueError(
+            f"tile {tile} is not allowed: use a multiple of {TILE_MULTIPLE} of at least {MIN_TILE} "
+            f"(e.g. {max(MIN_TILE, -(-tile // TILE_MULTIPLE) * TILE_MULTIPLE)}, or 1024)"
+        )
+    return tile
 
 
 def hann_window(size: int, taper: int) -> np.ndarray:
@@ -136,6 +157,7 @@ class Restorer:
         precision : str
             ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``.
         """
+        check_tile(tile)
         self._place()
         rows, cols = residual.shape
         margin = int(self.card["receptive_radius"]) + 16
@@ -250,8 +272,17 @@ def load_restorer(card_path: str | Path = DEFAULT_MODEL, device: str = "auto") -
         raise ModelError(str(exc)) from None
     model = RestorationNet(**card.get("architecture", {}))
     try:
-        model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
-    except (RuntimeError, ValueError, EOFError) as exc:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses any pickle that is not plain tensors (nothing is run)
+        raise ModelError(
+            f"{weights_path}: not a plain tensor state dict: torch.load(weights_only=True) refused it "
+            f"({type(exc).__name__}); nothing in it was run"
+        ) from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
         raise ModelError(f"{weights_path}: weights do not fit the architecture ({exc})") from None
     return Restorer(model.to(dev).eval(), card, digest, dev, device)
 

@@ -7,6 +7,7 @@ on; the exit code is 1 when some input failed, 2 for a usage error.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Annotated
@@ -14,7 +15,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ..evidence import DEFAULT_MAX_PIXELS
+from ..evidence import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, MAX_BYTES_ENV
 from . import _common
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app = typer.Typer(
 
 class State:
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
 
 
 def _version(value: bool):
@@ -42,12 +44,24 @@ def _root(
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Refuse images whose header declares more pixels than this.")
     ] = DEFAULT_MAX_PIXELS,
+    max_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-bytes",
+            min=1,
+            max=DEFAULT_MAX_BYTES,
+            help="Refuse files larger than this many bytes, before reading them (at most 2 GiB - 1, "
+            "the decoder's limit).",
+        ),
+    ] = DEFAULT_MAX_BYTES,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ):
     """Camera identification from sensor pattern noise (PRNU)."""
     State.max_pixels = max_pixels
+    State.max_bytes = max_bytes
+    os.environ[MAX_BYTES_ENV] = str(max_bytes)  # read by evidence.read_bytes here and in local worker processes
 
 
 from . import case, db, degrade, demo, evaluate, extract, fingerprint, match, quality, report, restore, train  # noqa: E402,F401  (register commands)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -31,15 +33,50 @@ class Format(StrEnum):
     csv = "csv"
 
 
+def printable(text: object) -> str:
+    """``text`` with control characters (newline, tab, escape, ...) as backslash escapes: one line, no escapes."""
+    return "".join(
+        c if c.isprintable() or c == " " else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+        for c in str(text)
+    )
+
+
+def error_line(message: str) -> None:
+    """One ``error:`` line on stderr (control characters escaped); the command goes on."""
+    err.print("[bold red]error[/]: " + escape(printable(message)), markup=True, highlight=False)
+
+
 def fail_line(path: str, reason: str) -> None:
-    """One line on stderr naming the file and the reason."""
-    err.print(f"[bold red]error[/]: {path}: {reason}", markup=True, highlight=False)
+    """One line on stderr naming the file and the reason (control characters in either escaped)."""
+    error_line(f"{path}: {reason}")
 
 
 def die(message: str, code: int = EXIT_USAGE) -> None:
     """Print one error line and exit with ``code``."""
-    err.print(f"[bold red]error[/]: {message}", highlight=False)
+    error_line(message)
     raise typer.Exit(code)
+
+
+def note(message: str) -> None:
+    """One line on stderr (control characters escaped)."""
+    err.print(printable(message), markup=False, highlight=False)
+
+
+def warn(message: str) -> None:
+    """One ``warning:`` line on stderr."""
+    err.print("[bold yellow]warning[/]: " + escape(printable(message)), markup=True, highlight=False)
+
+
+def finite(name: str, *, positive: bool = False):
+    """A Typer callback refusing NaN and infinity (and values <= 0 with ``positive``), naming what is allowed."""
+
+    def check(value):
+        if value is not None and not (math.isfinite(value) and (value > 0 or not positive)):
+            allowed = "a finite number > 0" if positive else "a finite number"
+            raise typer.BadParameter(f"{value} is not allowed: {name} must be {allowed}")
+        return value
+
+    return check
 
 
 def crop_option(text: str | None):

@@ -10,7 +10,7 @@ import typer
 
 from ..store import FingerprintStore, StoreError
 from . import app
-from ._common import Format, die, out, render
+from ._common import EXIT_SOME_FAILED, Format, die, error_line, out, render
 
 db_app = typer.Typer(help="Manage a fingerprint database: list, show, remove.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -23,24 +23,36 @@ def list_(
     db: DbPath,
     format: Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")] = Format.table,
 ):
-    """List the cameras with make, model, image count and size."""
+    """List the cameras with make, model, image count and size (each entry's checksum seal verified).
+
+    A camera whose entry is damaged or was changed gets an error line and is
+    left out of the list; the exit code is then 1.
+    """
+    store = FingerprintStore(db)
     try:
-        store = FingerprintStore(db)
-        rows = []
-        for cam in store.cameras():
-            m = store.meta(cam)
-            rows.append(
-                {k: m.get(k) for k in ("camera", "make", "model", "serial", "image_count", "rows", "cols")}
-                | {"created_utc": m.get("finished_utc"), "sha256": m["sha256"]}
-            )
+        cameras = store.cameras()
     except StoreError as exc:
         die(str(exc))
+    rows, bad = [], 0
+    for cam in cameras:
+        try:
+            m = store.meta(cam)
+        except StoreError as exc:
+            error_line(str(exc))
+            bad += 1
+            continue
+        rows.append(
+            {k: m.get(k) for k in ("camera", "make", "model", "serial", "image_count", "rows", "cols")}
+            | {"created_utc": m.get("finished_utc"), "sha256": m["sha256"]}
+        )
     render(
         rows,
         format,
         ["camera", "make", "model", "serial", "image_count", "rows", "cols", "created_utc", "sha256"],
         title=f"Fingerprints in {db}",
     )
+    if bad:
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 @db_app.command()

@@ -7,13 +7,12 @@ from typing import Annotated
 
 import typer
 
-from ..identify import build_fingerprint, gather_inputs
+from ..identify import RECOMMENDED_IMAGES, FingerprintRefused, build_fingerprint, walk_inputs
 from ..provenance import OutputInsideEvidence, check_output_location
 from ..residual import ResidualParams
 from ..store import FingerprintStore, StoreError, check_camera_id
 from . import State, app
-from ._common import EXIT_SOME_FAILED, crop_option, die, err, fail_line
-
+from ._common import EXIT_SOME_FAILED, crop_option, die, fail_line, finite, note, warn
 
 @app.command()
 def fingerprint(
@@ -25,23 +24,40 @@ def fingerprint(
     db: Annotated[Path, typer.Option("--db", help="HDF5 fingerprint database (created if absent).")],
     crop: Annotated[str | None, typer.Option(help="Centre crop of every image: N or HxW (rows x cols).")] = None,
     replace: Annotated[bool, typer.Option(help="Overwrite an existing camera of that id.")] = False,
-    sigma: Annotated[float, typer.Option(help="Noise std of the wavelet denoiser (0..255 scale).")] = 5.0,
+    sigma: Annotated[
+        float,
+        typer.Option(
+            help="Noise std of the wavelet denoiser (0..255 scale; finite, > 0).",
+            callback=finite("--sigma", positive=True),
+        ),
+    ] = 5.0,
+    allow_mixed: Annotated[
+        bool, typer.Option(help="Accept images whose EXIF make, model or serial differ (refused by default).")
+    ] = False,
 ):
     """Estimate the maximum-likelihood PRNU fingerprint of a camera and add it to the database.
 
     Images are read one at a time (memory stays a few image-sized arrays);
-    saturated pixels are excluded. The database records the camera's EXIF
-    make/model/serial, each source file's name and SHA-256, quality
-    statistics, parameters, tool version and UTC time.
+    saturated pixels are excluded. Refused, with nothing stored: images of
+    different sizes, images whose EXIF make/model/serial differ (unless
+    --allow-mixed), fewer than 2 usable images; fewer than 10 give a warning.
+    An existing camera id is refused before any image is read (unless
+    --replace). The database records the camera's EXIF make/model/serial,
+    each source file's name and SHA-256, the geometry (frame, crop and its
+    origin), quality statistics, parameters, tool version and UTC time, all
+    under a checksum verified whenever the fingerprint is read.
     """
     size = crop_option(crop)
+    store = FingerprintStore(db)
     try:
         check_camera_id(camera)
         params = ResidualParams(sigma=sigma)
         check_output_location(db, images)
+        if db.exists() and camera in store.cameras() and not replace:
+            raise StoreError(f"{db}: camera {camera!r} exists already (use --replace to overwrite it)")
     except (ValueError, StoreError, OutputInsideEvidence) as exc:
         die(str(exc))
-    failed = []
+    failed, others = [], []
 
     def on_error(path, reason):
         failed.append(path)
@@ -49,20 +65,28 @@ def fingerprint(
 
     try:
         k, meta = build_fingerprint(
-            gather_inputs(images),
+            (path for path, _reason in walk_inputs(images, on_other=others.append)),
             camera,
             params=params,
             crop=size,
             max_pixels=State.max_pixels,
+            max_bytes=State.max_bytes,
+            allow_mixed=allow_mixed,
             on_error=on_error,
-            on_progress=lambda p: err.print(f"added {p}"),
+            on_progress=lambda p: note(f"added {p}"),
+            on_warning=warn,
         )
-        digest = FingerprintStore(db).add(camera, k, meta, replace=replace)
-    except (ValueError, StoreError) as exc:
+        digest = store.add(camera, k, meta, replace=replace)
+    except (FingerprintRefused, StoreError) as exc:
         die(str(exc), EXIT_SOME_FAILED)
-    err.print(
+    except Exception as exc:  # a defect, not bad evidence: say so, without a traceback
+        die(f"internal error (please report): {type(exc).__name__}: {exc}; nothing stored", EXIT_SOME_FAILED)
+    if others:
+        note(f"{len(others)} file(s) in the folders are not images (no image name or signature): not read")
+    note(
         f"camera {camera}: fingerprint of {meta['image_count']} image(s), {meta['cols']}x{meta['rows']}, "
         f"sha256 {digest[:16]}..., stored in {db}; {len(failed)} file(s) failed"
+        + ("" if meta["image_count"] >= RECOMMENDED_IMAGES else f" (fewer than {RECOMMENDED_IMAGES} images)")
     )
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)

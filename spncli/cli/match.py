@@ -16,7 +16,7 @@ from ..residual import ResidualParams
 from ..store import FingerprintStore, StoreError
 from . import State, app
 from ._batch import BatchProgress, run_jobs
-from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, render
+from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, finite, render
 from .restore import DeviceOption, ModelOption, open_restorer
 
 COLUMNS = [
@@ -73,7 +73,12 @@ def render_matches(rows: list[dict], format: Format, threshold: float) -> None:
 def match(
     images: Annotated[list[Path], typer.Argument(help="Images or folders (walked recursively).", readable=False)],
     db: Annotated[Path, typer.Option("--db", help="HDF5 fingerprint database.")],
-    threshold: Annotated[float, typer.Option(help="PCE above which an image is consistent with a camera.")] = 60.0,
+    threshold: Annotated[
+        float,
+        typer.Option(
+            help="PCE above which an image is consistent with a camera (finite).", callback=finite("--threshold")
+        ),
+    ] = 60.0,
     crop: Annotated[str | None, typer.Option(help="Centre crop of images and fingerprints: N or HxW.")] = None,
     max_shift: Annotated[int, typer.Option(min=0, help="Search the peak within +-N pixels (cropped images).")] = 0,
     rotations: Annotated[bool, typer.Option(help="Try 90/270-degree rotations when orientations differ.")] = True,

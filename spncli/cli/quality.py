@@ -8,8 +8,10 @@ from typing import Annotated
 
 import typer
 
+from ..evidence import EvidenceError, read_bytes
+from ..identify import gather_inputs
 from ..jpegtables import JpegFormatError, estimate_quality, parse_jpeg
-from . import State, app  # noqa: F401
+from . import State, app
 from ._common import EXIT_SOME_FAILED, Format, fail_line, render
 
 COLUMNS = ["image", "quality", "exact", "fit_error", "tables", "components", "progressive", "sha256"]
@@ -17,7 +19,7 @@ COLUMNS = ["image", "quality", "exact", "fit_error", "tables", "components", "pr
 
 @app.command()
 def quality(
-    images: Annotated[list[Path], typer.Argument(help="JPEG files.", readable=False)],
+    images: Annotated[list[Path], typer.Argument(help="JPEG files, or folders of them.", readable=False)],
     format: Annotated[
         Format, typer.Option("--format", "-f", help="Output: table, json (JSON Lines) or csv.")
     ] = Format.table,
@@ -30,13 +32,17 @@ def quality(
     difference in quantization steps).
     """
     rows, failed = [], 0
-    for path in images:
+    for path in gather_inputs(images):
         try:
-            data = path.read_bytes()
+            data = read_bytes(path, max_bytes=State.max_bytes)
             s = parse_jpeg(data)
             q = estimate_quality(s)
-        except (OSError, JpegFormatError) as exc:
-            fail_line(str(path), getattr(exc, "strerror", None) or str(exc))
+        except EvidenceError as exc:
+            fail_line(exc.path, exc.reason)
+            failed += 1
+            continue
+        except JpegFormatError as exc:
+            fail_line(str(path), str(exc))
             failed += 1
             continue
         rows.append(

@@ -24,7 +24,19 @@ ModelOption = Annotated[
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 PrecisionOption = Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")]
-TileOption = Annotated[int, typer.Option(min=64, help="Core tile side in pixels (memory is bounded by the tile).")]
+def _tile(value: int) -> int:
+    from ..restoration import check_tile
+
+    try:
+        return check_tile(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+TileOption = Annotated[
+    int,
+    typer.Option(callback=_tile, help="Core tile side in pixels, a multiple of 16, >= 64 (memory is bounded by it)."),
+]
 
 
 def default_out() -> Path:
