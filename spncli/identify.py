@@ -21,7 +21,8 @@ from .fingerprint import FingerprintAccumulator
 from .geometry import centre_crop
 from .pce import FingerprintSpectrum, MatchScore, score
 from .provenance import tool_info, utc_now
-from .residual import ResidualParams, extract_residual
+from .jpegdomain import RESIDUAL_KINDS, AwareSettings, coefficients_of, compression_aware_residual
+from .residual import ResidualParams, extract_residual, grey_residual
 from .store import Fingerprint
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "gather_inputs",
     "cropped_pixels",
     "residual_of",
+    "residual_with_info",
     "build_fingerprint",
     "MatchSettings",
     "Matcher",
@@ -92,9 +94,54 @@ def cropped_pixels(ev: Evidence, crop: tuple[int, int] | None) -> np.ndarray:
         raise EvidenceError(ev.path, str(exc)) from None
 
 
-def residual_of(ev: Evidence, params: ResidualParams, crop: tuple[int, int] | None) -> np.ndarray:
-    """Noise residual of an evidence image, after the centre crop (if any); see :func:`cropped_pixels`."""
-    return extract_residual(cropped_pixels(ev, crop), params)
+def residual_of(
+    ev: Evidence,
+    params: ResidualParams,
+    crop: tuple[int, int] | None,
+    kind: str = "classic",
+    aware: AwareSettings = AwareSettings(),
+) -> np.ndarray:
+    """Noise residual of an evidence image, after the centre crop (if any); see :func:`residual_with_info`."""
+    return residual_with_info(ev, params, crop, kind=kind, aware=aware)[0]
+
+
+def residual_with_info(
+    ev: Evidence,
+    params: ResidualParams,
+    crop: tuple[int, int] | None,
+    *,
+    kind: str = "classic",
+    aware: AwareSettings = AwareSettings(),
+    data: bytes | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Noise residual of an evidence image and what it is (``residual_kind``, Wiener, fallback).
+
+    ``kind="classic"`` crops the pixels first (:func:`cropped_pixels`), then
+    extracts. ``kind="compression-aware"`` (:mod:`spncli.jpegdomain`) extracts
+    the full frame, filters it on the file's own 8x8 grid, then crops; a
+    non-JPEG input falls back to the classic residual and says so under
+    ``fallback``. ``data`` may pass the file's bytes when already in memory.
+
+    Raises
+    ------
+    EvidenceError
+        If the crop is larger than the image, or the JPEG's coefficients cannot be used.
+    ValueError
+        If ``kind`` is not one of :data:`spncli.jpegdomain.RESIDUAL_KINDS`.
+    """
+    if kind not in RESIDUAL_KINDS:
+        raise ValueError(f"residual kind {kind!r} is not one of {', '.join(RESIDUAL_KINDS)}")
+    fallback = None
+    if kind == "compression-aware":
+        if ev.format == "jpeg":
+            cropped_pixels(ev, crop)  # the crop's error, before any work
+            grey = grey_residual(ev.pixels, params)
+            return compression_aware_residual(
+                grey, coefficients_of(ev, data), crop=crop, params=params, settings=aware
+            )
+        fallback = f"{ev.format} input has no JPEG DCT coefficients: classic residual"
+    w = extract_residual(cropped_pixels(ev, crop), params)
+    return w, {"residual_kind": "classic", "wiener_applied": params.wiener_dft, "fallback": fallback}
 
 
 def _quality_stats(qualities: list[int]) -> dict:
@@ -215,6 +262,12 @@ class MatchSettings:
     max_shift: int = 0
     rotations: bool = True
     params: ResidualParams = ResidualParams()
+    residual: str = "classic"
+    aware: AwareSettings = AwareSettings()
+
+    def __post_init__(self):
+        if self.residual not in RESIDUAL_KINDS:
+            raise ValueError(f"residual kind {self.residual!r} is not one of {', '.join(RESIDUAL_KINDS)}")
 
     def as_dict(self) -> dict:
         return {
@@ -223,6 +276,8 @@ class MatchSettings:
             "max_shift": self.max_shift,
             "rotations": self.rotations,
             "residual_params": self.params.as_dict(),
+            "residual": self.residual,
+            "aware_settings": self.aware.as_dict() if self.residual == "compression-aware" else None,
         }
 
 
@@ -253,6 +308,8 @@ class Matcher:
     """
 
     def __init__(self, fingerprints: Iterable[Fingerprint], settings: MatchSettings, restorer=None):
+        if restorer is not None and settings.residual != "classic":
+            raise ValueError("restoration refines the classic residual: use --residual classic with --restore")
         self.settings = settings
         self.restorer = restorer
         self.cameras = []
@@ -264,15 +321,21 @@ class Matcher:
                 k = centre_crop(k, (min(settings.crop[0], k.shape[0]), min(settings.crop[1], k.shape[1])))
             self.spectra[fp.camera] = FingerprintSpectrum(k)
 
-    def residual(self, ev: Evidence) -> tuple[np.ndarray, bool]:
-        """The residual scored for an image (classic or restored), after the crop."""
+    def residual(self, ev: Evidence) -> tuple[np.ndarray, bool, dict]:
+        """The residual scored for an image (classic, compression-aware or restored), after the crop.
+
+        Returns the residual, whether it was restored, and what it is
+        (``residual_kind``, ``wiener_applied``, ``fallback``).
+        """
         s = self.settings
         crop = None
         if s.crop is not None:  # crop to what the image allows in its own orientation
             crop = (min(s.crop[0], ev.shape[0]), min(s.crop[1], ev.shape[1]))
         if self.restorer is None:
-            return residual_of(ev, s.params, crop), False
-        return self.restorer.restore(ev, cropped_pixels(ev, crop), params=s.params)[0], True
+            w, info = residual_with_info(ev, s.params, crop, kind=s.residual, aware=s.aware)
+            return w, False, info
+        w = self.restorer.restore(ev, cropped_pixels(ev, crop), params=s.params)[0]
+        return w, True, {"residual_kind": "classic", "wiener_applied": s.params.wiener_dft, "fallback": None}
 
     def match(self, ev: Evidence, *, surfaces: bool = False, residual=None) -> list[dict]:
         """One result record per fingerprint for an evidence image.
@@ -282,7 +345,7 @@ class Matcher:
         ``residual`` may pass ``self.residual(ev)`` computed already.
         """
         s = self.settings
-        w, restored = self.residual(ev) if residual is None else residual
+        w, restored, info = self.residual(ev) if residual is None else residual
         records = []
         for camera, fp_sha in self.cameras:
             m: MatchScore = score(
@@ -307,6 +370,8 @@ class Matcher:
                 "cols": int(w.shape[1]),
                 "jpeg_quality": ev.quality.quality if ev.quality else None,
                 "restored": restored,
+                "residual_kind": info["residual_kind"],
+                "wiener_applied": info["wiener_applied"],
                 "fingerprint_sha256": fp_sha,
             }
             if surfaces and m.pce > s.threshold:
