@@ -19,10 +19,10 @@ import numpy as np
 from .evidence import DEFAULT_MAX_PIXELS, Evidence, EvidenceError, load_image
 from .fingerprint import FingerprintAccumulator
 from .geometry import centre_crop
-from .pce import FingerprintSpectrum, MatchScore, score
+from .pce import FingerprintSpectrum, MatchScore, false_alarm_probability, score
 from .provenance import tool_info, utc_now
 from .jpegdomain import RESIDUAL_KINDS, AwareSettings, coefficients_of, compression_aware_residual
-from .residual import ResidualParams, extract_residual, grey_residual
+from .residual import ResidualParams, extract_residual, grey_residual, postprocess
 from .store import Fingerprint
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "MatchSettings",
     "Matcher",
     "decision_text",
+    "two_test_decision",
 ]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".webp"})
@@ -290,6 +291,49 @@ def decision_text(pce: float, threshold: float) -> str:
     return "consistent" if pce > threshold else "not consistent"
 
 
+def two_test_decision(classic: MatchScore, restored: MatchScore, threshold: float) -> dict:
+    """Decide on the classic and the restored residual together, at the false-alarm level of ``threshold``.
+
+    The threshold means a false-alarm probability ``α = p_fa(threshold,
+    n_shifts)`` for one test [1]_. With two tests of the same pair, the
+    image is consistent when the smaller of the two false-alarm
+    probabilities is at most ``α / 2`` (Bonferroni), so that the family-wise
+    false-alarm probability stays at most ``α``. At PCE 60 this moves each
+    test's PCE threshold to about 61.4: an image with a classic PCE in
+    (60, 61.4] and a weaker restored one is the only way a classic decision
+    can be lost, and ``decision_classic`` records it.
+
+    Returns
+    -------
+    dict
+        ``decision``, ``decision_classic``, ``decision_restored``, both PCEs
+        and false-alarm probabilities, ``decided_by`` (the residual of the
+        smaller p_fa), ``residuals_disagree`` and the rule in words.
+
+    References
+    ----------
+    .. [1] M. Goljan, J. Fridrich, T. Filler, "Large scale test of sensor
+       fingerprint camera identification", Proc. SPIE 7254, 2009.
+       :doi:`10.1117/12.805701`
+    """
+    alpha = false_alarm_probability(threshold, max(classic.n_shifts, restored.n_shifts))
+    by = "classic" if classic.p_fa <= restored.p_fa else "restored"
+    p_min = min(classic.p_fa, restored.p_fa)
+    single_c, single_r = decision_text(classic.pce, threshold), decision_text(restored.pce, threshold)
+    return {
+        "decision": "consistent" if p_min <= alpha / 2 else "not consistent",
+        "decision_classic": single_c,
+        "decision_restored": single_r,
+        "pce_classic": round(classic.pce, 4),
+        "pce_restored": round(restored.pce, 4),
+        "p_fa_classic": classic.p_fa,
+        "p_fa_restored": restored.p_fa,
+        "decided_by": by,
+        "residuals_disagree": single_c != single_r,
+        "decision_rule": f"min(p_fa) of 2 tests <= p_fa(PCE {threshold:g})/2 (Bonferroni)",
+    }
+
+
 class Matcher:
     """Score residuals against a set of fingerprints, reusing each one's transform.
 
@@ -304,7 +348,8 @@ class Matcher:
         Consumed once (a generator keeps one spatial fingerprint in memory at a time).
     settings : MatchSettings
     restorer : spncli.restoration.Restorer or None
-        When given, images are scored with the restored residual.
+        When given, images are scored with the classic and the restored
+        residual both, and decided by :func:`two_test_decision`.
     """
 
     def __init__(self, fingerprints: Iterable[Fingerprint], settings: MatchSettings, restorer=None):
@@ -334,8 +379,17 @@ class Matcher:
         if self.restorer is None:
             w, info = residual_with_info(ev, s.params, crop, kind=s.residual, aware=s.aware)
             return w, False, info
-        w = self.restorer.restore(ev, cropped_pixels(ev, crop), params=s.params)[0]
-        return w, True, {"residual_kind": "classic", "wiener_applied": s.params.wiener_dft, "fallback": None}
+        pixels = cropped_pixels(ev, crop)
+        grey = grey_residual(pixels, s.params)
+        w, info = self.restorer.restore(ev, pixels, grey=grey, params=s.params)
+        return w, True, {
+            "residual_kind": "classic",  # what the network refines
+            "wiener_applied": info["wiener_dft"],
+            "fallback": None,
+            "network_applied": info["network_applied"],
+            "weights_sha256": info["weights_sha256"],
+            "classic_residual": postprocess(grey, s.params),
+        }
 
     def match(self, ev: Evidence, *, surfaces: bool = False, residual=None) -> list[dict]:
         """One result record per fingerprint for an evidence image.
@@ -374,7 +428,24 @@ class Matcher:
                 "wiener_applied": info["wiener_applied"],
                 "fingerprint_sha256": fp_sha,
             }
-            if surfaces and m.pce > s.threshold:
+            if restored:  # both residuals scored; the decision takes both (two_test_decision)
+                mc = score(
+                    info["classic_residual"],
+                    self.spectra[camera],
+                    max_shift=s.max_shift,
+                    rotations=s.rotations,
+                    surface=surfaces,
+                )
+                both = two_test_decision(mc, m, s.threshold)
+                m = mc if both["decided_by"] == "classic" else m
+                record |= both | {
+                    "pce": both[f"pce_{both['decided_by']}"],
+                    "ncc": round(m.ncc, 6),
+                    "p_fa": min(both["p_fa_classic"], both["p_fa_restored"]),
+                    "network_applied": info["network_applied"],
+                    "weights_sha256": info["weights_sha256"],
+                }
+            if surfaces and record["decision"] == "consistent":
                 record["_surface"] = m.surface
             records.append(record)
         return records

@@ -38,6 +38,13 @@ COLUMNS = [
     "restored",
     "residual_kind",
     "wiener_applied",
+    "pce_classic",
+    "pce_restored",
+    "decision_classic",
+    "decision_restored",
+    "residuals_disagree",
+    "network_applied",
+    "weights_sha256",
     "crop",
     "max_shift",
     "fingerprint_sha256",
@@ -84,7 +91,13 @@ def match(
     format: Annotated[
         Format, typer.Option("--format", "-f", help="table, json (JSON Lines) or csv, on stdout.")
     ] = Format.table,
-    restore: Annotated[bool, typer.Option(help="Score the GAN-restored residual instead of the classic one.")] = False,
+    restore: Annotated[
+        bool,
+        typer.Option(
+            help="Also score the GAN-restored residual; decide on both (Bonferroni on the two false-alarm "
+            "probabilities); rows carry both PCEs."
+        ),
+    ] = False,
     residual: ResidualOption = "classic",
     model: ModelOption = None,
     device: DeviceOption = "auto",
