@@ -43,6 +43,7 @@ QUALITIES = (90, 70, 50, 30)
 SCOPES = ("centre", "full")
 THRESHOLD = 60.0
 PARAMS = ResidualParams()
+DEFAULT = jd.AwareSettings()
 
 
 def unit_of(path: Path) -> str:
@@ -251,6 +252,12 @@ ROWS = [
     ("CA 1/q", lambda r, s, c, p: r["pce"][s]["ca-inverse-q-nowiener"][c]),
     ("CA 1/q + Wiener", lambda r, s, c, p: r["pce"][s]["ca-inverse-q-wiener"][c]),
     ("CA 1/q^2", lambda r, s, c, p: r["pce"][s]["ca-inverse-q2-nowiener"][c]),
+    (
+        "CA shipped default",
+        lambda r, s, c, p: policy_pce(
+            r, s, c, DEFAULT.weighting, "above", DEFAULT.wiener_above, DEFAULT.criterion
+        ),
+    ),
     (
         "CA policy (per-image Wiener)",
         lambda r, s, c, p: policy_pce(r, s, c, p["weighting"], p["direction"], p["threshold"], p["criterion"]),

@@ -88,7 +88,7 @@ def test_grid_is_the_files_after_a_crop():
     r0, c0 = crop_offsets(shape, crop)
     assert r0 % 8 and c0 % 8 == 2  # 74, 90: not on the grid
     plain = ResidualParams(zero_mean=False)
-    never = jd.AwareSettings(wiener="never")
+    never = jd.AwareSettings(weighting="binary", wiener="never")
     full, _ = jd.compression_aware_residual(grey, lc, params=plain, settings=never)
     cropped, info = jd.compression_aware_residual(grey, lc, crop=crop, params=plain, settings=never)
     np.testing.assert_array_equal(cropped, centre_crop(full, crop))
@@ -111,13 +111,19 @@ def test_wiener_policy_and_settings_are_checked():
     lc = jd.read_luma_coefficients(_jpeg(np.rint(_scene(rng, shape, 3)), 70))
     grey = rng.normal(0, 2, shape).astype(np.float32)
     _, always = jd.compression_aware_residual(grey, lc, settings=jd.AwareSettings(wiener="always"))
-    crit = always["wiener_criterion"]
-    assert always["wiener_applied"] and 0 < crit <= 1
-    for below, applied in ((crit + 1e-3, True), (crit - 1e-3, False)):
-        _, info = jd.compression_aware_residual(grey, lc, settings=jd.AwareSettings(wiener_below=below))
-        assert info["wiener_applied"] is applied
+    kept, surviving = always["wiener_kept_energy"], always["surviving_ac_fraction"]
+    assert always["wiener_applied"] and 0 < kept <= 1 and 0 < surviving < 1
+    for criterion, value in (("kept", kept), ("surviving", surviving)):
+        for above, applied in ((value - 1e-3, True), (value + 1e-3, False)):
+            settings = jd.AwareSettings(criterion=criterion, wiener_above=above)
+            w, info = jd.compression_aware_residual(grey, lc, settings=settings)
+            assert info["wiener_applied"] is applied
+            never, _ = jd.compression_aware_residual(grey, lc, settings=jd.AwareSettings(wiener="never"))
+            assert np.array_equal(w, never) is not applied
     with pytest.raises(ValueError, match="auto, always, never"):
         jd.AwareSettings(wiener="sometimes")
+    with pytest.raises(ValueError, match="surviving, kept"):
+        jd.AwareSettings(criterion="peaks")
     with pytest.raises(ValueError, match="not a JPEG"):
         jd.read_luma_coefficients(b"\x89PNG\r\n\x1a\n")
 
@@ -147,46 +153,49 @@ def test_changed_file_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- real Dresden data
 
-CROP = (1024, 1024)
+PROBE = "Nikon_D70s_0_21853.JPG"  # a Dresden natural of unit Nikon_D70s_0 (selection split)
 
 
 @pytest.fixture(scope="module")
-def dresden_spectra(dresden):
-    """Centre-1024 fingerprints of two D70 units from 4 flat-fields each (crop before extraction)."""
+def dresden_fps(dresden):
+    """Full-frame fingerprints of the two D70s units (same model: the hardest non-match), 4 flat-fields each."""
     out = {}
-    for unit in ("Nikon_D70_1", "Nikon_D70s_1"):
+    for unit in ("Nikon_D70s_0", "Nikon_D70s_1"):
         acc = FingerprintAccumulator()
         for p in sorted((dresden / "ff-jpg").glob(f"{unit}_*.JPG"))[:4]:
-            acc.add(np.ascontiguousarray(centre_crop(load_image(p).pixels, CROP)))
-        out[unit] = FingerprintSpectrum(acc.finalize())
+            acc.add(load_image(p).pixels)
+        out[unit] = Fingerprint(unit, acc.finalize(), "0" * 64, {})
     return out
 
 
-def test_compression_aware_beats_classic_on_a_q30_natural(dresden, dresden_spectra):
-    """A Dresden natural re-compressed at Q30 (4:2:0, in memory): the matching PCE rises, others stay far under 60."""
-    src = load_image(dresden / "nat-jpg" / "Nikon_D70_1_20543.JPG")
-    data = _jpeg(src.pixels, 30)
-    ev = decode(data, "Nikon_D70_1_20543.q30.420.jpg")
-    classic, info_c = residual_with_info(ev, ResidualParams(), CROP)
-    aware, info_a = residual_with_info(ev, ResidualParams(), CROP, kind="compression-aware", data=data)
+@pytest.fixture(scope="module")
+def q30_probe(dresden):
+    """The natural re-compressed at Q30, 4:2:0, in memory, as `spn degrade` does."""
+    return _jpeg(load_image(dresden / "nat-jpg" / PROBE).pixels, 30)
+
+
+def test_compression_aware_beats_classic_on_a_q30_natural(dresden_fps, q30_probe):
+    """Full frame, Q30: the matching PCE rises past the threshold; the other unit of the model stays far under 60."""
+    ev = decode(q30_probe, f"{PROBE}.q30.420.jpg")
+    classic, info_c = residual_with_info(ev, ResidualParams(), None)
+    aware, info_a = residual_with_info(ev, ResidualParams(), None, kind="compression-aware", data=q30_probe)
     assert info_c["residual_kind"] == "classic" and info_a["residual_kind"] == "compression-aware"
-    own = dresden_spectra["Nikon_D70_1"]
+    own = FingerprintSpectrum(dresden_fps["Nikon_D70s_0"].k)
     pce_classic, pce_aware = score(classic, own).pce, score(aware, own).pce
-    assert pce_aware > 1.3 * pce_classic, (pce_aware, pce_classic)
-    assert abs(score(aware, dresden_spectra["Nikon_D70s_1"]).pce) < 20
+    assert pce_aware > 1.3 * pce_classic and pce_aware > 60, (pce_aware, pce_classic)
+    assert abs(score(aware, FingerprintSpectrum(dresden_fps["Nikon_D70s_1"].k)).pce) < 20
 
 
-def test_matcher_records_the_residual_kind(dresden, dresden_spectra, tmp_path):
+def test_matcher_records_the_residual_kind(dresden_fps, q30_probe, tmp_path):
     """The library matcher on a real file: every record says which residual it scored."""
-    path = tmp_path / "probe.q30.jpg"  # a re-compressed copy (evidence stays untouched)
-    path.write_bytes(_jpeg(load_image(dresden / "nat-jpg" / "Nikon_D70s_1_22750.JPG").pixels, 30))
-    fps = [Fingerprint(cam, spec.k, "0" * 64, {}) for cam, spec in dresden_spectra.items()]
-    matcher = Matcher(fps, MatchSettings(crop=CROP, residual="compression-aware"))
-    records = matcher.match(load_image(path))
-    assert {r["residual_kind"] for r in records} == {"compression-aware"}
-    assert all(isinstance(r["wiener_applied"], bool) for r in records)
-    assert all(r["pce"] < 20 for r in records if r["camera"] != "Nikon_D70s_1")
-    assert matcher.settings.as_dict()["aware_settings"]["weighting"] in jd.WEIGHTINGS
+    path = tmp_path / f"{PROBE}.q30.jpg"  # a re-compressed copy (the evidence stays untouched)
+    path.write_bytes(q30_probe)
+    matcher = Matcher(dresden_fps.values(), MatchSettings(residual="compression-aware"))
+    records = {r["camera"]: r for r in matcher.match(load_image(path))}
+    assert {r["residual_kind"] for r in records.values()} == {"compression-aware"}
+    assert all(isinstance(r["wiener_applied"], bool) for r in records.values())
+    assert records["Nikon_D70s_0"]["decision"] == "consistent" and records["Nikon_D70s_1"]["pce"] < 20
+    assert matcher.settings.as_dict()["aware_settings"] == jd.AwareSettings().as_dict()
 
 
 def test_cli_extract_and_match_say_which_residual(runner, synth_case, tmp_path):
