@@ -21,7 +21,7 @@ from .fingerprint import FingerprintAccumulator
 from .geometry import centre_crop
 from .pce import FingerprintSpectrum, MatchScore, false_alarm_probability, score
 from .provenance import tool_info, utc_now
-from .jpegdomain import RESIDUAL_KINDS, AwareSettings, coefficients_of, compression_aware_residual
+from .jpegdomain import RESIDUAL_KINDS, AwareSettings, NoCoefficients, coefficients_of, compression_aware_residual
 from .residual import ResidualParams, extract_residual, grey_residual, postprocess
 from .store import Fingerprint
 
@@ -120,8 +120,9 @@ def residual_with_info(
     ``kind="classic"`` crops the pixels first (:func:`cropped_pixels`), then
     extracts. ``kind="compression-aware"`` (:mod:`spncli.jpegdomain`) extracts
     the full frame, filters it on the file's own 8x8 grid, then crops; a
-    non-JPEG input falls back to the classic residual and says so under
-    ``fallback``. ``data`` may pass the file's bytes when already in memory.
+    non-JPEG input, or a JPEG without usable luma coefficients (CMYK), falls
+    back to the classic residual and says why under ``fallback``. ``data``
+    may pass the file's bytes when already in memory.
 
     Raises
     ------
@@ -134,13 +135,14 @@ def residual_with_info(
         raise ValueError(f"residual kind {kind!r} is not one of {', '.join(RESIDUAL_KINDS)}")
     fallback = None
     if kind == "compression-aware":
-        if ev.format == "jpeg":
-            cropped_pixels(ev, crop)  # the crop's error, before any work
+        cropped_pixels(ev, crop)  # the crop's error, before any work
+        try:
+            coefficients = coefficients_of(ev, data)
+        except NoCoefficients as exc:
+            fallback = f"{exc}: classic residual"
+        else:
             grey = grey_residual(ev.pixels, params)
-            return compression_aware_residual(
-                grey, coefficients_of(ev, data), crop=crop, params=params, settings=aware
-            )
-        fallback = f"{ev.format} input has no JPEG DCT coefficients: classic residual"
+            return compression_aware_residual(grey, coefficients, crop=crop, params=params, settings=aware)
     w = extract_residual(cropped_pixels(ev, crop), params)
     return w, {"residual_kind": "classic", "wiener_applied": params.wiener_dft, "fallback": fallback}
 

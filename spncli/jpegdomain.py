@@ -59,6 +59,7 @@ __all__ = [
     "WEIGHTINGS",
     "WIENER_POLICIES",
     "WIENER_CRITERIA",
+    "NoCoefficients",
     "LumaCoefficients",
     "read_luma_coefficients",
     "dct_matrix",
@@ -80,6 +81,10 @@ WEIGHTINGS = ("binary", "inverse-q", "inverse-q2")
 
 WIENER_POLICIES = ("auto", "always", "never")
 """Spectral Wiener filter of the compression-aware residual: per image by criterion, always, never."""
+
+
+class NoCoefficients(ValueError):
+    """A JPEG whose luma coefficients cannot be used (CMYK/YCCK, unreadable): callers fall back to classic."""
 
 
 @dataclass(frozen=True)
@@ -131,14 +136,15 @@ def read_luma_coefficients(data: bytes) -> LumaCoefficients:
 
     Raises
     ------
-    ValueError
+    NoCoefficients
         If the data is not a JPEG whose first component is luma (CMYK and
-        YCCK files are refused, naming the colour space).
+        YCCK files are refused, naming the colour space), or libjpeg cannot
+        read its coefficients.
     """
     import jpeglib
 
     if data[:3] != b"\xff\xd8\xff":
-        raise ValueError("not a JPEG file (no SOI marker): no DCT coefficients to read")
+        raise NoCoefficients("not a JPEG file (no SOI marker): no DCT coefficients to read")
     with tempfile.TemporaryDirectory(prefix="spn-jpegdomain-") as tmp:
         path = os.path.join(tmp, "evidence.jpg")
         with open(path, "wb") as f:
@@ -146,14 +152,14 @@ def read_luma_coefficients(data: bytes) -> LumaCoefficients:
         try:
             jpeg = jpeglib.read_dct(path)
             if jpeg.has_black:
-                raise ValueError("CMYK/YCCK JPEG: no luma plane (allowed: greyscale or YCbCr JPEG)")
+                raise NoCoefficients("CMYK/YCCK JPEG: no luma plane (allowed: greyscale or YCbCr JPEG)")
             y, qt, tables = np.asarray(jpeg.Y), np.asarray(jpeg.qt), list(jpeg.quant_tbl_no)
             rows, cols = int(jpeg.height), int(jpeg.width)
         except (OSError, RuntimeError) as exc:
-            raise ValueError(f"DCT coefficients could not be read ({exc})") from None
+            raise NoCoefficients(f"DCT coefficients could not be read ({exc})") from None
     bh, bw = -(-rows // 8), -(-cols // 8)
     if y.ndim != 4 or y.shape[0] < bh or y.shape[1] < bw or y.shape[2:] != (8, 8):
-        raise ValueError(f"luma coefficient array {y.shape} does not cover the {cols}x{rows} image")
+        raise NoCoefficients(f"luma coefficient array {y.shape} does not cover the {cols}x{rows} image")
     return LumaCoefficients(
         coef=np.ascontiguousarray(y[:bh, :bw], dtype=np.int16),
         qt=np.asarray(qt[tables[0]], dtype=np.int32),
@@ -420,22 +426,21 @@ def coefficients_of(ev, data: bytes | None = None) -> LumaCoefficients:
 
     Raises
     ------
+    NoCoefficients
+        Not a JPEG, or its coefficients cannot be used (the caller may fall back).
     spncli.evidence.EvidenceError
-        One line naming the file: not a JPEG, changed since it was read, or
-        coefficients unreadable.
+        One line naming the file: unreadable, changed since it was read, or
+        coefficients for another size than the pixels.
     """
     from .evidence import EvidenceError, read_bytes
 
     if ev.format != "jpeg":
-        raise EvidenceError(ev.path, f"{ev.format.upper()} has no JPEG DCT coefficients (allowed: JPEG)")
+        raise NoCoefficients(f"{ev.format.upper()} has no JPEG DCT coefficients (allowed: JPEG)")
     if data is None:
         data = read_bytes(ev.path)
     if hashlib.sha256(data).hexdigest() != ev.sha256:
         raise EvidenceError(ev.path, "file changed since it was read (SHA-256 differs): DCT coefficients refused")
-    try:
-        lc = read_luma_coefficients(data)
-    except ValueError as exc:
-        raise EvidenceError(ev.path, str(exc)) from None
+    lc = read_luma_coefficients(data)
     if (lc.rows, lc.cols) != tuple(ev.shape):
         raise EvidenceError(
             ev.path, f"JPEG coefficients are for {lc.cols}x{lc.rows}, pixels are {ev.shape[1]}x{ev.shape[0]}"

@@ -135,8 +135,15 @@ def test_non_jpeg_falls_back_to_classic(tmp_path):
     cv2.imwrite(str(png), pixels)
     ev = load_image(png)
     w, info = residual_with_info(ev, ResidualParams(), None, kind="compression-aware")
-    assert info["residual_kind"] == "classic" and "png" in info["fallback"]
+    assert info["residual_kind"] == "classic" and "PNG" in info["fallback"]
     np.testing.assert_array_equal(w, extract_residual(ev.pixels))
+    from PIL import Image
+
+    cmyk = tmp_path / "probe-cmyk.jpg"  # a JPEG without a luma plane
+    Image.fromarray(pixels[:, :, ::-1].copy()).convert("CMYK").save(cmyk, quality=80)
+    ev = load_image(cmyk)
+    w, info = residual_with_info(ev, ResidualParams(), (64, 64), kind="compression-aware")
+    assert info["residual_kind"] == "classic" and "CMYK" in info["fallback"] and w.shape == (64, 64)
     with pytest.raises(ValueError, match="classic, compression-aware"):
         residual_with_info(ev, ResidualParams(), None, kind="aware")
 

@@ -92,6 +92,7 @@ def evaluate(
     except (StoreError, ValueError) as exc:
         die(str(exc))
     restorer = open_restorer(model, device)
+    aware_settings = AwareSettings() if aware else None
     pairs, failed = [], 0
     for path in gather_inputs(probes):
         true = camera_for(path, cams)
@@ -101,9 +102,7 @@ def evaluate(
             continue
         try:
             ev = load_image(path, max_pixels=State.max_pixels)
-            pairs += score_probe(
-                ev, quality_label(ev), true, spectra, size, restorer, tile=tile, aware=AwareSettings() if aware else None
-            )
+            pairs += score_probe(ev, quality_label(ev), true, spectra, size, restorer, tile=tile, aware=aware_settings)
         except (EvidenceError, ValueError) as exc:
             fail_line(str(path), getattr(exc, "reason", str(exc)))
             failed += 1
