@@ -1,4 +1,4 @@
-"""Classic versus restored residuals, per quality: TPR, false positives, AUC, median PCE.
+"""Classic, compression-aware and restored residuals, per quality: TPR, false positives, AUC, median PCE.
 
 Used by ``spn eval`` (probe files with known cameras) and by training
 (validation on probes re-compressed in memory).
@@ -16,9 +16,10 @@ import numpy as np
 from .degrade import DegradeSettings, encode
 from .evidence import Evidence, decode, load_image
 from .geometry import centre_crop
-from .identify import cropped_pixels
+from .identify import cropped_pixels, residual_with_info
+from .jpegdomain import AwareSettings
 from .pce import FingerprintSpectrum, score
-from .residual import ResidualParams, grey_residual, postprocess
+from .residual import ResidualParams, grey_residual, postprocess, zero_mean_cfa
 
 __all__ = [
     "auc",
@@ -28,7 +29,12 @@ __all__ = [
     "camera_for",
     "quality_label",
     "degraded_in_memory",
+    "METHODS",
 ]
+
+METHODS = ("classic", "classic_nowiener", "aware", "restored")
+"""Residuals compared, in table order: classic, classic without the spectral Wiener filter,
+compression-aware (:mod:`spncli.jpegdomain`), GAN-restored."""
 
 
 def auc(pos, neg) -> float | None:
@@ -42,7 +48,11 @@ def auc(pos, neg) -> float | None:
 
 @dataclass(frozen=True)
 class PairScore:
-    """PCE of one probe against one camera, classic and restored."""
+    """PCE of one probe against one camera, per residual (None where not computed).
+
+    ``aware_kind`` is the residual kind the compression-aware request gave
+    (``"classic"`` for a non-JPEG probe).
+    """
 
     image: str
     quality: str
@@ -50,6 +60,9 @@ class PairScore:
     camera: str
     pce_classic: float
     pce_restored: float | None
+    pce_classic_nowiener: float | None = None
+    pce_aware: float | None = None
+    aware_kind: str | None = None
 
 
 def score_probe(
@@ -61,12 +74,26 @@ def score_probe(
     restorer=None,
     params: ResidualParams = ResidualParams(),
     tile: int = 1024,
+    *,
+    aware: AwareSettings | None = None,
+    data: bytes | None = None,
 ) -> list[PairScore]:
-    """Score one probe against every fingerprint with the classic and (if given) the restored residual."""
+    """Score one probe against every fingerprint with the classic and (if given) the restored residual.
+
+    With ``aware`` settings, also the classic residual without the spectral
+    Wiener filter and the compression-aware residual (full frame on the
+    file's grid, then cropped); ``data`` may pass the probe's bytes when it
+    was re-compressed in memory.
+    """
     pixels = cropped_pixels(ev, crop)
     grey = grey_residual(pixels, params)
     classic = postprocess(grey, params)
     restored = restorer.restore(ev, pixels, grey=grey, params=params, tile=tile)[0] if restorer else None
+    nowiener = aware_w = kind = None
+    if aware is not None:
+        nowiener = zero_mean_cfa(grey) if params.zero_mean else grey
+        aware_w, info = residual_with_info(ev, params, crop, kind="compression-aware", aware=aware, data=data)
+        kind = info["residual_kind"]
     out = []
     for cam, spec in spectra.items():
         out.append(
@@ -77,6 +104,9 @@ def score_probe(
                 cam,
                 score(classic, spec).pce,
                 None if restored is None else score(restored, spec).pce,
+                None if nowiener is None else score(nowiener, spec).pce,
+                None if aware_w is None else score(aware_w, spec).pce,
+                kind,
             )
         )
     return out
@@ -98,7 +128,7 @@ def summarize(
     for label in sorted(groups, key=_quality_key, reverse=True):
         ps = groups[label]
         row = {"quality": label}
-        for method in ("classic", "restored"):
+        for method in METHODS:
             vals = [(p, getattr(p, f"pce_{method}")) for p in ps]
             if any(v is None for _, v in vals):
                 continue

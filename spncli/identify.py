@@ -30,9 +30,10 @@ from .evidence import (
 )
 from .fingerprint import FingerprintAccumulator
 from .geometry import alignment_note, centre_crop, crop_geometry
-from .pce import FingerprintSpectrum, MatchScore, score
+from .pce import FingerprintSpectrum, MatchScore, false_alarm_probability, score
 from .provenance import tool_info, utc_now
-from .residual import ResidualParams, extract_residual
+from .jpegdomain import RESIDUAL_KINDS, AwareSettings, NoCoefficients, coefficients_of, compression_aware_residual
+from .residual import ResidualParams, extract_residual, grey_residual, postprocess
 from .store import Fingerprint
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "fingerprint_frame",
     "cropped_pixels",
     "residual_of",
+    "residual_with_info",
     "build_fingerprint",
     "FingerprintRefused",
     "MIN_IMAGES",
@@ -49,6 +51,7 @@ __all__ = [
     "MatchSettings",
     "Matcher",
     "decision_text",
+    "two_test_decision",
 ]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".webp"})
@@ -188,9 +191,56 @@ def cropped_pixels(ev: Evidence, crop: tuple[int, int] | None) -> np.ndarray:
         raise EvidenceError(ev.path, str(exc)) from None
 
 
-def residual_of(ev: Evidence, params: ResidualParams, crop: tuple[int, int] | None) -> np.ndarray:
-    """Noise residual of an evidence image, after the centre crop (if any); see :func:`cropped_pixels`."""
-    return extract_residual(cropped_pixels(ev, crop), params)
+def residual_of(
+    ev: Evidence,
+    params: ResidualParams,
+    crop: tuple[int, int] | None,
+    kind: str = "classic",
+    aware: AwareSettings = AwareSettings(),
+) -> np.ndarray:
+    """Noise residual of an evidence image, after the centre crop (if any); see :func:`residual_with_info`."""
+    return residual_with_info(ev, params, crop, kind=kind, aware=aware)[0]
+
+
+def residual_with_info(
+    ev: Evidence,
+    params: ResidualParams,
+    crop: tuple[int, int] | None,
+    *,
+    kind: str = "classic",
+    aware: AwareSettings = AwareSettings(),
+    data: bytes | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Noise residual of an evidence image and what it is (``residual_kind``, Wiener, fallback).
+
+    ``kind="classic"`` crops the pixels first (:func:`cropped_pixels`), then
+    extracts. ``kind="compression-aware"`` (:mod:`spncli.jpegdomain`) extracts
+    the full frame, filters it on the file's own 8x8 grid, then crops; a
+    non-JPEG input, or a JPEG without usable luma coefficients (CMYK), falls
+    back to the classic residual and says why under ``fallback``. ``data``
+    may pass the file's bytes when already in memory.
+
+    Raises
+    ------
+    EvidenceError
+        If the crop is larger than the image, or the JPEG's coefficients cannot be used.
+    ValueError
+        If ``kind`` is not one of :data:`spncli.jpegdomain.RESIDUAL_KINDS`.
+    """
+    if kind not in RESIDUAL_KINDS:
+        raise ValueError(f"residual kind {kind!r} is not one of {', '.join(RESIDUAL_KINDS)}")
+    fallback = None
+    if kind == "compression-aware":
+        cropped_pixels(ev, crop)  # the crop's error, before any work
+        try:
+            coefficients = coefficients_of(ev, data)
+        except NoCoefficients as exc:
+            fallback = f"{exc}: classic residual"
+        else:
+            grey = grey_residual(ev.pixels, params)
+            return compression_aware_residual(grey, coefficients, crop=crop, params=params, settings=aware)
+    w = extract_residual(cropped_pixels(ev, crop), params)
+    return w, {"residual_kind": "classic", "wiener_applied": params.wiener_dft, "fallback": fallback}
 
 
 def _quality_stats(qualities: list[int]) -> dict:
@@ -372,6 +422,12 @@ class MatchSettings:
     max_shift: int = 0
     rotations: bool = True
     params: ResidualParams = ResidualParams()
+    residual: str = "classic"
+    aware: AwareSettings = AwareSettings()
+
+    def __post_init__(self):
+        if self.residual not in RESIDUAL_KINDS:
+            raise ValueError(f"residual kind {self.residual!r} is not one of {', '.join(RESIDUAL_KINDS)}")
 
     def as_dict(self) -> dict:
         return {
@@ -380,6 +436,8 @@ class MatchSettings:
             "max_shift": self.max_shift,
             "rotations": self.rotations,
             "residual_params": self.params.as_dict(),
+            "residual": self.residual,
+            "aware_settings": self.aware.as_dict() if self.residual == "compression-aware" else None,
         }
 
 
@@ -390,6 +448,49 @@ def decision_text(pce: float, threshold: float) -> str:
     small, dark, saturated, strongly compressed, resized or cropped.
     """
     return "consistent" if pce > threshold else "not consistent"
+
+
+def two_test_decision(classic: MatchScore, restored: MatchScore, threshold: float) -> dict:
+    """Decide on the classic and the restored residual together, at the false-alarm level of ``threshold``.
+
+    The threshold means a false-alarm probability ``α = p_fa(threshold,
+    n_shifts)`` for one test [1]_. With two tests of the same pair, the
+    image is consistent when the smaller of the two false-alarm
+    probabilities is at most ``α / 2`` (Bonferroni), so that the family-wise
+    false-alarm probability stays at most ``α``. At PCE 60 this moves each
+    test's PCE threshold to about 61.4: an image with a classic PCE in
+    (60, 61.4] and a weaker restored one is the only way a classic decision
+    can be lost, and ``decision_classic`` records it.
+
+    Returns
+    -------
+    dict
+        ``decision``, ``decision_classic``, ``decision_restored``, both PCEs
+        and false-alarm probabilities, ``decided_by`` (the residual of the
+        smaller p_fa), ``residuals_disagree`` and the rule in words.
+
+    References
+    ----------
+    .. [1] M. Goljan, J. Fridrich, T. Filler, "Large scale test of sensor
+       fingerprint camera identification", Proc. SPIE 7254, 2009.
+       :doi:`10.1117/12.805701`
+    """
+    alpha = false_alarm_probability(threshold, max(classic.n_shifts, restored.n_shifts))
+    by = "classic" if classic.p_fa <= restored.p_fa else "restored"
+    p_min = min(classic.p_fa, restored.p_fa)
+    single_c, single_r = decision_text(classic.pce, threshold), decision_text(restored.pce, threshold)
+    return {
+        "decision": "consistent" if p_min <= alpha / 2 else "not consistent",
+        "decision_classic": single_c,
+        "decision_restored": single_r,
+        "pce_classic": round(classic.pce, 4),
+        "pce_restored": round(restored.pce, 4),
+        "p_fa_classic": classic.p_fa,
+        "p_fa_restored": restored.p_fa,
+        "decided_by": by,
+        "residuals_disagree": single_c != single_r,
+        "decision_rule": f"min(p_fa) of 2 tests <= p_fa(PCE {threshold:g})/2 (Bonferroni)",
+    }
 
 
 class Matcher:
@@ -406,10 +507,13 @@ class Matcher:
         Consumed once (a generator keeps one spatial fingerprint in memory at a time).
     settings : MatchSettings
     restorer : spncli.restoration.Restorer or None
-        When given, images are scored with the restored residual.
+        When given, images are scored with the classic and the restored
+        residual both, and decided by :func:`two_test_decision`.
     """
 
     def __init__(self, fingerprints: Iterable[Fingerprint], settings: MatchSettings, restorer=None):
+        if restorer is not None and settings.residual != "classic":
+            raise ValueError("restoration refines the classic residual: use --residual classic with --restore")
         self.settings = settings
         self.restorer = restorer
         self.cameras = []
@@ -423,15 +527,30 @@ class Matcher:
                 k = centre_crop(k, (min(settings.crop[0], k.shape[0]), min(settings.crop[1], k.shape[1])))
             self.spectra[fp.camera] = FingerprintSpectrum(k)
 
-    def residual(self, ev: Evidence) -> tuple[np.ndarray, bool]:
-        """The residual scored for an image (classic or restored), after the crop."""
+    def residual(self, ev: Evidence) -> tuple[np.ndarray, bool, dict]:
+        """The residual scored for an image (classic, compression-aware or restored), after the crop.
+
+        Returns the residual, whether it was restored, and what it is
+        (``residual_kind``, ``wiener_applied``, ``fallback``).
+        """
         s = self.settings
         crop = None
         if s.crop is not None:  # crop to what the image allows in its own orientation
             crop = (min(s.crop[0], ev.shape[0]), min(s.crop[1], ev.shape[1]))
         if self.restorer is None:
-            return residual_of(ev, s.params, crop), False
-        return self.restorer.restore(ev, cropped_pixels(ev, crop), params=s.params)[0], True
+            w, info = residual_with_info(ev, s.params, crop, kind=s.residual, aware=s.aware)
+            return w, False, info
+        pixels = cropped_pixels(ev, crop)
+        grey = grey_residual(pixels, s.params)
+        w, info = self.restorer.restore(ev, pixels, grey=grey, params=s.params)
+        return w, True, {
+            "residual_kind": "classic",  # what the network refines
+            "wiener_applied": info["wiener_dft"],
+            "fallback": None,
+            "network_applied": info["network_applied"],
+            "weights_sha256": info["weights_sha256"],
+            "classic_residual": postprocess(grey, s.params),
+        }
 
     def match(self, ev: Evidence, *, surfaces: bool = False, residual=None) -> list[dict]:
         """One result record per fingerprint for an evidence image.
@@ -441,7 +560,7 @@ class Matcher:
         ``residual`` may pass ``self.residual(ev)`` computed already.
         """
         s = self.settings
-        w, restored = self.residual(ev) if residual is None else residual
+        w, restored, info = self.residual(ev) if residual is None else residual
         records = []
         for camera, fp_sha in self.cameras:
             m: MatchScore = score(
@@ -466,10 +585,29 @@ class Matcher:
                 "cols": int(w.shape[1]),
                 "jpeg_quality": ev.quality.quality if ev.quality else None,
                 "restored": restored,
+                "residual_kind": info["residual_kind"],
+                "wiener_applied": info["wiener_applied"],
                 "fingerprint_sha256": fp_sha,
                 "alignment": alignment_note(ev.shape, self.frames[camera], s.max_shift),
             }
-            if surfaces and m.pce > s.threshold:
+            if restored:  # both residuals scored; the decision takes both (two_test_decision)
+                mc = score(
+                    info["classic_residual"],
+                    self.spectra[camera],
+                    max_shift=s.max_shift,
+                    rotations=s.rotations,
+                    surface=surfaces,
+                )
+                both = two_test_decision(mc, m, s.threshold)
+                m = mc if both["decided_by"] == "classic" else m
+                record |= both | {
+                    "pce": both[f"pce_{both['decided_by']}"],
+                    "ncc": round(m.ncc, 6),
+                    "p_fa": min(both["p_fa_classic"], both["p_fa_restored"]),
+                    "network_applied": info["network_applied"],
+                    "weights_sha256": info["weights_sha256"],
+                }
+            if surfaces and record["decision"] == "consistent":
                 record["_surface"] = m.surface
             records.append(record)
         return records

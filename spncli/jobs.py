@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, decode, load_image, read_bytes
-from .identify import Matcher, cropped_pixels
+from .identify import Matcher, cropped_pixels, residual_with_info
+from .jpegdomain import AwareSettings
 from .plots import preview_png
 from .provenance import atomic_write_bytes, atomic_write_json, tool_info, utc_now
-from .residual import ResidualParams, extract_residual
+from .residual import ResidualParams
 
 __all__ = ["MatchJob", "ExtractJob", "RestoreJob", "save_with_provenance"]
 
@@ -91,33 +92,48 @@ class MatchJob:
 
 @dataclass
 class ExtractJob:
-    """Classic residual of each image, saved as ``NAME-SHA8.residual.*``."""
+    """Residual of each image, saved as ``NAME-SHA8.residual.*`` (classic) or ``NAME-SHA8.ca-residual.*``.
+
+    ``kind="compression-aware"`` asks for :mod:`spncli.jpegdomain`'s residual;
+    a non-JPEG input then falls back to the classic one, and the provenance
+    says which (``residual_kind``, ``fallback``).
+    """
 
     out: Path
     params: ResidualParams = ResidualParams()
     crop: tuple[int, int] | None = None
     preview: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    kind: str = "classic"
+    aware: AwareSettings = AwareSettings()
 
     def __call__(self, path: str) -> dict:
         try:
             ev = load_image(path, max_pixels=self.max_pixels)
-            w = extract_residual(cropped_pixels(ev, self.crop), self.params)
+            w, info = residual_with_info(ev, self.params, self.crop, kind=self.kind, aware=self.aware)
         except EvidenceError as exc:
             return {"path": path, "error": exc.reason}
+        aware = info["residual_kind"] == "compression-aware"
         written = save_with_provenance(
             self.out,
-            f"{Path(path).stem}-{ev.sha256[:8]}.residual",
+            f"{Path(path).stem}-{ev.sha256[:8]}.{'ca-residual' if aware else 'residual'}",
             w,
             {
-                "kind": "classic residual (Lukáš-Fridrich-Goljan)",
+                "kind": (
+                    "compression-aware residual (surviving JPEG DCT coefficients)"
+                    if aware
+                    else "classic residual (Lukáš-Fridrich-Goljan)"
+                ),
+                "residual_kind": info["residual_kind"],
+                "residual_requested": self.kind,
+                "residual_info": info,
                 "input": ev.provenance(),
                 "crop": list(self.crop) if self.crop else None,
                 "params": self.params.as_dict(),
             },
             self.preview,
         )
-        return {"path": path, "sha256": ev.sha256, "written": str(written)}
+        return {"path": path, "sha256": ev.sha256, "written": str(written), "residual_kind": info["residual_kind"]}
 
 
 @dataclass

@@ -169,6 +169,9 @@ def test_restore_and_match_restore_cli(runner, synth_case, tmp_path):
     assert len(rows) == 8 and all(r["restored"] for r in rows)
     for r in rows:
         assert (r["pce"] > 60) == Path(r["image"]).name.startswith(r["camera"]), r
+        assert r["pce"] == max(r["pce_classic"], r["pce_restored"]) and r["weights_sha256"] and r["residual_kind"]
+        assert isinstance(r["network_applied"], bool) and r["decision_classic"] in ("consistent", "not consistent")
+        assert r["decision"] == "consistent" or r["decision_classic"] == "not consistent"  # never loses this match
     res = runner.invoke(app, ["restore", str(probe), "--out", str(tmp_path / "x"), "--device", "tpu"])
     assert res.exit_code == 2 and "auto, cpu, cuda" in res.stderr
 
@@ -183,13 +186,17 @@ def test_eval_cli(runner, synth_case, tmp_path):
     res = _ok(
         runner.invoke(
             app,
-            ["eval", str(deg), "--db", str(db), "--crop", "192", "--out", str(out), "-f", "json", "--device", "cpu"],
+            ["eval", str(deg), "--db", str(db), "--crop", "192", "--out", str(out), "-f", "json", "--device", "cpu"]
+            + ["--aware"],
         )
     )
     rows = [json.loads(x) for x in res.stdout.splitlines()]
     assert [r["quality"] for r in rows] == ["q90", "q50"]
     assert all(r["matching_pairs"] == 4 and r["non_matching_pairs"] == 4 for r in rows)
     assert rows[0]["classic_tpr"] == 1.0 and rows[0]["restored_tpr"] is not None
+    assert rows[0]["aware_tpr"] == 1.0 and rows[0]["aware_fp"] == 0 and rows[0]["classic_nowiener_median"] > 60
+    pairs = json.loads((out / "eval.json").read_text())["pairs"]
+    assert {p["aware_kind"] for p in pairs} == {"compression-aware"}
     assert (out / "eval.png").stat().st_size > 1000 and json.loads((out / "eval.json").read_text())["weights_sha256"]
 
 
@@ -286,3 +293,25 @@ def test_quality_policy_of_the_shipped_card(synth_case):
     out, info = r.restore(lo)
     assert info["network_applied"] and not info["wiener_dft"] and info["quality_used"] == q
     assert np.abs(out - zero_mean_cfa(grey_residual(lo.pixels))).max() > 1e-3  # the network changed something
+
+
+def test_two_residual_decision_is_bonferroni_and_keeps_classic_matches():
+    from spncli.identify import two_test_decision
+    from spncli.pce import MatchScore, false_alarm_probability
+
+    def ms(pce):
+        return MatchScore(pce, 0.0, (0, 0), (0, 0), 1, false_alarm_probability(pce, 1), 0)
+
+    d = two_test_decision(ms(68.0), ms(42.2), 60.0)  # Nikon_D70_1_20891 at Q30, full frame (issue 7)
+    assert d["decision"] == "consistent" and d["decided_by"] == "classic" and d["residuals_disagree"]
+    d = two_test_decision(ms(10.0), ms(100.0), 60.0)
+    assert d["decision"] == "consistent" and d["decided_by"] == "restored" and d["decision_classic"] == "not consistent"
+    assert two_test_decision(ms(59.0), ms(59.0), 60.0)["decision"] == "not consistent"
+    # the family-wise false alarm is at most that of one test at the threshold: each test needs p_fa <= alpha/2
+    alpha = false_alarm_probability(60.0, 1)
+    for a in np.linspace(-20, 200, 111):
+        for b in np.linspace(-20, 200, 111):
+            d = two_test_decision(ms(a), ms(b), 60.0)
+            assert (d["decision"] == "consistent") == (min(ms(a).p_fa, ms(b).p_fa) <= alpha / 2)
+            if a >= 61.5:  # above the corrected threshold (about 61.4) a classic match is never lost
+                assert d["decision"] == "consistent"

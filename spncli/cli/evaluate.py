@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..evaluation import camera_for, quality_label, score_probe, summarize
+from ..evaluation import METHODS, camera_for, quality_label, score_probe, summarize
+from ..jpegdomain import AwareSettings
 from ..evidence import EvidenceError, load_image
 from ..geometry import centre_crop
 from ..identify import gather_inputs
@@ -39,6 +40,9 @@ COLUMNS = [
     "classic_median",
     "restored_median",
 ]
+ALL_COLUMNS = ["quality", "matching_pairs", "non_matching_pairs"] + [
+    f"{m}_{stat}" for stat in ("tpr", "fp", "auc", "median") for m in METHODS
+]
 
 
 @app.command("eval")
@@ -56,6 +60,14 @@ def evaluate(
     model: ModelOption = None,
     device: DeviceOption = "auto",
     tile: TileOption = 1024,
+    aware: Annotated[
+        bool,
+        typer.Option(
+            "--aware",
+            help="Also score the classic residual without the spectral Wiener filter and the compression-aware "
+            "residual (surviving JPEG DCT coefficients; spn match --residual compression-aware).",
+        ),
+    ] = False,
     format: Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")] = Format.table,
 ):
     """Per quality: TPR at the threshold, non-matching pairs above it, ROC AUC and median matching PCE,
@@ -80,6 +92,7 @@ def evaluate(
     except (StoreError, ValueError) as exc:
         die(str(exc))
     restorer = open_restorer(model, device)
+    aware_settings = AwareSettings() if aware else None
     pairs, failed = [], 0
     for path in gather_inputs(probes):
         true = camera_for(path, cams)
@@ -89,19 +102,26 @@ def evaluate(
             continue
         try:
             ev = load_image(path, max_pixels=State.max_pixels)
-            pairs += score_probe(ev, quality_label(ev), true, spectra, size, restorer, tile=tile)
+            pairs += score_probe(ev, quality_label(ev), true, spectra, size, restorer, tile=tile, aware=aware_settings)
         except (EvidenceError, ValueError) as exc:
             fail_line(str(path), getattr(exc, "reason", str(exc)))
             failed += 1
             continue
         err.print(f"scored {path}")
     rows = summarize(pairs, threshold, (lambda c: c.endswith(units)) if units else (lambda c: True))
-    render(rows, format, COLUMNS, title=f"Classic vs restored residual (crop {crop}, threshold {threshold:g})")
+    columns = ALL_COLUMNS if aware else COLUMNS
+    render(rows, format, columns, title=f"Residuals compared (crop {crop}, threshold {threshold:g})")
     if out is not None:
         record = {
             "rows": rows,
             "pairs": [p.__dict__ for p in pairs],
-            "settings": {"crop": list(size) if size else None, "threshold": threshold, "units": units, "tile": tile},
+            "settings": {
+                "crop": list(size) if size else None,
+                "threshold": threshold,
+                "units": units,
+                "tile": tile,
+                "aware_settings": AwareSettings().as_dict() if aware else None,
+            },
             "model": restorer.card.get("name"),
             "weights_sha256": restorer.weights_sha256,
             "db": str(db),
@@ -116,7 +136,7 @@ def evaluate(
         import io
 
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_bytes(out / "eval.csv", buf.getvalue().encode())

@@ -9,11 +9,29 @@ import typer
 
 from ..identify import gather_inputs
 from ..jobs import ExtractJob
+from ..jpegdomain import RESIDUAL_KINDS
 from ..provenance import OutputInsideEvidence, check_output_location
 from ..residual import ResidualParams
 from . import State, app
 from ._batch import SchedulerOption, WorkersOption, run_jobs
 from ._common import EXIT_SOME_FAILED, crop_option, die, err
+
+
+ResidualOption = Annotated[
+    str,
+    typer.Option(
+        "--residual",
+        help="classic, or compression-aware: the residual restricted to the DCT coefficients that survived the "
+        "JPEG's quantization, on its own 8x8 grid (non-JPEG inputs fall back to classic; outputs say which).",
+    ),
+]
+
+
+def check_residual_kind(kind: str) -> str:
+    """The kind, or a one-line error naming the allowed values."""
+    if kind not in RESIDUAL_KINDS:
+        die(f"--residual {kind!r}: allowed values are {', '.join(RESIDUAL_KINDS)}")
+    return kind
 
 
 @app.command()
@@ -23,21 +41,24 @@ def extract(
     crop: Annotated[str | None, typer.Option(help="Centre crop before extraction: N or HxW (rows x cols).")] = None,
     preview: Annotated[bool, typer.Option(help="Also write an 8-bit PNG preview of each residual.")] = False,
     sigma: Annotated[float, typer.Option(help="Noise std of the wavelet denoiser (0..255 scale).")] = 5.0,
+    residual: ResidualOption = "classic",
     workers: WorkersOption = None,
     scheduler: SchedulerOption = None,
 ):
     """Extract the Lukáš-Fridrich-Goljan noise residual of each image.
 
     Writes NAME-SHA8.residual.npy (float32, rows x cols) and NAME-SHA8.residual.json
-    (input SHA-256, parameters, tool version, time) per image.
+    (input SHA-256, parameters, residual_kind, tool version, time) per image; with
+    --residual compression-aware the stem ends .ca-residual.
     """
     size = crop_option(crop)
+    kind = check_residual_kind(residual)
     try:
         params = ResidualParams(sigma=sigma)
         check_output_location(out, images)
     except (ValueError, OutputInsideEvidence) as exc:
         die(str(exc))
-    job = ExtractJob(out.absolute(), params, size, preview, State.max_pixels)
+    job = ExtractJob(out.absolute(), params, size, preview, State.max_pixels, kind=kind)
     paths = [p.absolute() for p in gather_inputs(images)]
     done, failed = run_jobs(paths, job, workers=workers, scheduler=scheduler, label="extract")
     err.print(f"{done} residual(s) written to {out}, {failed} failed")

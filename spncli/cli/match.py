@@ -17,6 +17,7 @@ from ..store import FingerprintStore, StoreError
 from . import State, app
 from ._batch import BatchProgress, run_jobs
 from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, finite, render
+from .extract import ResidualOption, check_residual_kind
 from .restore import DeviceOption, ModelOption, open_restorer
 
 COLUMNS = [
@@ -37,13 +38,25 @@ COLUMNS = [
     "rows",
     "cols",
     "jpeg_quality",
+    "restored",
+    "residual_kind",
+    "wiener_applied",
+    "pce_classic",
+    "pce_restored",
+    "decision_classic",
+    "decision_restored",
+    "residuals_disagree",
+    "network_applied",
+    "weights_sha256",
     "crop",
     "max_shift",
     "fingerprint_sha256",
     "db_sha256",
     "tool_version",
 ]
-TABLE_COLUMNS = ["image", "camera", "pce", "ncc", "verdict", "rotation", "shift", "jpeg_quality", "restored"]
+TABLE_COLUMNS = [
+    "image", "camera", "pce", "ncc", "verdict", "rotation", "shift", "jpeg_quality", "restored", "residual_kind"
+]
 CAPTION = (
     "PCE above the threshold: consistent with that camera. A PCE at or below it does not exclude the "
     "camera (small, dark, saturated, compressed, resized or cropped images give low PCE)."
@@ -86,7 +99,14 @@ def match(
     format: Annotated[
         Format, typer.Option("--format", "-f", help="table, json (JSON Lines) or csv, on stdout.")
     ] = Format.table,
-    restore: Annotated[bool, typer.Option(help="Score the GAN-restored residual instead of the classic one.")] = False,
+    restore: Annotated[
+        bool,
+        typer.Option(
+            help="Also score the GAN-restored residual; decide on both (Bonferroni on the two false-alarm "
+            "probabilities); rows carry both PCEs."
+        ),
+    ] = False,
+    residual: ResidualOption = "classic",
     model: ModelOption = None,
     device: DeviceOption = "auto",
     case: Annotated[
@@ -116,6 +136,9 @@ def match(
     later (spn case verify CASE --head HASH).
     """
     size = crop_option(crop)
+    kind = check_residual_kind(residual)
+    if restore and kind != "classic":
+        die("--restore refines the classic residual: use --residual classic with --restore")
     try:
         store = FingerprintStore(db)
         names = store.cameras()
@@ -128,7 +151,12 @@ def match(
             raise StoreError(f"{db}: the database holds no camera")
         db_sha = store.file_sha256()
         settings = MatchSettings(
-            threshold=threshold, crop=size, max_shift=max_shift, rotations=rotations, params=ResidualParams()
+            threshold=threshold,
+            crop=size,
+            max_shift=max_shift,
+            rotations=rotations,
+            params=ResidualParams(),
+            residual=kind,
         )
         restorer = open_restorer(model, device) if restore else None
         # one fingerprint in memory at a time: only its transform is kept
