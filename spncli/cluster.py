@@ -1,0 +1,582 @@
+"""Blind grouping of images by source camera, without a reference fingerprint.
+
+Every image gives a noise residual at one common analysis size (a centre
+crop; portrait images are rotated by 90 degrees in the analysis only, their
+pixels stay in sensor orientation). Spectral peaks shared by the whole set
+(the JPEG 8x8 grid and other non-unique artefacts, which would otherwise
+correlate across cameras and grow with every image a cluster gathers) are
+notched out, and each residual is normalised to zero mean and unit norm.
+
+For all pairs at once, two matrix products give the correlation at zero shift
+``G = X Xᵀ`` and the energy of the circular cross-correlation surface (by
+Parseval, ``Σ_f P_i(f) P_j(f) / n²`` with ``P`` the power spectra), so that
+
+    z_ij = G_ij / sqrt(energy_ij),    PCE_ij = sign(z_ij) z_ij²
+
+is the peak-to-correlation energy of the pair at zero shift [1]_, close to
+standard normal when the two images come from different cameras. The scale
+of that null is checked on the data (from the negative scores, which the
+same-camera pairs never reach) and never taken below 1.
+
+Clusters grow by agglomeration on the consensus of their members (the sum
+of their normalised residuals, a maximum-likelihood fingerprint estimate up
+to the weighting) [2]_ [3]_: the two clusters whose consensuses correlate
+most are merged while that correlation exceeds a threshold set by the
+false-alarm probability ``alpha`` over every test the procedure can make
+(Bonferroni: the ``N(N-1)/2`` pairs plus at most ``(N-1)(N-2)/2`` tests of a
+merged cluster against another, ``(N-1)²`` in all). A merge is refused when a
+member of the merged cluster would not correlate significantly with the
+consensus of the others. Images that cannot be placed stay alone.
+
+References
+----------
+.. [1] M. Goljan, J. Fridrich, T. Filler, "Large scale test of sensor
+   fingerprint camera identification", Proc. SPIE 7254, 2009.
+   :doi:`10.1117/12.805701`
+.. [2] G. J. Bloy, "Blind camera fingerprinting and image clustering", IEEE
+   Trans. Pattern Analysis and Machine Intelligence 30(3), 532-534, 2008.
+.. [3] X. Lin, C.-T. Li, "Large-scale image clustering based on camera
+   fingerprints", IEEE Trans. Inf. Forensics Security 12(4), 793-808, 2017.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+
+import cv2
+import numpy as np
+
+from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, load_image, read_bytes, sniff
+from .fingerprint import FingerprintAccumulator
+from .identify import cropped_pixels, residual_of
+from .provenance import tool_info, utc_now
+from .residual import ResidualParams
+
+__all__ = [
+    "DEFAULT_SIZE",
+    "ClusterSettings",
+    "analysis_size",
+    "z_threshold",
+    "notch_common_peaks",
+    "normalise_rows",
+    "pair_scores",
+    "agglomerate",
+    "ClusterResult",
+    "cluster_images",
+    "cluster_fingerprint",
+]
+
+DEFAULT_SIZE = 1024
+"""Side of the square analysis crop when none is given (smaller if the smallest image is)."""
+
+PEAK_RATIO = 3.0
+"""A frequency whose mean power over the set exceeds this many times its 5x5 neighbourhood's median is notched."""
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How images are grouped (recorded in every result).
+
+    Attributes
+    ----------
+    crop : (rows, cols) or None
+        Analysis size in landscape orientation; None: ``DEFAULT_SIZE`` square,
+        or the smallest image's shorter side (rounded down to even) if smaller.
+    alpha : float
+        False-alarm probability of the whole procedure (all tests together).
+    params : ResidualParams
+    block : int
+        Rows per block of the matrix products (memory: two blocks of residuals).
+    """
+
+    crop: tuple[int, int] | None = None
+    alpha: float = 1e-3
+    params: ResidualParams = ResidualParams()
+    block: int = 256
+
+    def __post_init__(self):
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.block < 1:
+            raise ValueError(f"block must be >= 1, got {self.block}")
+
+    def as_dict(self) -> dict:
+        return {
+            "crop": list(self.crop) if self.crop else None,
+            "alpha": self.alpha,
+            "residual_params": self.params.as_dict(),
+            "peak_ratio": PEAK_RATIO,
+        }
+
+
+def analysis_size(shapes: Iterable[tuple[int, int]], crop: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The common (rows, cols) analysis size, landscape (rows <= cols).
+
+    With ``crop`` given it is returned with its sides ordered; otherwise a
+    square of ``min(DEFAULT_SIZE, smallest shorter side)`` rounded down to even.
+    """
+    if crop is not None:
+        return min(crop), max(crop)
+    sides = [min(s) for s in shapes]
+    if not sides:
+        raise ValueError("no image to size the analysis from")
+    side = min(DEFAULT_SIZE, min(sides)) & ~1
+    return side, side
+
+
+def z_threshold(alpha: float, n_tests: int) -> float:
+    """One-sided normal threshold with family-wise false-alarm probability ``alpha`` over ``n_tests`` (Bonferroni)."""
+    return NormalDist().inv_cdf(1.0 - alpha / max(n_tests, 1))
+
+
+def _as_images(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return x.reshape(-1, *size)
+
+
+def notch_common_peaks(x: np.ndarray, size: tuple[int, int], ratio: float = PEAK_RATIO) -> int:
+    """Zero, in place, the frequencies where the set's mean power spectrum peaks.
+
+    Parameters
+    ----------
+    x : ndarray, float32, shape (N, rows*cols)
+        Residuals, one per row (modified in place).
+    size : (rows, cols)
+    ratio : float
+        A frequency is notched when the mean power exceeds ``ratio`` times the
+        median of its 5x5 neighbourhood.
+
+    Returns
+    -------
+    int
+        Number of (half-spectrum) frequencies notched.
+    """
+    power = np.zeros((size[0], size[1] // 2 + 1), np.float64)
+    for row in x:
+        power += np.abs(np.fft.rfft2(row.reshape(size))) ** 2
+    log_power = np.log(np.maximum(power, 1e-30)).astype(np.float32)
+    mask = log_power - cv2.medianBlur(log_power, 5) > math.log(ratio)
+    mask[0, 0] = True  # the mean
+    for i in range(len(x)):
+        spec = np.fft.rfft2(x[i].reshape(size))
+        spec[mask] = 0
+        x[i] = np.fft.irfft2(spec, s=size).ravel()
+    return int(mask.sum())
+
+
+def normalise_rows(x: np.ndarray) -> None:
+    """Zero mean and unit norm for each row, in place (a zero row stays zero)."""
+    for i in range(len(x)):
+        row = x[i] - x[i].mean()
+        norm = float(np.linalg.norm(row))
+        x[i] = row / norm if norm > 0 else 0
+
+
+def _spectral_weights(size: tuple[int, int]) -> np.ndarray:
+    """Square roots of the half-spectrum multiplicities, so that dot products sum over the full spectrum."""
+    w = np.full(size[1] // 2 + 1, 2.0)
+    w[0] = 1.0
+    if size[1] % 2 == 0:
+        w[-1] = 1.0
+    return np.sqrt(w).astype(np.float32)
+
+
+def _gram(x, block: int) -> np.ndarray:
+    """``x xᵀ`` in float32 by row blocks (``x`` may be a memory map)."""
+    n = len(x)
+    g = np.empty((n, n), np.float32)
+    for i in range(0, n, block):
+        xi = np.asarray(x[i : i + block], np.float32)
+        for j in range(i, n, block):
+            xj = xi if j == i else np.asarray(x[j : j + block], np.float32)
+            b = xi @ xj.T
+            g[i : i + block, j : j + block] = b
+            g[j : j + block, i : i + block] = b.T
+    return g
+
+
+def pair_scores(x, size: tuple[int, int], *, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Correlation and cross-correlation energy of every pair of normalised residuals.
+
+    Parameters
+    ----------
+    x : ndarray, float32, shape (N, rows*cols)
+        Zero-mean, unit-norm residuals (see :func:`normalise_rows`).
+    size : (rows, cols)
+    block : int
+
+    Returns
+    -------
+    g : ndarray, float32, shape (N, N)
+        ``x_i · x_j`` (the correlation at zero shift).
+    q : ndarray, float64, shape (N, N)
+        ``Σ_f P_i(f) P_j(f)`` over the full spectrum; the mean square of the
+        pair's circular cross-correlation is ``q / n²`` with ``n = rows*cols``.
+    """
+    weights = _spectral_weights(size)
+    spectra = np.empty((len(x), size[0] * (size[1] // 2 + 1)), np.float32)
+    for i in range(len(x)):
+        spectra[i] = ((np.abs(np.fft.rfft2(np.asarray(x[i]).reshape(size))) ** 2) * weights**2).ravel()
+    g = _gram(x, block)
+    q = _gram(spectra, block).astype(np.float64)
+    return g, q
+
+
+def null_scale(z: np.ndarray, minimum: int = 50) -> float:
+    """Scale of the different-camera scores, from the negative off-diagonal ones; at least 1.
+
+    Same-camera pairs score high, so the negative side is the null alone;
+    with fewer than ``minimum`` negative scores the theory's 1 is kept.
+    """
+    off = z[~np.eye(len(z), dtype=bool)]
+    neg = off[off < 0]
+    if neg.size < minimum:
+        return 1.0
+    return max(1.0, float(np.sqrt(np.mean(np.square(neg, dtype=np.float64)))))
+
+
+@dataclass
+class _Linkage:
+    """Cluster-level sums of the pair matrices, additive under merges."""
+
+    g: np.ndarray  # Σ_{A×B} x_i·x_j  (float64)
+    q: np.ndarray  # Σ_{A×B} Σ_f P_i P_j
+    sizes: np.ndarray
+    n: int
+    scale: float
+
+    def z(self, a, b) -> np.ndarray:
+        """Consensus-to-consensus z of cluster ``a`` against cluster(s) ``b``."""
+        ca, cb = self.g[a, a] - self.sizes[a], self.g[b, b] - self.sizes[b]
+        q = self.q[a, b] + self.n * (cb * self.sizes[a] + ca * self.sizes[b] + ca * cb)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(q > 0, self.g[a, b] * self.n / np.sqrt(np.maximum(q, 1e-300)), 0.0) / self.scale
+
+    def merge(self, a: int, b: int) -> None:
+        for m in (self.g, self.q):
+            m[a, :] += m[b, :]
+            m[:, a] += m[:, b]
+            m[b, :] = 0
+            m[:, b] = 0
+        self.sizes[a] += self.sizes[b]
+        self.sizes[b] = 0
+
+
+def _member_z(members: list[int], g: np.ndarray, q: np.ndarray, n: int, scale: float) -> np.ndarray:
+    """z of each member against the consensus of the others (leave-one-out)."""
+    sub_g = g[np.ix_(members, members)].astype(np.float64)
+    sub_q = q[np.ix_(members, members)]
+    k = len(members)
+    r = sub_g.sum(1) - np.diag(sub_g)
+    rest_norm2 = sub_g.sum() - 2 * r - np.diag(sub_g)
+    c_rest = rest_norm2 - (k - 1)
+    energy = sub_q.sum(1) - np.diag(sub_q) + n * c_rest
+    return r * n / np.sqrt(np.maximum(energy, 1e-300)) / scale
+
+
+def agglomerate(
+    g: np.ndarray, q: np.ndarray, n: int, *, alpha: float = 1e-3, scale: float | None = None
+) -> tuple[np.ndarray, dict]:
+    """Group images whose consensus residuals correlate significantly.
+
+    Parameters
+    ----------
+    g, q : ndarray, shape (N, N)
+        From :func:`pair_scores`.
+    n : int
+        Pixels per residual.
+    alpha : float
+        Family-wise false-alarm probability over all ``(N-1)²`` possible tests.
+    scale : float or None
+        Null scale of the scores; None estimates it (:func:`null_scale`).
+
+    Returns
+    -------
+    labels : ndarray of int, shape (N,)
+        Cluster index per image, 0.. in order of first member.
+    info : dict
+        ``z`` (the pair matrix), ``threshold``, ``n_tests``, ``null_scale``,
+        ``member_z`` per image, and the ``merges`` tried in order (accepted or
+        refused, with the reason).
+    """
+    count = len(g)
+    z = g * n / np.sqrt(np.maximum(q, 1e-300))
+    np.fill_diagonal(z, 0.0)
+    if scale is None:
+        scale = null_scale(z)
+    z = z / scale
+    n_tests = max((count - 1) ** 2, 1)
+    tau = z_threshold(alpha, n_tests)
+    link = _Linkage(g.astype(np.float64), q.copy(), np.ones(count), n, scale)
+    members = {i: [i] for i in range(count)}
+    score = z.copy()
+    np.fill_diagonal(score, -np.inf)
+    merges, member_z = [], np.full(count, np.nan)
+    while len(members) > 1:
+        flat = int(np.argmax(score))
+        a, b = divmod(flat, count)
+        best = float(score[a, b])
+        if not best > tau:
+            break
+        a, b = min(a, b), max(a, b)
+        joined = members[a] + members[b]
+        loo = _member_z(joined, g, q, n, scale)
+        record = {"clusters": [sorted(members[a]), sorted(members[b])], "z": round(best, 3)}
+        if loo.min() <= tau:
+            weakest = joined[int(np.argmin(loo))]
+            merges.append(record | {"accepted": False, "reason": f"image {weakest} would not be supported"})
+            score[a, b] = score[b, a] = -np.inf
+            continue
+        merges.append(record | {"accepted": True})
+        link.merge(a, b)
+        members[a] = joined
+        del members[b]
+        member_z[joined] = loo
+        score[b, :] = score[:, b] = -np.inf
+        alive = np.array(sorted(members))
+        row = link.z(a, alive)
+        row[alive == a] = -np.inf  # a changed cluster is a new hypothesis: earlier refusals are tested again
+        score[a, alive] = score[alive, a] = row
+    labels = np.empty(count, int)
+    for index, (_, group) in enumerate(sorted(members.items(), key=lambda kv: min(kv[1]))):
+        labels[group] = index
+    info = {"z": z, "threshold": tau, "n_tests": n_tests, "null_scale": scale, "member_z": member_z, "merges": merges}
+    return labels, info
+
+
+@dataclass
+class ClusterResult:
+    """Images grouped by source camera; see :func:`cluster_images`.
+
+    Attributes
+    ----------
+    images : list of dict
+        Per usable image: path, sha256, rows, cols, rotation, jpeg_quality, cluster.
+    clusters : list of dict
+        Per cluster: id, members (indices into ``images``), paths, pairwise
+        scores of the members, each member's z against the others' consensus.
+    z : ndarray, shape (N, N)
+        Pairwise scores (PCE = sign(z) z²).
+    info : dict
+        Analysis size, threshold, tests, null scale, notched frequencies, merges, settings, tool, times.
+    failed : list of dict
+        ``path`` and ``reason`` of each input that could not be used.
+    """
+
+    images: list[dict]
+    clusters: list[dict]
+    z: np.ndarray
+    info: dict
+    failed: list[dict] = field(default_factory=list)
+
+    def as_dict(self, matrix: bool = True) -> dict:
+        """JSON-ready record (the pair matrix rounded to 0.01 unless ``matrix`` is False)."""
+        out = {
+            **self.info,
+            "images": self.images,
+            "clusters": self.clusters,
+            "failed": self.failed,
+        }
+        if matrix:
+            out["similarity_z"] = np.round(self.z.astype(np.float64), 2).tolist()
+        return out
+
+
+def _analysis_crop(shape: tuple[int, int], size: tuple[int, int]) -> tuple[tuple[int, int], int]:
+    """Crop in the image's own orientation and the rotation (degrees) that makes it landscape."""
+    if shape[0] > shape[1]:
+        return (size[1], size[0]), 90
+    return size, 0
+
+
+def _read_shapes(paths, max_pixels, on_error):
+    kept = []
+    for path in paths:
+        try:
+            _fmt, rows, cols, _ = sniff(read_bytes(path))
+        except EvidenceError as exc:
+            on_error(exc.path, exc.reason)
+            continue
+        except ValueError as exc:
+            on_error(str(path), str(exc))
+            continue
+        if rows * cols > max_pixels:
+            on_error(str(path), f"{cols}x{rows} = {rows * cols:,} pixels exceeds the bound of {max_pixels:,}")
+            continue
+        kept.append((Path(path), (rows, cols)))
+    return kept
+
+
+def cluster_images(
+    paths: Iterable[str | os.PathLike],
+    settings: ClusterSettings = ClusterSettings(),
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    on_error: Callable[[str, str], None] = lambda path, reason: None,
+    on_progress: Callable[[str], None] = lambda path: None,
+) -> ClusterResult:
+    """Group image files by source camera.
+
+    Parameters
+    ----------
+    paths : iterable of path-like
+        Image files (see :func:`spncli.identify.gather_inputs` for folders).
+    settings : ClusterSettings
+    max_pixels : int
+    on_error : callable
+        Called with each file that cannot be used and the reason; the rest go on.
+    on_progress : callable
+        Called with each file whose residual is done.
+
+    Returns
+    -------
+    ClusterResult
+
+    Raises
+    ------
+    ValueError
+        If fewer than two images could be used.
+    """
+    started = utc_now()
+    failed = []
+
+    def fail(path, reason):
+        failed.append({"path": str(path), "reason": reason})
+        on_error(str(path), reason)
+
+    shaped = _read_shapes(paths, max_pixels, fail)
+    size = analysis_size([s for _, s in shaped], settings.crop)
+    n = size[0] * size[1]
+    rows, images = [], []
+    for path, shape in shaped:
+        crop, rotation = _analysis_crop(shape, size)
+        try:
+            ev = load_image(path, max_pixels=max_pixels)
+            w = residual_of(ev, settings.params, crop)
+        except EvidenceError as exc:
+            fail(exc.path, exc.reason)
+            continue
+        rows.append(np.rot90(w, rotation // 90).ravel() if rotation else w.ravel())
+        images.append(
+            {
+                "path": str(path),
+                "sha256": ev.sha256,
+                "rows": int(ev.shape[0]),
+                "cols": int(ev.shape[1]),
+                "rotation": rotation,
+                "jpeg_quality": ev.quality.quality if ev.quality else None,
+            }
+        )
+        on_progress(str(path))
+    if len(rows) < 2:
+        raise ValueError(f"clustering needs at least two usable images, got {len(rows)}")
+    x = np.stack(rows).astype(np.float32, copy=False)
+    del rows
+    notched = notch_common_peaks(x, size)
+    normalise_rows(x)
+    g, q = pair_scores(x, size, block=settings.block)
+    del x
+    labels, link = agglomerate(g, q, n, alpha=settings.alpha)
+    clusters = _describe(labels, link, images)
+    for i, label in enumerate(labels):
+        images[i]["cluster"] = int(label)
+        images[i]["member_z"] = None if np.isnan(link["member_z"][i]) else round(float(link["member_z"][i]), 3)
+    info = {
+        "analysis_rows": size[0],
+        "analysis_cols": size[1],
+        "n_images": len(images),
+        "n_clusters": len(clusters),
+        "n_tests": link["n_tests"],
+        "z_threshold": round(link["threshold"], 4),
+        "pce_threshold": round(link["threshold"] ** 2, 3),
+        "null_scale": round(link["null_scale"], 4),
+        "notched_frequencies": notched,
+        "merges": link["merges"],
+        "statistic": "z = PCE^(1/2) at zero shift of normalised residuals; energy from power spectra (Parseval)",
+        "settings": settings.as_dict(),
+        "started_utc": started,
+        "finished_utc": utc_now(),
+        **{"tool_" + key: value for key, value in tool_info().items()},
+    }
+    return ClusterResult(images, clusters, link["z"], info, failed)
+
+
+def _describe(labels: np.ndarray, link: dict, images: list[dict]) -> list[dict]:
+    z = link["z"]
+    clusters = []
+    for label in range(int(labels.max()) + 1):
+        members = [int(i) for i in np.flatnonzero(labels == label)]
+        pairs = [[a, b, round(float(z[a, b]), 3)] for k, a in enumerate(members) for b in members[k + 1 :]]
+        clusters.append(
+            {
+                "id": label,
+                "size": len(members),
+                "members": members,
+                "paths": [images[i]["path"] for i in members],
+                "pairwise_z": pairs,
+                "min_pair_z": min((p[2] for p in pairs), default=None),
+                "member_z": [None if np.isnan(link["member_z"][i]) else round(float(link["member_z"][i]), 3)
+                             for i in members],
+            }
+        )
+    return clusters
+
+
+def cluster_fingerprint(
+    result: ClusterResult,
+    cluster: dict,
+    *,
+    params: ResidualParams = ResidualParams(),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[np.ndarray, dict]:
+    """Maximum-likelihood fingerprint of a cluster's members, at the analysis size and orientation.
+
+    Each member is read again and must have the SHA-256 it had when clustered.
+
+    Returns
+    -------
+    k : ndarray, float32, shape (rows, cols)
+    meta : dict
+        Provenance: the sources (path, SHA-256, rotation), the cluster's
+        scores, the clustering settings and the tool.
+
+    Raises
+    ------
+    EvidenceError
+        If a member cannot be read or has changed since clustering.
+    """
+    size = (result.info["analysis_rows"], result.info["analysis_cols"])
+    acc = FingerprintAccumulator(params)
+    sources = []
+    for i in cluster["members"]:
+        image = result.images[i]
+        ev = load_image(image["path"], max_pixels=max_pixels)
+        if ev.sha256 != image["sha256"]:
+            raise EvidenceError(image["path"], "changed since it was clustered (SHA-256 differs); not used")
+        crop, rotation = _analysis_crop(ev.shape, size)
+        pixels = cropped_pixels(ev, crop)
+        if rotation:
+            pixels = np.ascontiguousarray(np.rot90(pixels, rotation // 90))
+        acc.add(pixels, ev.saturation)
+        sources.append({k: image[k] for k in ("path", "sha256", "rows", "cols", "rotation", "jpeg_quality")})
+    k = acc.finalize()
+    meta = {
+        "camera": None,
+        "origin": "spn cluster (blind grouping, no reference camera)",
+        "image_count": acc.count,
+        "rows": int(k.shape[0]),
+        "cols": int(k.shape[1]),
+        "crop": [size[0], size[1]],
+        "sources": sources,
+        "cluster": {key: cluster[key] for key in ("id", "size", "min_pair_z", "member_z")},
+        "clustering": {key: result.info[key] for key in ("z_threshold", "n_tests", "null_scale", "settings")},
+        "estimator": "ML: sum(W*I)/sum(I^2) per channel, saturated pixels weight 0 (Chen et al. 2008)",
+        "residual_params": params.as_dict(),
+        "created_utc": utc_now(),
+        **{"tool_" + key: value for key, value in tool_info().items()},
+    }
+    return k, meta
