@@ -220,7 +220,7 @@ def pair_scores(x, size: tuple[int, int], *, block: int = 256) -> tuple[np.ndarr
     weights = _spectral_weights(size)
     spectra = np.empty((len(x), size[0] * (size[1] // 2 + 1)), np.float32)
     for i in range(len(x)):
-        spectra[i] = ((np.abs(np.fft.rfft2(np.asarray(x[i]).reshape(size))) ** 2) * weights**2).ravel()
+        spectra[i] = ((np.abs(np.fft.rfft2(np.asarray(x[i]).reshape(size))) ** 2) * weights).ravel()
     g = _gram(x, block)
     q = _gram(spectra, block).astype(np.float64)
     return g, q
@@ -576,7 +576,7 @@ def cluster_fingerprint(
         "clustering": {key: result.info[key] for key in ("z_threshold", "n_tests", "null_scale", "settings")},
         "estimator": "ML: sum(W*I)/sum(I^2) per channel, saturated pixels weight 0 (Chen et al. 2008)",
         "residual_params": params.as_dict(),
-        "created_utc": utc_now(),
+        "finished_utc": utc_now(),
         **{"tool_" + key: value for key, value in tool_info().items()},
     }
     return k, meta
