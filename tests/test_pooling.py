@@ -49,7 +49,8 @@ def test_pooled_pce_above_best_single(weak_probes):
 def test_sizes_mismatch_refused(weak_probes, tmp_path):
     paths, fps = weak_probes
     odd = tmp_path / "odd.jpg"
-    odd.write_bytes(encode_jpeg(expose(flat_field((96, 160), np.random.default_rng(1)), fps[0].k[:96], np.random.default_rng(2)), 90))
+    rng = np.random.default_rng(1)
+    odd.write_bytes(encode_jpeg(expose(flat_field((96, 160), rng), fps[0].k[:96], rng), 90))
     with pytest.raises(PoolSizeError, match="odd.jpg 160x96") as info:
         pool_match(_evidence([*paths[:2], odd]), Matcher(fps, MatchSettings()))
     assert "probe_0.jpg 160x128" in str(info.value)

@@ -200,7 +200,7 @@ def pool(
         r.update(db=str(db), db_sha256=db_sha, tool_version=__version__)
     if format is Format.table:
         view = [
-            r | {"verdict": ("consistent with " if r["decision"] == "consistent" else "not consistent with ") + r["camera"]}
+            r | {"verdict": f"{'consistent' if r['decision'] == 'consistent' else 'not consistent'} with {r['camera']}"}
             for r in records
         ]
         pooled = ", ".join(Path(e.path).name for e in evidences)
