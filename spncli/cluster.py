@@ -62,8 +62,8 @@ __all__ = [
     "ClusterSettings",
     "analysis_size",
     "z_threshold",
-    "notch_common_peaks",
-    "normalise_rows",
+    "common_peaks",
+    "prepare",
     "pair_scores",
     "agglomerate",
     "ClusterResult",
@@ -138,42 +138,80 @@ def _as_images(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return x.reshape(-1, *size)
 
 
-def notch_common_peaks(x: np.ndarray, size: tuple[int, int], ratio: float = PEAK_RATIO) -> int:
-    """Zero, in place, the frequencies where the set's mean power spectrum peaks.
+def _spectrum(row: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return cv2.dft(np.ascontiguousarray(row, dtype=np.float32).reshape(size), flags=cv2.DFT_COMPLEX_OUTPUT)
+
+
+def _power(spec: np.ndarray) -> np.ndarray:
+    return spec[..., 0] * spec[..., 0] + spec[..., 1] * spec[..., 1]
+
+
+def common_peaks(x, size: tuple[int, int], ratio: float = PEAK_RATIO) -> np.ndarray:
+    """Mask of the frequencies where the set's mean power spectrum peaks.
 
     Parameters
     ----------
     x : ndarray, float32, shape (N, rows*cols)
-        Residuals, one per row (modified in place).
+        Residuals, one per row.
     size : (rows, cols)
     ratio : float
-        A frequency is notched when the mean power exceeds ``ratio`` times the
-        median of its 5x5 neighbourhood.
+        A frequency is masked when the mean power exceeds ``ratio`` times the
+        median of its 5x5 neighbourhood; the mask is made symmetric
+        (``f`` and ``-f`` together) and always holds the mean (0, 0).
 
     Returns
     -------
-    int
-        Number of (half-spectrum) frequencies notched.
+    ndarray of bool, shape (rows, cols)
     """
-    power = np.zeros((size[0], size[1] // 2 + 1), np.float64)
+    power = np.zeros(size, np.float64)
     for row in x:
-        power += np.abs(np.fft.rfft2(row.reshape(size))) ** 2
+        power += _power(_spectrum(row, size))
     log_power = np.log(np.maximum(power, 1e-30)).astype(np.float32)
     mask = log_power - cv2.medianBlur(log_power, 5) > math.log(ratio)
-    mask[0, 0] = True  # the mean
+    mask |= np.roll(mask[::-1, ::-1], 1, axis=(0, 1))  # f and -f together: the filtered residual stays real
+    mask[0, 0] = True
+    return mask
+
+
+def prepare(x, size: tuple[int, int], *, notch: bool = True, ratio: float = PEAK_RATIO) -> tuple[np.ndarray, int]:
+    """Notch the set's common spectral peaks, then zero mean and unit norm, in place; return the power spectra.
+
+    Parameters
+    ----------
+    x : ndarray, float32, shape (N, rows*cols)
+        Residuals, one per row (modified in place; a memory map works).
+    size : (rows, cols)
+    notch : bool
+        Notch the common peaks (:func:`common_peaks`); otherwise only the mean is removed.
+    ratio : float
+
+    Returns
+    -------
+    spectra : ndarray, float32, shape (N, rows*(cols//2+1))
+        Power spectra of the normalised rows over the half spectrum, scaled
+        by the square roots of the multiplicities, so that ``spectra @ spectraᵀ``
+        is ``Σ_f P_i(f) P_j(f)`` over the full spectrum (``Σ_f P_i(f) = n``).
+    notched : int
+        Frequencies notched, the mean included.
+    """
+    if notch:
+        mask = common_peaks(x, size, ratio)
+    else:
+        mask = np.zeros(size, bool)
+        mask[0, 0] = True
+    half = size[1] // 2 + 1
+    weights = _spectral_weights(size)
+    n = size[0] * size[1]
+    spectra = np.empty((len(x), size[0] * half), np.float32)
     for i in range(len(x)):
-        spec = np.fft.rfft2(x[i].reshape(size))
+        spec = _spectrum(x[i], size)
         spec[mask] = 0
-        x[i] = np.fft.irfft2(spec, s=size).ravel()
-    return int(mask.sum())
-
-
-def normalise_rows(x: np.ndarray) -> None:
-    """Zero mean and unit norm for each row, in place (a zero row stays zero)."""
-    for i in range(len(x)):
-        row = x[i] - x[i].mean()
-        norm = float(np.linalg.norm(row))
-        x[i] = row / norm if norm > 0 else 0
+        power = _power(spec)
+        energy = float(power.sum(dtype=np.float64)) / n  # Parseval: the squared norm of the filtered row
+        scale = 1.0 / math.sqrt(energy) if energy > 0 else 0.0
+        x[i] = cv2.dft(spec, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE).ravel() * np.float32(scale)
+        spectra[i] = (power[:, :half] * np.float32(scale * scale) * weights).ravel()
+    return spectra, int(mask.sum())
 
 
 def _spectral_weights(size: tuple[int, int]) -> np.ndarray:
@@ -199,15 +237,17 @@ def _gram(x, block: int) -> np.ndarray:
     return g
 
 
-def pair_scores(x, size: tuple[int, int], *, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Correlation and cross-correlation energy of every pair of normalised residuals.
+def pair_scores(x, spectra, *, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Correlation and cross-correlation energy of every pair of prepared residuals.
 
     Parameters
     ----------
     x : ndarray, float32, shape (N, rows*cols)
-        Zero-mean, unit-norm residuals (see :func:`normalise_rows`).
-    size : (rows, cols)
+        Zero-mean, unit-norm residuals and
+    spectra : ndarray, float32, shape (N, rows*(cols//2+1))
+        their power spectra, both from :func:`prepare`.
     block : int
+        Rows per block of the products.
 
     Returns
     -------
@@ -217,13 +257,7 @@ def pair_scores(x, size: tuple[int, int], *, block: int = 256) -> tuple[np.ndarr
         ``Σ_f P_i(f) P_j(f)`` over the full spectrum; the mean square of the
         pair's circular cross-correlation is ``q / n²`` with ``n = rows*cols``.
     """
-    weights = _spectral_weights(size)
-    spectra = np.empty((len(x), size[0] * (size[1] // 2 + 1)), np.float32)
-    for i in range(len(x)):
-        spectra[i] = ((np.abs(np.fft.rfft2(np.asarray(x[i]).reshape(size))) ** 2) * weights).ravel()
-    g = _gram(x, block)
-    q = _gram(spectra, block).astype(np.float64)
-    return g, q
+    return _gram(x, block), _gram(spectra, block).astype(np.float64)
 
 
 def null_scale(z: np.ndarray, minimum: int = 50) -> float:
@@ -476,10 +510,9 @@ def cluster_images(
         raise ValueError(f"clustering needs at least two usable images, got {len(rows)}")
     x = np.stack(rows).astype(np.float32, copy=False)
     del rows
-    notched = notch_common_peaks(x, size)
-    normalise_rows(x)
-    g, q = pair_scores(x, size, block=settings.block)
-    del x
+    spectra, notched = prepare(x, size)
+    g, q = pair_scores(x, spectra, block=settings.block)
+    del x, spectra
     labels, link = agglomerate(g, q, n, alpha=settings.alpha)
     clusters = _describe(labels, link, images)
     for i, label in enumerate(labels):

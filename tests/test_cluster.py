@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from spncli.cli import app
-from spncli.cluster import ClusterSettings, agglomerate, cluster_images, normalise_rows, pair_scores, z_threshold
+from spncli.cluster import ClusterSettings, agglomerate, cluster_images, pair_scores, prepare, z_threshold
 from spncli.store import FingerprintStore
 from spncli.synthetic import dead_leaves, encode_jpeg, expose, flat_field, synthetic_prnu
 
@@ -57,8 +57,8 @@ def test_unrelated_images_stay_alone():
     rng = np.random.default_rng(7)
     size = (64, 64)
     x = rng.normal(size=(60, size[0] * size[1])).astype(np.float32)
-    normalise_rows(x)
-    g, q = pair_scores(x, size, block=16)
+    spectra, _ = prepare(x, size, notch=False)
+    g, q = pair_scores(x, spectra, block=16)
     labels, info = agglomerate(g, q, size[0] * size[1], alpha=1e-3)
     assert len(set(labels.tolist())) == 60
     off = info["z"][~np.eye(60, dtype=bool)]
@@ -69,9 +69,9 @@ def test_unrelated_images_stay_alone():
 def test_blocks_do_not_change_scores():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(37, 32 * 48)).astype(np.float32)
-    normalise_rows(x)
-    g1, q1 = pair_scores(x, (32, 48), block=5)
-    g2, q2 = pair_scores(x, (32, 48), block=64)
+    spectra, _ = prepare(x, (32, 48))
+    g1, q1 = pair_scores(x, spectra, block=5)
+    g2, q2 = pair_scores(x, spectra, block=64)
     assert np.allclose(g1, g2, atol=1e-6) and np.allclose(q1, q2, rtol=1e-5)
     assert np.allclose(np.diag(g1), 1.0, atol=1e-5)
 
@@ -85,8 +85,8 @@ def test_two_cameras_never_share_a_cluster():
     cams = np.repeat([0, 1], 30)
     x = (0.06 * ks[cams] + rng.normal(size=(60, n))).astype(np.float32)  # pair z about 0.0036*64 ≈ 0.2: weak
     x[:5] += 0.5 * ks[0]  # a few strong images of camera 0
-    normalise_rows(x)
-    g, q = pair_scores(x, size)
+    spectra, _ = prepare(x, size)
+    g, q = pair_scores(x, spectra)
     labels, _ = agglomerate(g, q, n)
     for label in set(labels.tolist()):
         assert len(set(cams[labels == label].tolist())) == 1
@@ -137,3 +137,16 @@ def test_portrait_images_are_rotated_for_analysis(tmp_path):
     assert len(result.clusters) == 1 and result.clusters[0]["size"] == 4
     rotations = {Path(im["path"]).name: im["rotation"] for im in result.images}
     assert rotations["portrait.jpg"] == 90 and rotations["land_0.jpg"] == 0
+
+
+def test_prepare_normalises_and_matches_numpy_spectra():
+    rng = np.random.default_rng(4)
+    size = (24, 40)
+    x = rng.normal(size=(5, size[0] * size[1])).astype(np.float32) + 3.0
+    ref = x - x.mean(1, keepdims=True)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    spectra, notched = prepare(x, size, notch=False)
+    assert notched == 1 and np.allclose(x, ref, atol=1e-5)
+    full = np.abs(np.fft.fft2(ref.reshape(-1, *size))) ** 2
+    assert np.allclose((spectra @ spectra.T), np.einsum("iab,jab->ij", full, full), rtol=1e-4)
+    assert np.allclose(full.sum(axis=(1, 2)), size[0] * size[1], rtol=1e-4)  # Parseval: Σ_f P = n
