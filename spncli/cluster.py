@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,12 +93,16 @@ class ClusterSettings:
     params : ResidualParams
     block : int
         Rows per block of the matrix products (memory: two blocks of residuals).
+    in_memory_bytes : int
+        Residual and spectrum matrices larger than this are memory-mapped
+        files in a temporary folder (the system's, removed afterwards).
     """
 
     crop: tuple[int, int] | None = None
     alpha: float = 1e-3
     params: ResidualParams = ResidualParams()
     block: int = 256
+    in_memory_bytes: int = 4 << 30
 
     def __post_init__(self):
         if not 0 < self.alpha < 1:
@@ -173,7 +178,9 @@ def common_peaks(x, size: tuple[int, int], ratio: float = PEAK_RATIO) -> np.ndar
     return mask
 
 
-def prepare(x, size: tuple[int, int], *, notch: bool = True, ratio: float = PEAK_RATIO) -> tuple[np.ndarray, int]:
+def prepare(
+    x, size: tuple[int, int], *, notch: bool = True, ratio: float = PEAK_RATIO, out: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
     """Notch the set's common spectral peaks, then zero mean and unit norm, in place; return the power spectra.
 
     Parameters
@@ -184,6 +191,8 @@ def prepare(x, size: tuple[int, int], *, notch: bool = True, ratio: float = PEAK
     notch : bool
         Notch the common peaks (:func:`common_peaks`); otherwise only the mean is removed.
     ratio : float
+    out : ndarray, optional
+        Where to write the spectra (e.g. a memory map).
 
     Returns
     -------
@@ -202,7 +211,7 @@ def prepare(x, size: tuple[int, int], *, notch: bool = True, ratio: float = PEAK
     half = size[1] // 2 + 1
     weights = _spectral_weights(size)
     n = size[0] * size[1]
-    spectra = np.empty((len(x), size[0] * half), np.float32)
+    spectra = np.empty((len(x), size[0] * half), np.float32) if out is None else out
     for i in range(len(x)):
         spec = _spectrum(x[i], size)
         spec[mask] = 0
@@ -445,6 +454,40 @@ def _read_shapes(paths, max_pixels, on_error):
     return kept
 
 
+def _array(shape: tuple[int, int], settings: ClusterSettings, folder: str, name: str) -> np.ndarray:
+    """A float32 array in memory, or a memory-mapped file in ``folder`` when larger than the settings allow."""
+    if shape[0] * shape[1] * 4 <= settings.in_memory_bytes:
+        return np.empty(shape, np.float32)
+    return np.lib.format.open_memmap(os.path.join(folder, name + ".npy"), mode="w+", dtype=np.float32, shape=shape)
+
+
+def _residual_matrix(shaped, size, settings, max_pixels, folder, fail, on_progress):
+    """Residuals of the images at the analysis size and orientation, one per row; and the image records."""
+    x = _array((len(shaped), size[0] * size[1]), settings, folder, "residuals")
+    images = []
+    for path, shape in shaped:
+        crop, rotation = _analysis_crop(shape, size)
+        try:
+            ev = load_image(path, max_pixels=max_pixels)
+            w = residual_of(ev, settings.params, crop)
+        except EvidenceError as exc:
+            fail(exc.path, exc.reason)
+            continue
+        x[len(images)] = (np.rot90(w, rotation // 90) if rotation else w).ravel()
+        images.append(
+            {
+                "path": str(path),
+                "sha256": ev.sha256,
+                "rows": int(ev.shape[0]),
+                "cols": int(ev.shape[1]),
+                "rotation": rotation,
+                "jpeg_quality": ev.quality.quality if ev.quality else None,
+            }
+        )
+        on_progress(str(path))
+    return x[: len(images)], images
+
+
 def cluster_images(
     paths: Iterable[str | os.PathLike],
     settings: ClusterSettings = ClusterSettings(),
@@ -485,34 +528,14 @@ def cluster_images(
     shaped = _read_shapes(paths, max_pixels, fail)
     size = analysis_size([s for _, s in shaped], settings.crop)
     n = size[0] * size[1]
-    rows, images = [], []
-    for path, shape in shaped:
-        crop, rotation = _analysis_crop(shape, size)
-        try:
-            ev = load_image(path, max_pixels=max_pixels)
-            w = residual_of(ev, settings.params, crop)
-        except EvidenceError as exc:
-            fail(exc.path, exc.reason)
-            continue
-        rows.append(np.rot90(w, rotation // 90).ravel() if rotation else w.ravel())
-        images.append(
-            {
-                "path": str(path),
-                "sha256": ev.sha256,
-                "rows": int(ev.shape[0]),
-                "cols": int(ev.shape[1]),
-                "rotation": rotation,
-                "jpeg_quality": ev.quality.quality if ev.quality else None,
-            }
-        )
-        on_progress(str(path))
-    if len(rows) < 2:
-        raise ValueError(f"clustering needs at least two usable images, got {len(rows)}")
-    x = np.stack(rows).astype(np.float32, copy=False)
-    del rows
-    spectra, notched = prepare(x, size)
-    g, q = pair_scores(x, spectra, block=settings.block)
-    del x, spectra
+    with tempfile.TemporaryDirectory(prefix="spn-cluster-") as tmp:
+        x, images = _residual_matrix(shaped, size, settings, max_pixels, tmp, fail, on_progress)
+        if len(images) < 2:
+            raise ValueError(f"clustering needs at least two usable images, got {len(images)}")
+        spectra = _array((len(x), size[0] * (size[1] // 2 + 1)), settings, tmp, "spectra")
+        spectra, notched = prepare(x, size, out=spectra)
+        g, q = pair_scores(x, spectra, block=settings.block)
+        del x, spectra
     labels, link = agglomerate(g, q, n, alpha=settings.alpha)
     clusters = _describe(labels, link, images)
     for i, label in enumerate(labels):

@@ -150,3 +150,12 @@ def test_prepare_normalises_and_matches_numpy_spectra():
     full = np.abs(np.fft.fft2(ref.reshape(-1, *size))) ** 2
     assert np.allclose((spectra @ spectra.T), np.einsum("iab,jab->ij", full, full), rtol=1e-4)
     assert np.allclose(full.sum(axis=(1, 2)), size[0] * size[1], rtol=1e-4)  # Parseval: Σ_f P = n
+
+
+def test_memory_mapped_matrices_give_the_same_result(synth_folder):
+    root, _ = synth_folder
+    files = sorted(root.iterdir())[:10]
+    in_memory = cluster_images(files)
+    mapped = cluster_images(files, ClusterSettings(in_memory_bytes=0, block=3))
+    assert np.allclose(in_memory.z, mapped.z, atol=1e-4)
+    assert [c["members"] for c in in_memory.clusters] == [c["members"] for c in mapped.clusters]
