@@ -66,6 +66,7 @@ __all__ = [
     "common_peaks",
     "prepare",
     "pair_scores",
+    "turned_products",
     "agglomerate",
     "ClusterResult",
     "cluster_images",
@@ -269,6 +270,34 @@ def pair_scores(x, spectra, *, block: int = 256) -> tuple[np.ndarray, np.ndarray
     return _gram(x, block), _gram(spectra, block).astype(np.float64)
 
 
+def turned_products(x, portrait: np.ndarray, *, block: int = 256) -> np.ndarray:
+    """``x_i · rot180(x_j)`` for every pair with a portrait image; 0 for landscape pairs.
+
+    A residual row reversed is its image turned by 180 degrees, so a portrait
+    image analysed at 90 degrees is compared at 270 degrees as well.
+
+    Parameters
+    ----------
+    x : ndarray, float32, shape (N, rows*cols)
+    portrait : ndarray of bool, shape (N,)
+    block : int
+
+    Returns
+    -------
+    ndarray, float32, shape (N, N), symmetric
+    """
+    count = len(x)
+    r = np.zeros((count, count), np.float32)
+    index = np.flatnonzero(portrait)
+    for j in range(0, len(index), block):
+        cols = index[j : j + block]
+        turned = np.ascontiguousarray(np.asarray(x[cols], np.float32)[:, ::-1])
+        for i in range(0, count, block):
+            r[i : i + block, cols] = np.asarray(x[i : i + block], np.float32) @ turned.T
+    r[index, :] = r[:, index].T
+    return r
+
+
 def null_scale(z: np.ndarray, minimum: int = 50) -> float:
     """Scale of the different-camera scores, from the negative off-diagonal ones; at least 1.
 
@@ -284,45 +313,77 @@ def null_scale(z: np.ndarray, minimum: int = 50) -> float:
 
 @dataclass
 class _Linkage:
-    """Cluster-level sums of the pair matrices, additive under merges."""
+    """Cluster-level sums of the pair matrices, additive under merges.
 
-    g: np.ndarray  # Σ_{A×B} x_i·x_j  (float64)
-    q: np.ndarray  # Σ_{A×B} Σ_f P_i P_j
+    ``g[A, B]`` sums ``x_i · x_j`` over the members as they are oriented now,
+    ``f[A, B]`` the same with cluster B turned by 180 degrees (allowed only
+    where A or B holds portrait images alone: their 90 or 270 degrees is unknown).
+    """
+
+    g: np.ndarray
+    f: np.ndarray
+    q: np.ndarray
     sizes: np.ndarray
+    flippable: np.ndarray
     n: int
     scale: float
 
-    def z(self, a, b) -> np.ndarray:
+    def z(self, a: int, b, flipped: bool = False) -> np.ndarray:
         """Consensus-to-consensus z of cluster ``a`` against cluster(s) ``b``."""
         ca, cb = self.g[a, a] - self.sizes[a], self.g[b, b] - self.sizes[b]
         q = self.q[a, b] + self.n * (cb * self.sizes[a] + ca * self.sizes[b] + ca * cb)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(q > 0, self.g[a, b] * self.n / np.sqrt(np.maximum(q, 1e-300)), 0.0) / self.scale
+        dot = (self.f if flipped else self.g)[a, b]
+        return dot * self.n / np.sqrt(np.maximum(q, 1e-300)) / self.scale
+
+    def best(self, a: int, b) -> tuple[np.ndarray, np.ndarray]:
+        """The better z of the two relative orientations allowed, and whether it is the turned one."""
+        z0 = self.z(a, b)
+        allowed = self.flippable[a] | self.flippable[b]
+        z1 = np.where(allowed, self.z(a, b, True), -np.inf)
+        return np.maximum(z0, z1), z1 > z0
+
+    def turn(self, a: int) -> None:
+        """Turn cluster ``a`` by 180 degrees: its same- and turned-orientation sums swap."""
+        keep = self.g[a, a]
+        ga, fa = self.g[a].copy(), self.f[a].copy()
+        self.g[a], self.f[a] = fa, ga
+        self.g[:, a], self.f[:, a] = fa, ga
+        self.g[a, a] = keep
 
     def merge(self, a: int, b: int) -> None:
-        for m in (self.g, self.q):
+        for m in (self.g, self.f, self.q):
             m[a, :] += m[b, :]
             m[:, a] += m[:, b]
             m[b, :] = 0
             m[:, b] = 0
         self.sizes[a] += self.sizes[b]
         self.sizes[b] = 0
+        self.flippable[a] &= self.flippable[b]
 
 
-def _member_z(members: list[int], g: np.ndarray, q: np.ndarray, n: int, scale: float) -> np.ndarray:
-    """z of each member against the consensus of the others (leave-one-out)."""
-    sub_g = g[np.ix_(members, members)].astype(np.float64)
-    sub_q = q[np.ix_(members, members)]
+def _member_z(members, g, r, q, turned, n: int, scale: float) -> np.ndarray:
+    """z of each member against the consensus of the others (leave-one-out), orientations as ``turned`` says."""
+    ix = np.ix_(members, members)
+    same = turned[members][:, None] == turned[members][None, :]
+    sub_g = np.where(same, g[ix], r[ix]).astype(np.float64)
+    sub_q = q[ix]
     k = len(members)
-    r = sub_g.sum(1) - np.diag(sub_g)
-    rest_norm2 = sub_g.sum() - 2 * r - np.diag(sub_g)
+    dot = sub_g.sum(1) - np.diag(sub_g)
+    rest_norm2 = sub_g.sum() - 2 * dot - np.diag(sub_g)
     c_rest = rest_norm2 - (k - 1)
     energy = sub_q.sum(1) - np.diag(sub_q) + n * c_rest
-    return r * n / np.sqrt(np.maximum(energy, 1e-300)) / scale
+    return dot * n / np.sqrt(np.maximum(energy, 1e-300)) / scale
 
 
 def agglomerate(
-    g: np.ndarray, q: np.ndarray, n: int, *, alpha: float = 1e-3, scale: float | None = None
+    g: np.ndarray,
+    q: np.ndarray,
+    n: int,
+    *,
+    alpha: float = 1e-3,
+    scale: float | None = None,
+    r: np.ndarray | None = None,
+    portrait: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Group images whose consensus residuals correlate significantly.
 
@@ -333,61 +394,84 @@ def agglomerate(
     n : int
         Pixels per residual.
     alpha : float
-        Family-wise false-alarm probability over all ``(N-1)²`` possible tests.
+        Family-wise false-alarm probability over all ``(N-1)²`` possible tests
+        (twice that when portrait images can also be turned by 180 degrees).
     scale : float or None
         Null scale of the scores; None estimates it (:func:`null_scale`).
+    r, portrait : ndarray, optional
+        ``x_i · rot180(x_j)`` for pairs with a portrait image (:func:`turned_products`)
+        and the boolean mask of portrait images: a portrait image (rotated by
+        90 degrees for the analysis) may also be turned to 270.
 
     Returns
     -------
     labels : ndarray of int, shape (N,)
         Cluster index per image, 0.. in order of first member.
     info : dict
-        ``z`` (the pair matrix), ``threshold``, ``n_tests``, ``null_scale``,
-        ``member_z`` per image, and the ``merges`` tried in order (accepted or
-        refused, with the reason).
+        ``z`` (the pair matrix, best orientation), ``threshold``, ``n_tests``,
+        ``null_scale``, ``member_z`` and ``turned`` per image, and the
+        ``merges`` tried in order (accepted or refused, with the reason).
     """
     count = len(g)
-    z = g * n / np.sqrt(np.maximum(q, 1e-300))
+    portrait = np.zeros(count, bool) if portrait is None or r is None else np.asarray(portrait, bool)
+    r = np.zeros_like(g) if r is None else r
+    link = _Linkage(g.astype(np.float64), r.astype(np.float64), q.copy(), np.ones(count), portrait.copy(), n, 1.0)
+    z = np.vstack([link.best(i, np.arange(count))[0] for i in range(count)])
     np.fill_diagonal(z, 0.0)
-    if scale is None:
-        scale = null_scale(z)
+    scale = null_scale(z) if scale is None else scale
+    link.scale = scale
     z = z / scale
-    n_tests = max((count - 1) ** 2, 1)
+    n_tests = max((count - 1) ** 2, 1) * (2 if portrait.any() else 1)
     tau = z_threshold(alpha, n_tests)
-    link = _Linkage(g.astype(np.float64), q.copy(), np.ones(count), n, scale)
     members = {i: [i] for i in range(count)}
+    turned = np.zeros(count, bool)
     score = z.copy()
     np.fill_diagonal(score, -np.inf)
     merges, member_z = [], np.full(count, np.nan)
     while len(members) > 1:
-        flat = int(np.argmax(score))
-        a, b = divmod(flat, count)
+        a, b = divmod(int(np.argmax(score)), count)
         best = float(score[a, b])
         if not best > tau:
             break
         a, b = min(a, b), max(a, b)
+        flip = bool(link.best(a, np.array([b]))[1][0])
+        moved = b if link.flippable[b] else a  # the cluster turned by 180 degrees, if any
+        trial = turned.copy()
+        if flip:
+            trial[members[moved]] ^= True
         joined = members[a] + members[b]
-        loo = _member_z(joined, g, q, n, scale)
-        record = {"clusters": [sorted(members[a]), sorted(members[b])], "z": round(best, 3)}
+        loo = _member_z(joined, g, r, q, trial, n, scale)
+        record = {"clusters": [sorted(members[a]), sorted(members[b])], "z": round(best, 3), "turned": flip}
         if loo.min() <= tau:
             weakest = joined[int(np.argmin(loo))]
             merges.append(record | {"accepted": False, "reason": f"image {weakest} would not be supported"})
             score[a, b] = score[b, a] = -np.inf
             continue
         merges.append(record | {"accepted": True})
+        if flip:
+            link.turn(moved)
+        turned = trial
         link.merge(a, b)
         members[a] = joined
         del members[b]
         member_z[joined] = loo
         score[b, :] = score[:, b] = -np.inf
         alive = np.array(sorted(members))
-        row = link.z(a, alive)
+        row = link.best(a, alive)[0]
         row[alive == a] = -np.inf  # a changed cluster is a new hypothesis: earlier refusals are tested again
         score[a, alive] = score[alive, a] = row
     labels = np.empty(count, int)
     for index, (_, group) in enumerate(sorted(members.items(), key=lambda kv: min(kv[1]))):
         labels[group] = index
-    info = {"z": z, "threshold": tau, "n_tests": n_tests, "null_scale": scale, "member_z": member_z, "merges": merges}
+    info = {
+        "z": z,
+        "threshold": tau,
+        "n_tests": n_tests,
+        "null_scale": scale,
+        "member_z": member_z,
+        "turned": turned,
+        "merges": merges,
+    }
     return labels, info
 
 
@@ -535,11 +619,15 @@ def cluster_images(
         spectra = _array((len(x), size[0] * (size[1] // 2 + 1)), settings, tmp, "spectra")
         spectra, notched = prepare(x, size, out=spectra)
         g, q = pair_scores(x, spectra, block=settings.block)
+        portrait = np.array([im["rotation"] == 90 for im in images])
+        r = turned_products(x, portrait, block=settings.block) if portrait.any() else None
         del x, spectra
-    labels, link = agglomerate(g, q, n, alpha=settings.alpha)
+    labels, link = agglomerate(g, q, n, alpha=settings.alpha, r=r, portrait=portrait)
     clusters = _describe(labels, link, images)
     for i, label in enumerate(labels):
         images[i]["cluster"] = int(label)
+        if link["turned"][i]:
+            images[i]["rotation"] = 270
         images[i]["member_z"] = None if np.isnan(link["member_z"][i]) else round(float(link["member_z"][i]), 3)
     info = {
         "analysis_rows": size[0],
@@ -613,7 +701,7 @@ def cluster_fingerprint(
         ev = load_image(image["path"], max_pixels=max_pixels)
         if ev.sha256 != image["sha256"]:
             raise EvidenceError(image["path"], "changed since it was clustered (SHA-256 differs); not used")
-        crop, rotation = _analysis_crop(ev.shape, size)
+        crop, rotation = _analysis_crop(ev.shape, size)[0], image["rotation"]
         pixels = cropped_pixels(ev, crop)
         if rotation:
             pixels = np.ascontiguousarray(np.rot90(pixels, rotation // 90))

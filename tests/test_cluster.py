@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from spncli.cli import app
-from spncli.cluster import ClusterSettings, agglomerate, cluster_images, pair_scores, prepare, z_threshold
+from spncli.cluster import (
+    ClusterSettings,
+    agglomerate,
+    cluster_fingerprint,
+    cluster_images,
+    pair_scores,
+    prepare,
+    z_threshold,
+)
 from spncli.store import FingerprintStore
 from spncli.synthetic import dead_leaves, encode_jpeg, expose, flat_field, synthetic_prnu
 
@@ -127,16 +135,31 @@ def test_cli_help_bad_input_and_evidence_guard(runner, synth_folder, tmp_path):
 
 
 def test_portrait_images_are_rotated_for_analysis(tmp_path):
+    """Frames saved turned either way (90 or 270 degrees) join their camera; the rotation is recorded."""
     rng = np.random.default_rng(5)
     k = synthetic_prnu((96, 160), rng, std=0.03)
+    other = synthetic_prnu((96, 160), rng, std=0.03)
     for i in range(3):
         (tmp_path / f"land_{i}.jpg").write_bytes(encode_jpeg(expose(flat_field((96, 160), rng), k, rng), 95))
-    portrait = np.rot90(expose(flat_field((96, 160), rng), k, rng), 3)  # the camera's frame saved rotated
-    (tmp_path / "portrait.jpg").write_bytes(encode_jpeg(np.ascontiguousarray(portrait), 95))
+    for name, turns in (("cw", 3), ("ccw", 1)):  # the camera's frame saved rotated clockwise / counter-clockwise
+        portrait = np.rot90(expose(flat_field((96, 160), rng), k, rng), turns)
+        (tmp_path / f"portrait_{name}.jpg").write_bytes(encode_jpeg(np.ascontiguousarray(portrait), 95))
+    for i in range(2):  # another camera, portraits only, turned opposite ways
+        portrait = np.rot90(expose(flat_field((96, 160), rng), other, rng), 1 + 2 * i)
+        (tmp_path / f"other_{i}.jpg").write_bytes(encode_jpeg(np.ascontiguousarray(portrait), 95))
     result = cluster_images(sorted(tmp_path.iterdir()), ClusterSettings(crop=(96, 160)))
-    assert len(result.clusters) == 1 and result.clusters[0]["size"] == 4
+    groups = sorted(sorted(Path(p).name for p in c["paths"]) for c in result.clusters)
+    assert groups == [["land_0.jpg", "land_1.jpg", "land_2.jpg", "portrait_ccw.jpg", "portrait_cw.jpg"],
+                      ["other_0.jpg", "other_1.jpg"]]
     rotations = {Path(im["path"]).name: im["rotation"] for im in result.images}
-    assert rotations["portrait.jpg"] == 90 and rotations["land_0.jpg"] == 0
+    assert rotations["portrait_cw.jpg"] == 90 and rotations["portrait_ccw.jpg"] == 270 and rotations["land_0.jpg"] == 0
+    assert {rotations["other_0.jpg"], rotations["other_1.jpg"]} == {90, 270}
+    assert result.info["n_tests"] == 2 * 6**2  # turned alternatives counted
+    main = next(c for c in result.clusters if c["size"] == 5)
+    k_hat, meta = cluster_fingerprint(result, main)
+    assert k_hat.shape == (96, 160) and meta["image_count"] == 5
+    assert np.corrcoef(k_hat.ravel(), k.ravel())[0, 1] > 0.3  # members turned back into one orientation
+    assert sorted(src["rotation"] for src in meta["sources"]) == [0, 0, 0, 90, 270]
 
 
 def test_prepare_normalises_and_matches_numpy_spectra():
