@@ -123,12 +123,13 @@ def cluster(
             im | {"image": Path(im["path"]).name, "size": result.clusters[im["cluster"]]["size"]}
             for im in sorted(result.images, key=lambda im: (im["cluster"], im["path"]))
         ]
-        title = (
-            f"{result.info['n_clusters']} cluster(s) of {result.info['n_images']} image(s); merge above "
-            f"z {result.info['z_threshold']:.2f} (PCE {result.info['pce_threshold']:.1f}), alpha {alpha:g}"
+        title = f"{result.info['n_clusters']} cluster(s) of {result.info['n_images']} image(s)"
+        caption = (
+            f"Merged above z {result.info['z_threshold']:.2f} (PCE {result.info['pce_threshold']:.1f}): false-alarm "
+            f"probability {alpha:g} over {result.info['n_tests']} tests. {CLUSTER_CAPTION}"
         )
         render(rows, format, CLUSTER_COLUMNS if format is Format.csv else CLUSTER_COLUMNS[:-1], title=title,
-               caption=CLUSTER_CAPTION)
+               caption=caption)
     grouped = sum(c["size"] for c in result.clusters if c["size"] > 1)
     err.print(
         f"{result.info['n_images']} image(s): {grouped} in {sum(c['size'] > 1 for c in result.clusters)} group(s), "
