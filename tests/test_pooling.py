@@ -10,7 +10,8 @@ import pytest
 from spncli.cli import app
 from spncli.evidence import decode
 from spncli.identify import Matcher, MatchSettings
-from spncli.pooling import PoolSizeError, pool_match
+from spncli.fingerprint import FingerprintAccumulator
+from spncli.pooling import PoolSizeError, pool_match, pooled_estimate
 from spncli.store import Fingerprint, FingerprintStore, array_sha256
 from spncli.synthetic import dead_leaves, encode_jpeg, expose, flat_field, synthetic_prnu
 
@@ -77,3 +78,20 @@ def test_pool_cli_json_and_refusal(weak_probes, runner, tmp_path):
     other.write_bytes(encode_jpeg(np.zeros((100, 100, 3), np.uint8) + 90, 90))
     res = runner.invoke(app, ["pool", str(paths[0]), str(other), "--db", str(db)])
     assert res.exit_code == 1 and "other.jpg 100x100" in res.output and "differ in size" in res.output
+
+
+def test_weightings(weak_probes):
+    """Unweighted pooling is the fingerprint estimator itself; both weightings beat the best single probe."""
+    paths, fps = weak_probes
+    evidences = _evidence(paths)
+    matcher = Matcher(fps[:1], MatchSettings())
+    acc = FingerprintAccumulator()
+    for ev in evidences:
+        acc.add(ev.pixels, ev.saturation)
+    assert np.array_equal(pooled_estimate(evidences, matcher, weighting="none"), acc.finalize())
+    weighted = pool_match(evidences, matcher, singles=True)[0]
+    plain = pool_match(evidences, matcher, weighting="none")[0]
+    assert weighted["weighting"] == "variance" and plain["weighting"] == "none"
+    assert min(weighted["pce"], plain["pce"]) > weighted["best_single_pce"]
+    with pytest.raises(ValueError, match="variance, none"):
+        pool_match(evidences, matcher, weighting="equal")

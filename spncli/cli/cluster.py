@@ -152,24 +152,30 @@ def pool(
     crop: Annotated[str | None, typer.Option(help="Centre crop of images and fingerprints: N or HxW.")] = None,
     camera: Annotated[list[str] | None, typer.Option("--camera", "-c", help="Only these cameras (repeatable).")] = None,
     singles: Annotated[bool, typer.Option(help="Also score each image alone (best single PCE).")] = False,
+    weighting: Annotated[
+        str, typer.Option(help="variance: each image weighted by 1/variance of its residual; none: all alike.")
+    ] = "variance",
     format: Annotated[
         Format, typer.Option("--format", "-f", help="table, json (JSON Lines) or csv, on stdout.")
     ] = Format.table,
 ):
     """Score several images of one suspected source as ONE probe (multi-image pooling).
 
-    The images' common PRNU is estimated by maximum likelihood, sum(W*I)/sum(I^2)
-    as for a fingerprint, and scored by PCE against every camera: one test per
-    camera, with its false-alarm probability. All images must share one size
+    The images' common PRNU is estimated by maximum likelihood as for a
+    fingerprint, sum(W*I/s2)/sum(I^2/s2) with s2 each image's residual variance
+    (--weighting none: all alike), and scored by PCE against every camera: one
+    test per camera, with its false-alarm probability. All images must share one size
     and orientation (after --crop); otherwise nothing is scored and the files
     and sizes are named. Every pooled image is listed with its SHA-256.
     """
     from .. import __version__
     from ..evidence import load_image
     from ..identify import Matcher, MatchSettings
-    from ..pooling import PoolSizeError, pool_match
+    from ..pooling import WEIGHTINGS, PoolSizeError, pool_match
 
     size = crop_option(crop)
+    if weighting not in WEIGHTINGS:
+        die(f"--weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
     try:
         store = FingerprintStore(db)
         names = store.cameras()
@@ -194,14 +200,18 @@ def pool(
     if not evidences:
         die("no usable image to pool", EXIT_SOME_FAILED)
     try:
-        records = pool_match(evidences, matcher, singles=singles)
+        records = pool_match(evidences, matcher, singles=singles, weighting=weighting)
     except (PoolSizeError, EvidenceError) as exc:
         die(str(exc), EXIT_SOME_FAILED)
     for r in records:
         r.update(db=str(db), db_sha256=db_sha, tool_version=__version__)
     if format is Format.table:
         view = [
-            r | {"verdict": f"{'consistent' if r['decision'] == 'consistent' else 'not consistent'} with {r['camera']}"}
+            r
+            | {
+                "verdict": f"{'consistent' if r['decision'] == 'consistent' else 'not consistent'} with {r['camera']}",
+                "p_fa": r["p_fa"] if r["p_fa"] > 0 else "< 1e-300",  # below the smallest double
+            }
             for r in records
         ]
         pooled = ", ".join(Path(e.path).name for e in evidences)
