@@ -1,0 +1,184 @@
+"""Blind grouping by source camera: synthetic cameras (exact recovery) and Dresden flat-fields (six units)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spncli.cli import app
+from spncli.cluster import (
+    ClusterSettings,
+    agglomerate,
+    cluster_fingerprint,
+    cluster_images,
+    pair_scores,
+    prepare,
+    z_threshold,
+)
+from spncli.store import FingerprintStore
+from spncli.synthetic import dead_leaves, encode_jpeg, expose, flat_field, synthetic_prnu
+
+from .conftest import camera_of
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def synth_folder(tmp_path_factory):
+    """Five synthetic cameras x four images (flat-fields and dead leaves), 128x192 JPEG Q90, shuffled names."""
+    rng = np.random.default_rng(20261127)
+    root = tmp_path_factory.mktemp("cluster_evidence")
+    truth = {}
+    order = rng.permutation(20)
+    for cam in range(5):
+        k = synthetic_prnu((128, 192), rng, std=0.02)
+        for i in range(4):
+            scene = flat_field((128, 192), rng) if i % 2 == 0 else dead_leaves((128, 192), rng, n=150)
+            name = f"img_{order[cam * 4 + i]:02d}.jpg"
+            (root / name).write_bytes(encode_jpeg(expose(scene, k, rng), 90))
+            truth[name] = cam
+    return root, truth
+
+
+def _groups(result) -> list[set]:
+    return [{Path(p).name for p in c["paths"]} for c in result.clusters]
+
+
+def test_synthetic_cameras_recovered_exactly(synth_folder):
+    root, truth = synth_folder
+    result = cluster_images(sorted(root.iterdir()))
+    expected = [{n for n, c in truth.items() if c == cam} for cam in range(5)]
+    assert sorted(map(sorted, _groups(result))) == sorted(map(sorted, expected))
+    assert result.info["analysis_rows"] == result.info["analysis_cols"] == 128  # the smaller side, square
+    for c in result.clusters:  # every member is supported by the others above the threshold
+        assert min(c["member_z"]) > result.info["z_threshold"]
+
+
+def test_unrelated_images_stay_alone():
+    """Independent residuals (no shared camera): no pair may be merged at alpha 1e-3."""
+    rng = np.random.default_rng(7)
+    size = (64, 64)
+    x = rng.normal(size=(60, size[0] * size[1])).astype(np.float32)
+    spectra, _ = prepare(x, size, notch=False)
+    g, q = pair_scores(x, spectra, block=16)
+    labels, info = agglomerate(g, q, size[0] * size[1], alpha=1e-3)
+    assert len(set(labels.tolist())) == 60
+    off = info["z"][~np.eye(60, dtype=bool)]
+    assert abs(off.mean()) < 0.05 and 0.9 < off.std() < 1.1  # z close to N(0,1) under H0
+    assert info["threshold"] == pytest.approx(z_threshold(1e-3, 59**2))
+
+
+def test_blocks_do_not_change_scores():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(37, 32 * 48)).astype(np.float32)
+    spectra, _ = prepare(x, (32, 48))
+    g1, q1 = pair_scores(x, spectra, block=5)
+    g2, q2 = pair_scores(x, spectra, block=64)
+    assert np.allclose(g1, g2, atol=1e-6) and np.allclose(q1, q2, rtol=1e-5)
+    assert np.allclose(np.diag(g1), 1.0, atol=1e-5)
+
+
+def test_two_cameras_never_share_a_cluster():
+    """Precision: many weak images of two cameras; whatever is merged is never mixed."""
+    rng = np.random.default_rng(11)
+    size = (64, 64)
+    n = size[0] * size[1]
+    ks = rng.normal(size=(2, n)).astype(np.float32)
+    cams = np.repeat([0, 1], 30)
+    x = (0.06 * ks[cams] + rng.normal(size=(60, n))).astype(np.float32)  # pair z about 0.0036*64 ≈ 0.2: weak
+    x[:5] += 0.5 * ks[0]  # a few strong images of camera 0
+    spectra, _ = prepare(x, size)
+    g, q = pair_scores(x, spectra)
+    labels, _ = agglomerate(g, q, n)
+    for label in set(labels.tolist()):
+        assert len(set(cams[labels == label].tolist())) == 1
+
+
+def test_dresden_flat_fields_six_groups(dresden, tmp_path, runner):
+    flats = sorted((dresden / "ff-jpg").glob("*.JPG"))
+    chosen = [p for cam in sorted({camera_of(p) for p in flats}) for p in [q for q in flats if camera_of(q) == cam][:4]]
+    db, out = tmp_path / "clusters.h5", tmp_path / "clusters.json"
+    res = _ok(runner.invoke(app, ["cluster", *map(str, chosen), "--crop", "512", "-f", "json", "--out", str(out),
+                                  "--to-db", str(db)]))
+    record = json.loads(res.stdout)
+    assert record == json.loads(out.read_text())
+    groups = [{camera_of(Path(p)) for p in c["paths"]} for c in record["clusters"]]
+    assert len(groups) == 6 and all(len(g) == 1 for g in groups)
+    assert sorted(c["size"] for c in record["clusters"]) == [4] * 6
+    assert len(record["similarity_z"]) == 24 and record["images"][0]["sha256"]
+    store = FingerprintStore(db)
+    assert store.cameras() == [f"cluster-{i:02d}" for i in range(6)]
+    meta = store.meta("cluster-00")
+    assert meta["image_count"] == 4 and (meta["rows"], meta["cols"]) == (512, 512)
+    assert {s["sha256"] for s in meta["sources"]} <= {im["sha256"] for im in record["images"]}
+
+
+def test_cli_help_bad_input_and_evidence_guard(runner, synth_folder, tmp_path):
+    root, _ = synth_folder
+    out = _ok(runner.invoke(app, ["cluster", "--help"])).output
+    assert "--alpha" in out and "--to-db" in out and len(out) > 400
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really")
+    res = runner.invoke(app, ["cluster", str(root), str(bad), "-f", "json"])
+    assert res.exit_code == 1 and "broken.jpg" in res.output
+    assert json.loads(res.stdout.splitlines()[0])["failed"][0]["path"] == str(bad)
+    res = runner.invoke(app, ["cluster", str(root), "--out", str(root / "x.json")])
+    assert res.exit_code == 2 and "evidence" in res.output and not (root / "x.json").exists()
+    res = runner.invoke(app, ["cluster", str(root), "--alpha", "2"])
+    assert res.exit_code == 2
+
+
+def test_portrait_images_are_rotated_for_analysis(tmp_path):
+    """Frames saved turned either way (90 or 270 degrees) join their camera; the rotation is recorded."""
+    rng = np.random.default_rng(5)
+    k = synthetic_prnu((96, 160), rng, std=0.03)
+    other = synthetic_prnu((96, 160), rng, std=0.03)
+    for i in range(3):
+        (tmp_path / f"land_{i}.jpg").write_bytes(encode_jpeg(expose(flat_field((96, 160), rng), k, rng), 95))
+    for name, turns in (("cw", 3), ("ccw", 1)):  # the camera's frame saved rotated clockwise / counter-clockwise
+        portrait = np.rot90(expose(flat_field((96, 160), rng), k, rng), turns)
+        (tmp_path / f"portrait_{name}.jpg").write_bytes(encode_jpeg(np.ascontiguousarray(portrait), 95))
+    for i in range(2):  # another camera, portraits only, turned opposite ways
+        portrait = np.rot90(expose(flat_field((96, 160), rng), other, rng), 1 + 2 * i)
+        (tmp_path / f"other_{i}.jpg").write_bytes(encode_jpeg(np.ascontiguousarray(portrait), 95))
+    result = cluster_images(sorted(tmp_path.iterdir()), ClusterSettings(crop=(96, 160)))
+    groups = sorted(sorted(Path(p).name for p in c["paths"]) for c in result.clusters)
+    assert groups == [["land_0.jpg", "land_1.jpg", "land_2.jpg", "portrait_ccw.jpg", "portrait_cw.jpg"],
+                      ["other_0.jpg", "other_1.jpg"]]
+    rotations = {Path(im["path"]).name: im["rotation"] for im in result.images}
+    assert rotations["portrait_cw.jpg"] == 90 and rotations["portrait_ccw.jpg"] == 270 and rotations["land_0.jpg"] == 0
+    assert {rotations["other_0.jpg"], rotations["other_1.jpg"]} == {90, 270}
+    assert result.info["n_tests"] == 2 * 6**2  # turned alternatives counted
+    main = next(c for c in result.clusters if c["size"] == 5)
+    k_hat, meta = cluster_fingerprint(result, main)
+    assert k_hat.shape == (96, 160) and meta["image_count"] == 5
+    assert np.corrcoef(k_hat.ravel(), k.ravel())[0, 1] > 0.3  # members turned back into one orientation
+    assert sorted(src["rotation"] for src in meta["sources"]) == [0, 0, 0, 90, 270]
+
+
+def test_prepare_normalises_and_matches_numpy_spectra():
+    rng = np.random.default_rng(4)
+    size = (24, 40)
+    x = rng.normal(size=(5, size[0] * size[1])).astype(np.float32) + 3.0
+    ref = x - x.mean(1, keepdims=True)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    spectra, notched = prepare(x, size, notch=False)
+    assert notched == 1 and np.allclose(x, ref, atol=1e-5)
+    full = np.abs(np.fft.fft2(ref.reshape(-1, *size))) ** 2
+    assert np.allclose((spectra @ spectra.T), np.einsum("iab,jab->ij", full, full), rtol=1e-4)
+    assert np.allclose(full.sum(axis=(1, 2)), size[0] * size[1], rtol=1e-4)  # Parseval: Σ_f P = n
+
+
+def test_memory_mapped_matrices_give_the_same_result(synth_folder):
+    root, _ = synth_folder
+    files = sorted(root.iterdir())[:10]
+    in_memory = cluster_images(files)
+    mapped = cluster_images(files, ClusterSettings(in_memory_bytes=0, block=3))
+    assert np.allclose(in_memory.z, mapped.z, atol=1e-4)
+    assert [c["members"] for c in in_memory.clusters] == [c["members"] for c in mapped.clusters]

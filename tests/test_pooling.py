@@ -1,0 +1,97 @@
+"""Several images as one probe: the pooled ML estimate scores above the best single image; sizes are checked."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from spncli.cli import app
+from spncli.evidence import decode
+from spncli.identify import Matcher, MatchSettings
+from spncli.fingerprint import FingerprintAccumulator
+from spncli.pooling import PoolSizeError, pool_match, pooled_estimate
+from spncli.store import Fingerprint, FingerprintStore, array_sha256
+from spncli.synthetic import dead_leaves, encode_jpeg, expose, flat_field, synthetic_prnu
+
+SHAPE = (128, 160)
+
+
+@pytest.fixture(scope="module")
+def weak_probes(tmp_path_factory):
+    """One camera's true K (as its fingerprint), another camera's K, and five weak dead-leaves probes (Q60)."""
+    rng = np.random.default_rng(99)
+    k_true = synthetic_prnu(SHAPE, rng, std=0.006)
+    k_other = synthetic_prnu(SHAPE, rng, std=0.006)
+    root = tmp_path_factory.mktemp("pool")
+    paths = []
+    for i in range(5):
+        p = root / f"probe_{i}.jpg"
+        p.write_bytes(encode_jpeg(expose(dead_leaves(SHAPE, rng, n=200), k_true, rng), 60))
+        paths.append(p)
+    fps = [Fingerprint(c, k, array_sha256(k), {}) for c, k in (("cam-true", k_true), ("cam-other", k_other))]
+    return paths, fps
+
+
+def _evidence(paths):
+    return [decode(p.read_bytes(), str(p)) for p in paths]
+
+
+def test_pooled_pce_above_best_single(weak_probes):
+    paths, fps = weak_probes
+    records = {r["camera"]: r for r in pool_match(_evidence(paths), Matcher(fps, MatchSettings()), singles=True)}
+    true, other = records["cam-true"], records["cam-other"]
+    assert true["pce"] > true["best_single_pce"] * 1.5  # five probes: the pattern adds up
+    assert true["p_fa"] < other["p_fa"] and abs(other["pce"]) < 30
+    assert true["n_images"] == 5 and len({im["sha256"] for im in true["images"]}) == 5
+
+
+def test_sizes_mismatch_refused(weak_probes, tmp_path):
+    paths, fps = weak_probes
+    odd = tmp_path / "odd.jpg"
+    rng = np.random.default_rng(1)
+    odd.write_bytes(encode_jpeg(expose(flat_field((96, 160), rng), fps[0].k[:96], rng), 90))
+    with pytest.raises(PoolSizeError, match="odd.jpg 160x96") as info:
+        pool_match(_evidence([*paths[:2], odd]), Matcher(fps, MatchSettings()))
+    assert "probe_0.jpg 160x128" in str(info.value)
+    rotated = tmp_path / "rotated.jpg"
+    rotated.write_bytes(encode_jpeg(np.zeros((160, 128, 3), np.uint8) + 90, 90))
+    with pytest.raises(PoolSizeError, match="portrait and landscape"):
+        pool_match(_evidence([paths[0], rotated]), Matcher(fps, MatchSettings(crop=(96, 96))))
+
+
+def test_pool_cli_json_and_refusal(weak_probes, runner, tmp_path):
+    paths, fps = weak_probes
+    db = tmp_path / "db.h5"
+    store = FingerprintStore(db)
+    for fp in fps:
+        store.add(fp.camera, fp.k, {"camera": fp.camera})
+    res = runner.invoke(app, ["pool", *map(str, paths), "--db", str(db), "-f", "json", "--singles"])
+    assert res.exit_code == 0, res.output
+    rows = {r["camera"]: r for r in map(json.loads, res.stdout.splitlines())}
+    assert rows["cam-true"]["decision"] == "consistent" and rows["cam-true"]["db_sha256"] == store.file_sha256()
+    assert [im["path"] for im in rows["cam-true"]["images"]] == list(map(str, paths))
+    help_text = runner.invoke(app, ["pool", "--help"]).output
+    assert "--db" in help_text and "one probe" in help_text.lower()
+    other = tmp_path / "other.jpg"
+    other.write_bytes(encode_jpeg(np.zeros((100, 100, 3), np.uint8) + 90, 90))
+    res = runner.invoke(app, ["pool", str(paths[0]), str(other), "--db", str(db)])
+    assert res.exit_code == 1 and "other.jpg 100x100" in res.output and "differ in size" in res.output
+
+
+def test_weightings(weak_probes):
+    """Unweighted pooling is the fingerprint estimator itself; both weightings beat the best single probe."""
+    paths, fps = weak_probes
+    evidences = _evidence(paths)
+    matcher = Matcher(fps[:1], MatchSettings())
+    acc = FingerprintAccumulator()
+    for ev in evidences:
+        acc.add(ev.pixels, ev.saturation)
+    assert np.array_equal(pooled_estimate(evidences, matcher, weighting="none"), acc.finalize())
+    weighted = pool_match(evidences, matcher, singles=True)[0]
+    plain = pool_match(evidences, matcher, weighting="none")[0]
+    assert weighted["weighting"] == "variance" and plain["weighting"] == "none"
+    assert min(weighted["pce"], plain["pce"]) > weighted["best_single_pce"]
+    with pytest.raises(ValueError, match="variance, none"):
+        pool_match(evidences, matcher, weighting="equal")
