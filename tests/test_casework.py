@@ -422,7 +422,8 @@ def test_killed_at_every_write_step_resumes_to_the_same_case(evidence, db, tmp_p
 def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(capsys, monkeypatch):
     from spncli.cli import _batch, _common
 
-    monkeypatch.setattr(_common.err, "file", __import__("sys").stderr)
+    # the private slot, so that the Console goes back to following sys.stderr afterwards
+    monkeypatch.setattr(_common.err, "_file", __import__("sys").stderr)
     with _batch.BatchProgress("match", every_s=0.0) as bar:
         bar.start(3)
         for failed in (False, True, False):
