@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from spncli.cli.evaluate import COLUMNS
+from spncli.evaluation import COLUMNS
 from spncli.restoration import write_model_card
 
 HERE = Path(__file__).resolve().parent

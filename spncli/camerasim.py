@@ -31,11 +31,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .conditioning import condition_vector
 from .jpegtables import parse_jpeg
 from .residual import GREY_WEIGHTS, ResidualParams, denoise_noise
 from .synthetic import dead_leaves
 
-__all__ = ["ContentPool", "PrnuPool", "Sample", "simulate", "condition_vector", "GAMMA"]
+__all__ = ["ContentPool", "PrnuPool", "Sample", "simulate", "GAMMA"]
 
 GAMMA = 1 / 2.2
 _BAYER = {  # pattern name -> (OpenCV conversion, offsets of R and B in the 2x2 cell)
@@ -44,15 +45,6 @@ _BAYER = {  # pattern name -> (OpenCV conversion, offsets of R and B in the 2x2 
     "GRBG": (cv2.COLOR_BayerGR2RGB, (0, 1), (1, 0)),
     "GBRG": (cv2.COLOR_BayerGB2RGB, (1, 0), (0, 1)),
 }
-
-
-def condition_vector(quality: int, luma_table: np.ndarray | None) -> np.ndarray:
-    """Network condition: quality/100 then the 64 luminance-table entries as log(q)/log(255).
-
-    Files without tables (PNG, TIFF) pass ``luma_table=None``: all ones, quality 100.
-    """
-    table = np.ones(64) if luma_table is None else np.asarray(luma_table, float).ravel()
-    return np.concatenate([[quality / 100.0], np.log(np.maximum(table, 1)) / np.log(255.0)]).astype(np.float32)
 
 
 class ContentPool:

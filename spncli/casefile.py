@@ -52,6 +52,8 @@ __all__ = ["CSV_COLUMNS", "GENESIS", "Case", "CaseError", "CaseBusy", "Verificat
 CSV_COLUMNS = [
     "image", "sha256", "size_bytes", "jpeg_quality", "camera", "pce", "ncc", "decision", "threshold",
     "rotation", "restored", "peak_row", "peak_col", "n_shifts", "p_fa", "rows", "cols", "fingerprint_sha256",
+    "residual_kind", "wiener_applied", "pce_classic", "pce_restored", "decision_classic", "decision_restored",
+    "residuals_disagree", "network_applied", "weights_sha256", "alignment",
 ]  # fmt: skip
 GENESIS = "0" * 64
 AUDIT = "audit.jsonl"

@@ -30,11 +30,30 @@ __all__ = [
     "quality_label",
     "degraded_in_memory",
     "METHODS",
+    "COLUMNS",
+    "ALL_COLUMNS",
 ]
 
 METHODS = ("classic", "classic_nowiener", "aware", "restored")
 """Residuals compared, in table order: classic, classic without the spectral Wiener filter,
 compression-aware (:mod:`spncli.jpegdomain`), GAN-restored."""
+
+COLUMNS = [  # the table of `spn eval` and of the model card
+    "quality",
+    "matching_pairs",
+    "non_matching_pairs",
+    "classic_tpr",
+    "restored_tpr",
+    "classic_fp",
+    "restored_fp",
+    "classic_auc",
+    "restored_auc",
+    "classic_median",
+    "restored_median",
+]
+ALL_COLUMNS = ["quality", "matching_pairs", "non_matching_pairs"] + [
+    f"{m}_{stat}" for stat in ("tpr", "fp", "auc", "median") for m in METHODS
+]
 
 
 def auc(pos, neg) -> float | None:

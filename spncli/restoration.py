@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .camerasim import condition_vector
+from .conditioning import NoQuantizationTables, condition_vector
 from .evidence import Evidence
 from .jpegtables import ijg_tables
 from .networks import RestorationNet
@@ -45,9 +45,22 @@ __all__ = [
     "TILE_MULTIPLE",
     "MIN_TILE",
     "check_tile",
+    "resolve_device",
+    "NoQuantizationTables",
 ]
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "spn-restore-v1.json"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available (allowed: auto, cpu, cuda)")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not one of auto, cpu, cuda")
+    return torch.device(name)
 
 
 class ModelError(Exception):
@@ -132,12 +145,22 @@ class Restorer:
         return int(self.card.get("postprocess", {}).get("network_at_or_below_quality", 100))
 
     def condition(self, ev: Evidence, quality: int | None) -> tuple[np.ndarray, int]:
-        """Condition vector from the file's tables, or from ``quality`` for files without them."""
+        """Condition vector from the file's tables, or from ``quality`` for files without them.
+
+        Raises
+        ------
+        NoQuantizationTables
+            The file has no quantization tables (PNG, TIFF, WebP, ...) and ``quality`` is None:
+            the compression level is never assumed.
+        """
         if ev.jpeg is not None and ev.quality is not None:
             luma = ev.jpeg.tables[ev.jpeg.components[0].table_id]
             return condition_vector(ev.quality.quality, luma), ev.quality.quality
         if quality is None:
-            return condition_vector(100, None), 100
+            raise NoQuantizationTables(
+                f"no JPEG quantization tables ({ev.format}): the compression level is unknown; "
+                "give --quality 1-100 to restore it"
+            )
         return condition_vector(quality, ijg_tables(quality)[0]), quality
 
     def correction(
@@ -254,8 +277,6 @@ def load_restorer(card_path: str | Path = DEFAULT_MODEL, device: str = "auto") -
     ModelError
         Missing files, checksum mismatch, or weights that do not fit.
     """
-    from .training import resolve_device
-
     card_path = Path(card_path)
     try:
         card = json.loads(card_path.read_text())

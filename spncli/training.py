@@ -24,6 +24,7 @@ import torch
 from .camerasim import ContentPool, PrnuPool, simulate
 from .losses import RestorationLoss, adversarial_loss
 from .networks import NoiseDiscriminator, RestorationNet
+from .restoration import resolve_device
 
 __all__ = ["TrainConfig", "load_config", "Trainer"]
 
@@ -75,17 +76,6 @@ def load_config(path: str | Path) -> TrainConfig:
     if unknown:
         raise ValueError(f"{path}: unknown keys {unknown}; allowed: {sorted(allowed)}")
     return TrainConfig(**data)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available (allowed: auto, cpu, cuda)")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r} is not one of auto, cpu, cuda")
-    return torch.device(name)
 
 
 class Trainer:

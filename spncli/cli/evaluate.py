@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..evaluation import METHODS, camera_for, quality_label, score_probe, summarize
+from ..evaluation import ALL_COLUMNS, COLUMNS, METHODS, camera_for, quality_label, score_probe, summarize
 from ..jpegdomain import AwareSettings
 from ..evidence import EvidenceError, load_image
 from ..geometry import centre_crop
@@ -27,22 +27,6 @@ from . import State, app
 from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, render
 from .restore import DeviceOption, ModelOption, TileOption, open_restorer
 
-COLUMNS = [
-    "quality",
-    "matching_pairs",
-    "non_matching_pairs",
-    "classic_tpr",
-    "restored_tpr",
-    "classic_fp",
-    "restored_fp",
-    "classic_auc",
-    "restored_auc",
-    "classic_median",
-    "restored_median",
-]
-ALL_COLUMNS = ["quality", "matching_pairs", "non_matching_pairs"] + [
-    f"{m}_{stat}" for stat in ("tpr", "fp", "auc", "median") for m in METHODS
-]
 
 
 @app.command("eval")

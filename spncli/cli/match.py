@@ -48,6 +48,7 @@ COLUMNS = [
     "residuals_disagree",
     "network_applied",
     "weights_sha256",
+    "alignment",
     "crop",
     "max_shift",
     "fingerprint_sha256",
