@@ -19,7 +19,7 @@ import numpy as np
 from .evidence import DEFAULT_MAX_PIXELS, Evidence, EvidenceError, load_image
 from .fingerprint import FingerprintAccumulator
 from .geometry import centre_crop
-from .pce import FingerprintSpectrum, MatchScore, score
+from .pce import FingerprintSpectrum, MatchScore, ResidualSpectrum, correlation_surface, score
 from .provenance import tool_info, utc_now
 from .residual import ResidualParams, extract_residual
 from .store import Fingerprint
@@ -284,10 +284,10 @@ class Matcher:
         s = self.settings
         w, restored = self.residual(ev) if residual is None else residual
         records = []
+        probe = ResidualSpectrum(w)  # the residual's transform, once for every camera and rotation
         for camera, fp_sha in self.cameras:
-            m: MatchScore = score(
-                w, self.spectra[camera], max_shift=s.max_shift, rotations=s.rotations, surface=surfaces
-            )
+            spectrum = self.spectra[camera]
+            m: MatchScore = score(probe, spectrum, max_shift=s.max_shift, rotations=s.rotations)
             record = {
                 "image": ev.path,
                 "sha256": ev.sha256,
@@ -309,7 +309,7 @@ class Matcher:
                 "restored": restored,
                 "fingerprint_sha256": fp_sha,
             }
-            if surfaces and m.pce > s.threshold:
-                record["_surface"] = m.surface
+            if surfaces and m.pce > s.threshold:  # the surface (an inverse FFT) only for matches
+                record["_surface"] = correlation_surface(probe, spectrum, m)
             records.append(record)
         return records
