@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -60,8 +61,13 @@ __all__ = [
 EXCLUDE = 11
 """Side of the neighbourhood around the peak left out of the energy [1]_."""
 
-_BLOCK = 1 << 18
-"""Spectrum elements per block of the direct PCE (a few MB: the block stays in cache)."""
+_BLOCK = 1 << 14
+"""Spectrum elements per block of the direct PCE.
+
+Small enough that the block stays in cache and that OpenBLAS runs the block's
+products on the calling thread (it spreads a product over threads above about
+2^18 multiply-adds, and threads spinning for such a small product cost more than
+they give on a busy machine or inside a Dask worker)."""
 
 _REGIONS = 32
 """Fingerprint-region statistics (for the NCC) kept per fingerprint."""
@@ -229,19 +235,27 @@ def _turned_half(conj_spectrum: np.ndarray, size: tuple[int, int], shape: tuple[
 
 
 def _exponentials(n: int, shifts: np.ndarray, *, half: bool = False, weighted: bool = True) -> np.ndarray:
-    """``exp(+2πi k s / n)`` for frequencies ``k`` (rows) and ``shifts`` (columns), complex64.
+    """``exp(+2πi k s / n)`` for frequencies ``k`` (rows) and ``shifts`` (columns), complex64, read-only.
 
     With ``half`` the frequencies are those of the real half spectrum,
     ``0..n//2``, each weighted by how often it stands for itself and its
     mirror (2, except 1 for 0 and for n/2): the inverse DFT of a real signal
-    from its half spectrum is then ``Re(sum)``.
+    from its half spectrum is then ``Re(sum)``. Cached: every camera of one
+    shape read at one peak uses the same matrices.
     """
+    return _exponentials_cached(n, tuple(int(s) for s in shifts), half, weighted)
+
+
+@lru_cache(maxsize=32)
+def _exponentials_cached(n: int, shifts: tuple[int, ...], half: bool, weighted: bool) -> np.ndarray:
     k = np.arange(n // 2 + 1 if half else n, dtype=np.int64)
-    angle = (np.outer(k, shifts.astype(np.int64)) % n) * (2.0 * np.pi / n)  # exact integer phase first
+    angle = (np.outer(k, np.array(shifts, np.int64)) % n) * (2.0 * np.pi / n)  # exact integer phase first
     e = np.exp(1j * angle)
     if half and weighted:
         e[1 : (n + 1) // 2] *= 2.0
-    return e.astype(np.complex64)
+    e = e.astype(np.complex64)
+    e.flags.writeable = False
+    return e
 
 
 def _neighbourhood(peak: tuple[int, int], shape: tuple[int, int], exclude: int) -> tuple[np.ndarray, np.ndarray]:
@@ -328,8 +342,8 @@ def pce_direct(
         total += 2.0 * float(np.vdot(p, p).real) - float(np.vdot(p[:, 0], p[:, 0]).real)
         if cols % 2 == 0:  # the Nyquist column stands only for itself
             total -= float(np.vdot(p[:, -1], p[:, -1]).real)
-    row_exp = _exponentials(rows, ri).T.astype(np.complex128)  # (I, M)
-    near = (row_exp @ partial.astype(np.complex128)).real / (rows * cols)
+    row_exp = _exponentials(rows, ri).astype(np.complex128)  # (M, I)
+    near = np.einsum("mi,mj->ij", row_exp, partial.astype(np.complex128)).real / (rows * cols)  # no BLAS threads
     value = float(near[np.searchsorted(ri, peak[0]), np.searchsorted(ci, peak[1])])
     pce = _signed_pce(value, total / (rows * cols), float(np.square(near).sum()), rows * cols - near.size)
     return pce, value
