@@ -74,19 +74,21 @@ spectra = [pce.FingerprintSpectrum(np.roll(k0, 97 * i, axis=1) if i else k0) for
 build = time.perf_counter() - t
 w = (0.02 * k0 + rng.standard_normal((rows, cols), dtype=np.float32)).astype(np.float32)
 out = {"build_s": build}
+def loop(probe_w):
+    probe = pce.ResidualSpectrum(probe_w) if hasattr(pce, "ResidualSpectrum") else probe_w
+    return [pce.score(probe, s) for s in spectra]
 for label, probe_w in (("landscape", w), ("portrait", np.ascontiguousarray(np.rot90(w)))):
-    times, cpu, peak, rss = [], [], 0, 0
-    for _ in range(repeat):
-        rss = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
-        tracemalloc.start()
+    rss = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+    times, cpu = [], []
+    for _ in range(repeat):  # timed without tracemalloc (it slows many small allocations)
         t, c = time.perf_counter(), time.process_time()
-        probe = pce.ResidualSpectrum(probe_w) if hasattr(pce, "ResidualSpectrum") else probe_w
-        scores = [pce.score(probe, s) for s in spectra]
+        scores = loop(probe_w)
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-        peak = max(peak, tracemalloc.get_traced_memory()[1])
-        tracemalloc.stop()
-        del probe
+    tracemalloc.start()
+    loop(probe_w)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     out[label] = {
         "times": times,
         "cpu": cpu,
@@ -213,7 +215,8 @@ def bench_pce(args, env: dict) -> None:
         n = args.cameras
         print(
             f"[spn] one 12 MP {label} residual vs {n} cameras (zero shift): {_stats(p['times'])} "
-            f"({min(p['times']) / n * 1e3:.0f} ms per camera; CPU {min(p['cpu']) / n * 1e3:.0f} ms); RSS before {p['rss_before_mib']:.0f} MiB, "
+            f"({min(p['times']) / n * 1e3:.0f} ms per camera; CPU {min(p['cpu']) / n * 1e3:.0f} ms); "
+            f"RSS before {p['rss_before_mib']:.0f} MiB, "
             f"loop peak allocation {p['loop_peak_alloc_mib']:.0f} MiB; process peak RSS {r['peak_rss_mib']:.0f} MiB; "
             f"PCE own {p['pce_first']:.0f}, others max {p['pce_max_other']:.1f}"
         )

@@ -35,7 +35,10 @@ References
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -71,6 +74,43 @@ they give on a busy machine or inside a Dask worker)."""
 
 _REGIONS = 32
 """Fingerprint-region statistics (for the NCC) kept per fingerprint."""
+
+
+@lru_cache(maxsize=1)
+def _openblas():
+    """``(get, set)`` of numpy's OpenBLAS thread count, or None where it cannot be found (then left alone)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and "numpy" in line})
+        lib = ctypes.CDLL(paths[0], mode=os.RTLD_NOLOAD)
+    except (OSError, IndexError):
+        return None
+    for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("", "")):
+        get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+        set_ = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+        if get is not None and set_ is not None:
+            return get, set_
+    return None
+
+
+@contextmanager
+def _calling_thread_blas():
+    """Run numpy's BLAS on the calling thread only, then restore its thread count.
+
+    The direct PCE makes many small products; OpenBLAS spreads even those over
+    its threads, whose spinning costs several times the work on a busy machine
+    and in Dask workers that already use every core.
+    """
+    api = _openblas()
+    before = api[0]() if api is not None else 1
+    if before == 1:
+        yield
+        return
+    api[1](1)
+    try:
+        yield
+    finally:
+        api[1](before)
 
 
 def _hermitian(packed: np.ndarray) -> np.ndarray:
@@ -335,13 +375,14 @@ def pce_direct(
     partial = np.empty((rows, len(ci)), np.complex64)
     block = np.empty((min(step, rows), spectrum.shape[1]), np.complex64)
     total = 0.0
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        p = np.multiply(spectrum[r0:r1], conj_spectrum[r0:r1], out=block[: r1 - r0])
-        np.matmul(p, col_exp, out=partial[r0:r1])
-        total += 2.0 * float(np.vdot(p, p).real) - float(np.vdot(p[:, 0], p[:, 0]).real)
-        if cols % 2 == 0:  # the Nyquist column stands only for itself
-            total -= float(np.vdot(p[:, -1], p[:, -1]).real)
+    with _calling_thread_blas():
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            p = np.multiply(spectrum[r0:r1], conj_spectrum[r0:r1], out=block[: r1 - r0])
+            np.matmul(p, col_exp, out=partial[r0:r1])
+            total += 2.0 * float(np.vdot(p, p).real) - float(np.vdot(p[:, 0], p[:, 0]).real)
+            if cols % 2 == 0:  # the Nyquist column stands only for itself
+                total -= float(np.vdot(p[:, -1], p[:, -1]).real)
     row_exp = _exponentials(rows, ri).astype(np.complex128)  # (M, I)
     near = np.einsum("mi,mj->ij", row_exp, partial.astype(np.complex128)).real / (rows * cols)  # no BLAS threads
     value = float(near[np.searchsorted(ri, peak[0]), np.searchsorted(ci, peak[1])])
