@@ -65,12 +65,7 @@ EXCLUDE = 11
 """Side of the neighbourhood around the peak left out of the energy [1]_."""
 
 _BLOCK = 1 << 14
-"""Spectrum elements per block of the direct PCE.
-
-Small enough that the block stays in cache and that OpenBLAS runs the block's
-products on the calling thread (it spreads a product over threads above about
-2^18 multiply-adds, and threads spinning for such a small product cost more than
-they give on a busy machine or inside a Dask worker)."""
+"""Spectrum elements per block of the direct PCE (128 KiB: the block's product stays in cache)."""
 
 _REGIONS = 32
 """Fingerprint-region statistics (for the NCC) kept per fingerprint."""
