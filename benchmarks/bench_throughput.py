@@ -179,7 +179,8 @@ def _stats(values: list[float]) -> str:
 def bench_residuals(args, images: dict[int, Path], env: dict) -> None:
     for mp, path in images.items():
         shape = f"{SIZES[mp][0]}x{SIZES[mp][1]}"
-        r, _, rss = run_child([sys.executable, "-c", RESIDUAL_CHILD, str(path), str(args.repeat)], env=env)
+        cmd = [sys.executable, "-c", RESIDUAL_CHILD, str(path), str(args.repeat)]
+        r, _, rss = run_child(cmd, env=env, cwd=args.root)
         print(
             f"[spn] residual {mp} MP ({shape}) in-process: extract {_stats(r['extract'])}, "
             f"load {_stats(r['load'])}; peak RSS {rss:.0f} MiB"
@@ -188,7 +189,7 @@ def bench_residuals(args, images: dict[int, Path], env: dict) -> None:
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory() as out:
                 cmd = [sys.executable, "-m", "spncli", "--max-pixels", str(10**9), "extract", str(path), "-o", out]
-                _, wall, peak = run_child(cmd, env=env)
+                _, wall, peak = run_child(cmd, env=env, cwd=args.root)
             walls.append(wall)
             peaks.append(peak)
         print(f"[spn] `spn extract` {mp} MP as a process: {_stats(walls)}; peak RSS {max(peaks):.0f} MiB")
@@ -208,7 +209,7 @@ def bench_residuals(args, images: dict[int, Path], env: dict) -> None:
 def bench_pce(args, env: dict) -> None:
     rows, cols = SIZES[12]
     cmd = [sys.executable, "-c", PCE_CHILD, str(rows), str(cols), str(args.cameras), str(args.repeat)]
-    r, _, _ = run_child(cmd, env=env)
+    r, _, _ = run_child(cmd, env=env, cwd=args.root)
     print(f"[spn] {args.cameras} synthetic 12 MP fingerprints: spectra built in {r['build_s']:.1f} s")
     for label in ("landscape", "portrait"):
         p = r[label]
@@ -247,8 +248,9 @@ def main():
     args.ref_sizes = {int(x) for x in args.ref_sizes.split(",") if x}
     sizes = [int(x) for x in args.sizes.split(",") if x]
     skip = set(args.skip.split(","))
-    env = {**os.environ, "PYTHONPATH": str(args.root.resolve())}
-    print(f"package: {args.root.resolve()}; cpu cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
+    args.root = args.root.resolve()
+    env = {**os.environ, "PYTHONPATH": str(args.root)}  # children run in --root too ("" comes first on sys.path)
+    print(f"package: {args.root}; cpu cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
     if "residual" not in skip:
         with tempfile.TemporaryDirectory() as tmp:
             bench_residuals(args, make_images(Path(tmp), sizes), env)
