@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -35,13 +36,10 @@ def _configure_worker() -> None:
         import cv2
 
         cv2.setNumThreads(1)
-        try:
-            import torch
-
-            torch.set_num_threads(1)
-        except ImportError:
-            pass
         _CONFIGURED = True
+    torch = sys.modules.get("torch")  # loaded only by jobs that need it (restoration); never imported for classic work
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 def make_client(workers: int | None = None, scheduler: str | None = None):

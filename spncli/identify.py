@@ -31,7 +31,7 @@ from .evidence import (
 )
 from .fingerprint import FingerprintAccumulator
 from .geometry import alignment_note, centre_crop, crop_geometry
-from .pce import FingerprintSpectrum, MatchScore, score
+from .pce import FingerprintSpectrum, MatchScore, ResidualSpectrum, correlation_surface, score
 from .provenance import tool_info, utc_now
 from .jpegdomain import RESIDUAL_KINDS, AwareSettings, NoCoefficients, coefficients_of, compression_aware_residual
 from .residual import ResidualParams, extract_residual, grey_residual, postprocess
@@ -574,10 +574,11 @@ class Matcher:
         s = self.settings
         w, restored, info = self.residual(ev) if residual is None else residual
         records = []
+        probe = ResidualSpectrum(w)  # the residual's transform, once for every camera and rotation
+        classic_probe = ResidualSpectrum(info["classic_residual"]) if restored else None
         for camera, fp_sha in self.cameras:
-            m: MatchScore = score(
-                w, self.spectra[camera], max_shift=s.max_shift, rotations=s.rotations, surface=surfaces
-            )
+            spectrum = self.spectra[camera]
+            m: MatchScore = score(probe, spectrum, max_shift=s.max_shift, rotations=s.rotations)
             record = {
                 "image": ev.path,
                 "sha256": ev.sha256,
@@ -603,23 +604,24 @@ class Matcher:
                 "fingerprint_sha256": fp_sha,
                 "alignment": alignment_note(ev.shape, self.frames[camera], s.max_shift),
             }
+            used = probe
             if restored:  # both residuals scored; the decision takes both (two_test_decision)
-                mc = score(
-                    info["classic_residual"],
-                    self.spectra[camera],
-                    max_shift=s.max_shift,
-                    rotations=s.rotations,
-                    surface=surfaces,
-                )
+                mc = score(classic_probe, spectrum, max_shift=s.max_shift, rotations=s.rotations)
                 both = two_test_decision(mc, m, s.threshold)
-                m = mc if both["decided_by"] == "classic" else m
+                if both["decided_by"] == "classic":
+                    m, used = mc, classic_probe
                 record |= both | {
                     "pce": both[f"pce_{both['decided_by']}"],
                     "ncc": round(m.ncc, 6),
+                    "peak_row": m.peak[0],
+                    "peak_col": m.peak[1],
+                    "shift_row": m.shift[0],
+                    "shift_col": m.shift[1],
+                    "rotation": m.rotation,
                     "network_applied": info["network_applied"],
                     "weights_sha256": info["weights_sha256"],
                 }
-            if surfaces and record["decision"] == "consistent":
-                record["_surface"] = m.surface
+            if surfaces and record["decision"] == "consistent":  # the surface (an inverse FFT) only for matches
+                record["_surface"] = correlation_surface(used, spectrum, m)
             records.append(record)
         return records

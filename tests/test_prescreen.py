@@ -1,0 +1,102 @@
+"""The sign-binarized pre-screen keeps every camera that the exact PCE puts above 60."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from spncli.geometry import centre_crop
+from spncli.pce import FingerprintSpectrum, ResidualSpectrum, score
+from spncli.prescreen import PrescreenIndex, sign_digest
+
+from .test_pce_fast import dresden_pair  # noqa: F401  (fixture: Dresden residuals and fingerprints)
+
+SHAPE = (128, 192)
+
+
+@pytest.fixture(scope="module")
+def synthetic_db():
+    """200 cameras with i.i.d. Gaussian PRNU, their spectra, and the pre-screen index."""
+    rng = np.random.default_rng(2010)
+    ks = [rng.standard_normal(SHAPE, dtype=np.float32) for _ in range(200)]
+    index = PrescreenIndex()
+    for i, k in enumerate(ks):
+        index.add(f"cam{i:03d}", k)
+    return ks, [FingerprintSpectrum(k) for k in ks], index
+
+
+def _queries(ks, rng):
+    """Residuals of 12 images from random cameras, PCE about 40..2000; some turned, some cropped."""
+    n = SHAPE[0] * SHAPE[1]
+    out = []
+    for i, target in enumerate(np.geomspace(40, 2000, 12)):
+        src = int(rng.integers(len(ks)))
+        w = (np.sqrt(target / n) * ks[src] + rng.standard_normal(SHAPE)).astype(np.float32)
+        if i % 3 == 1:
+            w = np.ascontiguousarray(np.rot90(w, -1))  # portrait: the camera was turned
+        elif i % 3 == 2:
+            w = np.ascontiguousarray(centre_crop(w, (101, 150)))  # smaller image, centre-aligned
+        out.append((src, w))
+    return out
+
+
+def test_recall_against_brute_force_exact_pce(synthetic_db):
+    ks, spectra, index = synthetic_db
+    rng = np.random.default_rng(7)
+    above, kept, nulls = 0, 0, []
+    for src, w in _queries(ks, rng):
+        probe = ResidualSpectrum(w)
+        exact = np.array([score(probe, s).pce for s in spectra])  # brute force
+        ranked = index.query(w, top=None)
+        assert sorted(c.camera for c in ranked) == index.cameras() == [f"cam{i:03d}" for i in range(200)]
+        candidates = {c.camera for c in index.query(w, top=10)}  # 5% of the cameras
+        for i in np.flatnonzero(exact > 60):
+            above += 1
+            kept += f"cam{i:03d}" in candidates
+        if w.shape[0] <= w.shape[1]:  # a turned residual scores the better of two turns: not N(0, 1)
+            nulls += [c.z for c in ranked if c.camera != f"cam{src:03d}"]
+    assert above >= 8  # most queries are matches above the threshold
+    assert kept == above  # recall 100% at top=10 of 200
+    nulls = np.array(nulls)
+    assert abs(nulls.mean()) < 0.1 and 0.85 < nulls.std() < 1.15  # unrelated cameras: z about N(0, 1)
+
+
+def test_index_is_compact_and_grows_by_one_camera(synthetic_db):
+    ks, _, index = synthetic_db
+    words = -(-SHAPE[0] * SHAPE[1] // 64)
+    assert index.nbytes == len(index) * words * 8  # one bit per pixel
+    assert index.nbytes * 32 == sum(k.nbytes for k in ks)
+    with pytest.raises(ValueError, match="already"):
+        index.add("cam000", ks[0])
+    other = PrescreenIndex()
+    other.add_digest("cam000", sign_digest(ks[0]))
+    assert other.query(ks[0], top=1)[0].z == pytest.approx(np.sqrt(SHAPE[0] * SHAPE[1]))
+    small = PrescreenIndex(crop=(64, 64))
+    small.add("cam000", ks[0])
+    assert small.nbytes == 64 * 64 // 8
+    with pytest.raises(ValueError, match="top"):
+        index.query(ks[0], top=0)
+
+
+def test_real_fingerprints_rank_the_source_camera_first(dresden_pair, dresden):
+    """Dresden Nikon fingerprints among five Praktica reference fingerprints (all 600x800)."""
+    fps, probes = dresden_pair
+    index = PrescreenIndex()
+    spectra = {}
+    praktica = sorted((dresden.parent / "praktica-fingerprints").glob("*.png"))
+    assert len(praktica) == 5
+    for p in praktica:
+        k = (cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).astype(np.float32) - 127.5) / 32.5
+        fps[p.stem] = np.ascontiguousarray(centre_crop(k, (600, 800)))
+    for cam, k in fps.items():
+        index.add(cam, k)
+        spectra[cam] = FingerprintSpectrum(k)
+    for src, w in probes.items():
+        exact = {cam: score(w, s).pce for cam, s in spectra.items()}
+        ranked = index.query(w, top=None)
+        assert max(exact, key=exact.get) == src == ranked[0].camera, (exact, ranked[:3])
+        above = {cam for cam, v in exact.items() if v > 60}
+        assert above <= {c.camera for c in ranked[:2]}
+    # the Praktica units are unrelated to the Nikon images: their scores stay in the noise
+    assert all(abs(c.z) < 4 for c in index.query(probes["Nikon_D70s_0"], top=None) if "Praktica" in c.camera)
