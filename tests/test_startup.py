@@ -26,11 +26,11 @@ def run(*args):
         code = exc.code
     return code or 0
 
-ff, nat, out = sys.argv[1], sys.argv[2], sys.argv[3]
+ff1, ff2, nat, out = sys.argv[1:5]
 after_import = sorted(m for m in ("torch", "distributed", "dask") if m in sys.modules)
 codes = {
     "extract": run("extract", nat, "-o", out + "/residuals", "--crop", "256"),
-    "fingerprint": run("fingerprint", ff, "-c", "cam", "--db", out + "/db.h5", "--crop", "256"),
+    "fingerprint": run("fingerprint", ff1, ff2, "-c", "cam", "--db", out + "/db.h5", "--crop", "256"),
     "match": run("match", nat, "--db", out + "/db.h5", "--crop", "256", "-f", "json"),
 }
 loaded = sorted(m for m in ("torch", "distributed", "dask") if m in sys.modules)
@@ -39,11 +39,11 @@ print(json.dumps({"after_import": after_import, "loaded": loaded, "codes": codes
 
 
 def test_classic_commands_never_import_torch_or_dask(dresden, tmp_path):
-    ff = dresden / "ff-jpg" / "Nikon_D70_0_19929.JPG"
+    ff1, ff2 = sorted((dresden / "ff-jpg").glob("Nikon_D70_0_*.JPG"))[:2]  # a fingerprint needs 2 images or more
     nat = dresden / "nat-jpg" / "Nikon_D70_0_19445.JPG"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(ff), str(nat), str(tmp_path)],
+        [sys.executable, "-c", SCRIPT, str(ff1), str(ff2), str(nat), str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,
