@@ -6,7 +6,9 @@ decoded. Only regular files are opened (a FIFO, socket, device or symbolic
 link is refused from its ``lstat`` without being opened, so nothing hangs),
 and the file's size is checked against a byte bound before it is read. The
 format is recognised by content (signature), never by the file name; formats
-recognised but not decoded (HEIC, GIF, BMP, ...) are refused by name. The
+recognised but not decoded (AVIF, GIF, BMP, ...) are refused by name. HEIC/HEIF
+(the iPhone default) is decoded with ``pillow-heif`` (libheif), its ``irot``/``imir``
+display transforms undone so the pixels are the coded (sensor) grid. The
 pixel count is read from the header and checked against a bound before any
 decoding, so a decompression bomb is refused cheaply. OpenCV is
 told to ignore the EXIF orientation: pixels stay in sensor order, which is the
@@ -16,6 +18,7 @@ geometry of the sensor pattern noise.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 import struct
@@ -61,7 +64,7 @@ MAX_BYTES_ENV = "SPN_MAX_BYTES"
 MIN_SIDE = 64
 """Smallest side (pixels) for which a noise residual means anything."""
 
-FORMATS = ("jpeg", "png", "tiff", "webp")
+FORMATS = ("jpeg", "png", "tiff", "webp", "heic")
 """Formats decoded (names as :func:`sniff` returns them)."""
 
 LINK_REFUSED = "link out of the folder, not followed (a symbolic link is never followed; name its target to read it)"
@@ -85,7 +88,7 @@ def image_format(head: bytes) -> str | None:
     Returns
     -------
     str or None
-        One of :data:`FORMATS` for a decoded format; ``"HEIC"``, ``"AVIF"``,
+        One of :data:`FORMATS` for a decoded format; ``"AVIF"``,
         ``"GIF"``, ``"BMP"``, ``"JPEG 2000"``, ``"JPEG XL"`` or ``"PSD"`` for
         an image format recognised but not decoded; None for anything else.
     """
@@ -100,7 +103,7 @@ def image_format(head: bytes) -> str | None:
     if head[4:8] == b"ftyp":
         brand = head[8:12]
         if brand in _HEIF_BRANDS:
-            return "HEIC"
+            return "heic"
         if brand in (b"avif", b"avis"):
             return "AVIF"
         if brand in (b"jp2 ", b"jpx ", b"jpm "):
@@ -120,7 +123,7 @@ def image_format(head: bytes) -> str | None:
 
 def unsupported_reason(fmt: str) -> str:
     """The one-line reason for an image format recognised but not decoded."""
-    return f"format not supported: {fmt} (spn decodes JPEG, PNG, TIFF and WebP; convert losslessly, e.g. to PNG)"
+    return f"format not supported: {fmt} (spn decodes JPEG, PNG, TIFF, WebP and HEIC/HEIF; convert losslessly, e.g. to PNG)"
 
 
 def not_regular_reason(mode: int) -> str:
@@ -159,7 +162,7 @@ class Evidence:
     size_bytes : int
         File size.
     format : str
-        ``"jpeg"``, ``"png"``, ``"tiff"`` or ``"webp"`` (by signature).
+        ``"jpeg"``, ``"png"``, ``"tiff"``, ``"webp"`` or ``"heic"`` (by signature).
     pixels : ndarray
         float32, shape (rows, cols, channels), channels 1 (grey) or 3 (RGB
         order), scaled to 0..255 whatever the bit depth; alpha is dropped.
@@ -172,7 +175,9 @@ class Evidence:
     quality : jpegtables.QualityEstimate or None
         IJG-equivalent quality for JPEG files.
     exif : dict
-        ``make``, ``model``, ``serial``, ``orientation`` where present.
+        ``make``, ``model``, ``serial``, ``orientation`` where present (the
+        orientation is recorded, never applied); for HEIC also
+        ``heif_transforms``, the container's display transforms (undone).
     """
 
     path: str
@@ -292,9 +297,62 @@ def sniff(data: bytes) -> tuple[str, int, int, jpegtables.JpegStructure | None]:
             raise ValueError(f"unreadable WebP header ({exc})") from None
         return "webp", rows, cols, None
     fmt = image_format(data[:32])
+    if fmt == "heic":
+        rows, cols = _heif_primary(data)[1:3]
+        return "heic", rows, cols, None
     if fmt is not None:
         raise ValueError(unsupported_reason(fmt))
-    raise ValueError("not an image: no JPEG, PNG, TIFF or WebP signature")
+    raise ValueError("not an image: no JPEG, PNG, TIFF, WebP or HEIC signature")
+
+
+def _heif_primary(data: bytes):
+    """The primary image of a HEIF container, parsed without decoding pixels.
+
+    Returns
+    -------
+    image : pillow_heif.HeifImage
+        Not yet decoded (pixels are decoded on first access).
+    rows, cols : int
+        Size of the coded (sensor) grid: the displayed size with any 90/270 degree ``irot`` undone.
+    transforms : list
+        The container's display transforms in the order libheif applies them, e.g.
+        ``[["irot", 270], ["imir", 1]]`` (ISO/IEC 23008-12 ``irot`` angles are anti-clockwise).
+    """
+    try:
+        import pillow_heif
+    except ImportError:
+        raise ValueError("HEIC/HEIF needs the pillow-heif package, which is not installed") from None
+    try:
+        heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False)
+        image = heif[heif.primary_index]
+        cols, rows = image.size
+        transforms = [list(t) for t in image._c_image.transformations]  # noqa: SLF001 (no public accessor)
+    except Exception as exc:  # libheif reports any malformed container as one of several types
+        raise ValueError(f"unreadable HEIC/HEIF header ({exc})") from None
+    if any(t[0] == "irot" and t[1] % 180 for t in transforms):
+        rows, cols = cols, rows
+    return image, rows, cols, transforms
+
+
+def _decode_heic(data: bytes) -> tuple[np.ndarray, dict]:
+    """HEIC pixels in sensor orientation (``irot``/``imir`` undone; EXIF orientation recorded, not applied).
+
+    libheif always applies the container's transforms when decoding; they are
+    undone here in reverse order, so the array is the coded grid, the
+    geometry of the sensor pattern noise. A clean-aperture crop (``clap``)
+    cannot be undone and is recorded in ``heif_transforms``.
+    """
+    image, _rows, _cols, transforms = _heif_primary(data)
+    img = np.asarray(image)
+    for name, value in reversed(transforms):
+        if name == "irot":
+            img = np.rot90(img, -(int(value) // 90))
+        elif name == "imir":
+            img = np.flip(img, 0 if int(value) == 0 else 1)
+    exif = read_exif(image.info["exif"]) if image.info.get("exif") else {}
+    if transforms:
+        exif["heif_transforms"] = transforms
+    return np.ascontiguousarray(img), exif
 
 
 def read_exif(data: bytes) -> dict:
@@ -329,7 +387,7 @@ def load_image(
     Parameters
     ----------
     path : path-like
-        JPEG, PNG, TIFF or WebP; 8- or 16-bit; grey, colour or with alpha.
+        JPEG, PNG, TIFF, WebP or HEIC/HEIF; 8- or 16-bit; grey, colour or with alpha.
     max_pixels : int, optional
         Refuse images whose header declares more pixels than this.
     max_bytes : int, optional
@@ -417,7 +475,16 @@ def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> E
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR | cv2.IMREAD_IGNORE_ORIENTATION
     if fmt == "png" or fmt == "tiff":
         flags = cv2.IMREAD_UNCHANGED  # keeps 16 bits and alpha; never applies orientation
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    exif = read_exif(data) if fmt in ("jpeg", "tiff") else {}
+    if fmt == "heic":
+        try:
+            img, exif = _decode_heic(data)
+        except Exception as exc:  # libheif's decoding errors, whatever their type
+            raise EvidenceError(path, f"HEIC data could not be decoded ({exc})") from None
+        if img.ndim == 3 and img.shape[2] in (3, 4):
+            img = img[:, :, 2::-1]  # RGB(A) to OpenCV's BGR, alpha dropped
+    else:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None or img.size == 0:
         raise EvidenceError(path, f"{fmt.upper()} data could not be decoded (corrupt or unsupported)")
     if img.shape[:2] != (rows, cols):
@@ -451,5 +518,5 @@ def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> E
         saturation=255.0,
         jpeg=structure,
         quality=quality,
-        exif=read_exif(data) if fmt in ("jpeg", "tiff") else {},
+        exif=exif,
     )

@@ -139,8 +139,8 @@ def seized(tmp_path, synth_case):
     (root / "sub").mkdir(parents=True)
     good = synth_case["probes"]["CAM-A"][0].read_bytes()
     (root / "ok.jpg").write_bytes(good)
-    (root / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
-    (root / "IMG_0001").write_bytes(b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic" + bytes(64))  # by content
+    (root / "photo.avif").write_bytes(b"\x00\x00\x00\x18ftypavif\x00\x00\x00\x00mif1avif" + bytes(64))
+    (root / "IMG_0001").write_bytes(b"\x00\x00\x00\x18ftypavis\x00\x00\x00\x00mif1avis" + bytes(64))  # by content
     (root / "anim.gif").write_bytes(b"GIF89a" + bytes(64))
     (root / "sub" / "pic.bmp").write_bytes(b"BM" + bytes(12) + (40).to_bytes(4, "little") + bytes(64))
     os.mkfifo(root / "pipe.jpg")
@@ -157,8 +157,8 @@ def seized(tmp_path, synth_case):
 
 
 EXPECTED_REFUSALS = {
-    "photo.heic": "format not supported: HEIC",
-    "IMG_0001": "format not supported: HEIC",
+    "photo.avif": "format not supported: AVIF",
+    "IMG_0001": "format not supported: AVIF",
     "anim.gif": "format not supported: GIF",
     "pic.bmp": "format not supported: BMP",
     "pipe.jpg": "not a regular file (a FIFO)",
