@@ -8,7 +8,7 @@ Layout of a case directory (never inside the evidence, and never holding it)::
     manifest.json   every input path with its SHA-256 (or its error), duplicates, tool
                     version, parameters, database checksum, runs with start/end UTC
     audit.jsonl     append-only; each entry carries the SHA-256 of the previous one
-    artifacts/      per matched image: residual preview and correlation surfaces
+    artifacts/      per matched image: thumbnail, residual detail and correlation surfaces
     case.lock       held (``flock``) by the one run that may write the case
 
 The case proves itself: the audit entry that ends a run records the SHA-256
@@ -338,10 +338,16 @@ class Case:
             self._rewrite_jsonl(self.results, [r for r in rows if (r["image"], r["sha256"]) in complete])
         return complete
 
-    def commit_image(self, rows: list[dict], preview_png: bytes | None, surfaces: dict[str, np.ndarray]) -> None:
+    def commit_image(
+        self,
+        rows: list[dict],
+        preview_png: bytes | None,
+        surfaces: dict[str, np.ndarray],
+        thumbnail_jpeg: bytes | None = None,
+    ) -> None:
         """One image as one unit: its pictures first, its rows last (one append, fsync'd)."""
         if surfaces:
-            self.save_artifacts(rows[0]["sha256"], preview_png, surfaces)
+            self.save_artifacts(rows[0]["sha256"], preview_png, surfaces, thumbnail_jpeg)
         self._append(self.results, [json.dumps(r, ensure_ascii=False) for r in rows])
 
     def add_error(self, path: str, reason: str) -> None:
@@ -376,10 +382,18 @@ class Case:
     def artifact_dir(self, sha256: str) -> Path:
         return self.artifacts / sha256[:16]
 
-    def save_artifacts(self, sha256: str, preview_png: bytes | None, surfaces: dict[str, np.ndarray]) -> None:
+    def save_artifacts(
+        self,
+        sha256: str,
+        preview_png: bytes | None,
+        surfaces: dict[str, np.ndarray],
+        thumbnail_jpeg: bytes | None = None,
+    ) -> None:
         self._real_dir(self.artifacts)
         folder = self.artifact_dir(sha256)
         self._real_dir(folder)
+        if thumbnail_jpeg is not None:
+            self._write(folder / "thumbnail.jpg", thumbnail_jpeg)
         if preview_png is not None:
             self._write(folder / "residual.png", preview_png)
         for camera, surface in surfaces.items():

@@ -278,7 +278,7 @@ def _run(case, matcher, evidence, parameters, client, done, asked, stop, *, db, 
         elif result.get("skipped"):
             counts["skipped"] += 1
         else:
-            case.commit_image(result["records"], result["preview"], result["surfaces"])
+            case.commit_image(result["records"], result["preview"], result["surfaces"], result.get("thumbnail"))
             counts["scored"] += 1
         on_result(result)
         if stopping():

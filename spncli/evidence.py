@@ -123,7 +123,10 @@ def image_format(head: bytes) -> str | None:
 
 def unsupported_reason(fmt: str) -> str:
     """The one-line reason for an image format recognised but not decoded."""
-    return f"format not supported: {fmt} (spn decodes JPEG, PNG, TIFF, WebP and HEIC/HEIF; convert losslessly, e.g. to PNG)"
+    return (
+        f"format not supported: {fmt} (spn decodes JPEG, PNG, TIFF, WebP and HEIC/HEIF; convert losslessly, "
+        "e.g. to PNG)"
+    )
 
 
 def not_regular_reason(mode: int) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, decode, load_image, read_bytes
 from .identify import Matcher, cropped_pixels, residual_with_info
 from .jpegdomain import AwareSettings
-from .plots import preview_png
+from .plots import detail_png, preview_png, thumbnail_jpeg
 from .provenance import atomic_write_bytes, atomic_write_json, tool_info, utc_now
 from .residual import ResidualParams
 
@@ -61,7 +61,8 @@ class MatchJob:
     """Score one file against the fingerprints; skips the (path, SHA-256) pairs a case holds already.
 
     With ``artifacts``, a scored result carries what a case keeps for the report: the correlation
-    surfaces of the pairs above the threshold and a preview of the residual (only when there is one).
+    surfaces of the pairs above the threshold, a 1:1 contrast-stretched detail of the residual and a
+    small JPEG thumbnail of the image (only when there is a surface).
     """
 
     matcher: Matcher
@@ -86,8 +87,16 @@ class MatchJob:
         surfaces = {r["camera"]: r.pop("_surface") for r in records if "_surface" in r}
         for r in records:
             r["size_bytes"] = ev.size_bytes
-        preview = preview_png(residual[0], self.preview_side) if surfaces else None
-        return {"path": path, "sha256": ev.sha256, "records": records, "surfaces": surfaces, "preview": preview}
+        preview = detail_png(residual[0]) if surfaces else None
+        thumbnail = thumbnail_jpeg(ev.pixels) if surfaces else None
+        return {
+            "path": path,
+            "sha256": ev.sha256,
+            "records": records,
+            "surfaces": surfaces,
+            "preview": preview,
+            "thumbnail": thumbnail,
+        }
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Small pictures drawn with OpenCV (no plotting library): evaluation bars, correlation surfaces."""
+"""Small pictures drawn with OpenCV (no plotting library): evaluation bars, residual details, thumbnails."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["eval_bars", "png_bytes", "preview_png"]
+__all__ = ["detail_png", "eval_bars", "png_bytes", "preview_png", "thumbnail_jpeg"]
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -28,6 +28,36 @@ def preview_png(w: np.ndarray, max_side: int | None = None) -> bytes:
         f = max_side / max(img.shape)
         img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
     return png_bytes(img)
+
+
+def detail_png(w: np.ndarray, side: int = 256, percentiles: tuple[float, float] = (1.0, 99.0)) -> bytes:
+    """8-bit PNG of the residual's centre ``side`` x ``side`` crop at 1:1, contrast-stretched.
+
+    A whole residual downscaled for display averages its noise away into a
+    near-uniform grey; a 1:1 crop stretched between its 1st and 99th
+    percentiles shows the texture an examiner expects of sensor noise (and
+    any scene edges the denoiser left in it).
+    """
+    rows, cols = w.shape[:2]
+    r, c = max(0, (rows - side) // 2), max(0, (cols - side) // 2)
+    crop = np.asarray(w[r : r + side, c : c + side], np.float32)
+    lo, hi = np.percentile(crop, percentiles)
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    return png_bytes(np.clip((crop - lo) * scale, 0, 255).astype(np.uint8))
+
+
+def thumbnail_jpeg(pixels: np.ndarray, max_side: int = 320, quality: int = 85) -> bytes:
+    """Small JPEG of an image as stored (RGB or grey float 0..255, sensor orientation, never rotated)."""
+    img = np.clip(pixels, 0, 255).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 3:
+        img = img[:, :, ::-1]  # RGB to OpenCV's BGR
+    f = max_side / max(img.shape[:2])
+    if f < 1:
+        img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
 
 
 def eval_bars(rows: list[dict], threshold: float, title: str) -> np.ndarray:

@@ -1,6 +1,7 @@
 """A self-contained HTML report of a case: what an investigator hands over.
 
-Pictures (correlation surfaces around each peak, residual previews) are
+Pictures (a thumbnail of each matched image, correlation surfaces around each
+peak, 1:1 residual details, the PCE on a labelled log scale) are
 embedded as data URIs, so the single file opens anywhere, offline. A small
 inline script records in the page how many pictures decoded, and when every
 one has either decoded or failed (used by the tests' headless browser;
@@ -13,6 +14,7 @@ import base64
 import html
 import io
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,8 +25,28 @@ from .casefile import Case
 from .pce import SURFACE, false_alarm_probability
 from .plots import png_bytes
 from .provenance import utc_now
+from .store import FingerprintStore, StoreError
 
-__all__ = ["surface_png", "build_report"]
+__all__ = ["surface_png", "build_report", "pce_scale_svg", "format_probability", "normalized_path"]
+
+SMALLEST_PROBABILITY = 1e-300
+"""Below this a false-alarm probability is written as a bound (``< 1e-300``): doubles underflow to 0 there."""
+
+
+def format_probability(p: float | None) -> str:
+    """A probability for the report: ``3.1e-12``; a bound ``< 1e-300`` where it underflows; never ``0.00e+00``."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "n/a"
+    if p < SMALLEST_PROBABILITY:
+        return f"< {SMALLEST_PROBABILITY:.0e}"
+    return f"{p:.2e}"
+
+
+def normalized_path(path: str | os.PathLike | None) -> str:
+    """Absolute path with ``.`` and ``..`` removed lexically (links are not followed: the path named is kept)."""
+    if path is None:
+        return ""
+    return os.path.normpath(os.path.abspath(os.fspath(path)))
 
 
 def surface_png(surface: np.ndarray, scale: int = 6) -> bytes:
@@ -48,8 +70,9 @@ def surface_png(surface: np.ndarray, scale: int = 6) -> bytes:
     return png_bytes(canvas)
 
 
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()
+def _data_uri(data: bytes) -> str:
+    kind = "jpeg" if data[:3] == b"\xff\xd8\xff" else "png"
+    return f"data:image/{kind};base64," + base64.b64encode(data).decode()
 
 
 def _e(x) -> str:
@@ -62,7 +85,8 @@ h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;margin:.5em 0;width:100%}td,th{border:1px solid #ddd;padding:4px 6px;
 font-size:.9em;text-align:left;vertical-align:top}th{background:#f3f3f3}
 .ok{color:#0a6b2d;font-weight:600}.meta td:first-child{width:14em;color:#555}
-.match{display:flex;gap:1.2em;align-items:flex-start;border:1px solid #ddd;padding:.8em;margin:.8em 0}
+.match{display:flex;flex-wrap:wrap;gap:1.2em;align-items:flex-start;border:1px solid #ddd;padding:.8em;margin:.8em 0}
+.match>div{flex:0 0 360px}.match figure{margin:0;max-width:320px}
 .bar{background:#eee;height:12px;width:260px;position:relative}.bar span{position:absolute;left:0;top:0;bottom:0;
 background:#2b7bb9}.bar i{position:absolute;top:-3px;bottom:-3px;border-left:2px solid #c00}
 code{font-size:.85em;word-break:break-all}.note{color:#555;font-size:.9em}
@@ -77,13 +101,67 @@ else b.setAttribute('data-images-settled','yes');}window.addEventListener('load'
 </script>"""
 
 
-def _pce_bar(pce: float, threshold: float) -> str:
-    top = max(threshold * 4, pce * 1.1, 1.0)
-    w = lambda v: max(0.0, min(100.0, 100.0 * math.log10(1 + max(v, 0)) / math.log10(1 + top)))  # noqa: E731
-    return (
-        f'<div class="bar" title="PCE {pce:.1f} vs threshold {threshold:g} (log scale)">'
-        f'<span style="width:{w(pce):.1f}%"></span><i style="left:{w(threshold):.1f}%"></i></div>'
+def pce_scale_svg(pce: float, threshold: float, width: int = 360) -> str:
+    """Inline SVG: the PCE as a bar on a labelled log axis (decades), the decision threshold marked and labelled."""
+    top = 10 ** math.ceil(math.log10(max(threshold * 10, pce * 1.5, 10.0)))
+    left, right, y0 = 10, width - 14, 34
+
+    def x(v: float) -> float:
+        return left + (right - left) * math.log10(max(v, 1.0)) / math.log10(top)
+
+    ticks = "".join(
+        f'<line x1="{x(10**d):.1f}" y1="{y0}" x2="{x(10**d):.1f}" y2="{y0 + 5}" stroke="#444"/>'
+        f'<text x="{x(10**d):.1f}" y="{y0 + 17}" font-size="10" text-anchor="middle">{10**d:g}</text>'
+        for d in range(round(math.log10(top)) + 1)
     )
+    colour = "#0a6b2d" if pce > threshold else "#777"
+    xt = x(threshold)
+    return (
+        f'<svg width="{width}" height="66" role="img" '
+        f'aria-label="PCE {pce:.1f} against the threshold {threshold:g} on a log scale">'
+        f'<rect x="{left}" y="{y0 - 14}" width="{right - left}" height="14" fill="#eee"/>'
+        f'<rect x="{left}" y="{y0 - 14}" width="{x(pce) - left:.1f}" height="14" fill="{colour}"/>'
+        f'<line x1="{left}" y1="{y0}" x2="{right}" y2="{y0}" stroke="#444"/>{ticks}'
+        f'<line x1="{xt:.1f}" y1="{y0 - 20}" x2="{xt:.1f}" y2="{y0 + 2}" stroke="#c00" stroke-width="2"/>'
+        f'<text x="{xt:.1f}" y="{y0 - 23}" font-size="10" fill="#c00" text-anchor="middle">threshold {threshold:g}'
+        f'</text><text x="{(left + right) / 2:.0f}" y="{y0 + 30}" font-size="10" text-anchor="middle" fill="#555">'
+        f"PCE (log scale): this image {pce:.1f}</text></svg>"
+    )
+
+
+def _fingerprint_section(database: str | None, cameras: list[str]) -> str:
+    """Per camera: the fingerprint's source images (path, SHA-256, size, JPEG quality), their count and quality."""
+    out = ["<h2>Fingerprints</h2>"]
+    try:
+        store = FingerprintStore(database) if database else None
+        metas = {cam: store.meta(cam) for cam in cameras} if store else {}
+    except (StoreError, OSError) as exc:
+        return out[0] + f"<p class='note'>The fingerprint database could not be read for this section: {_e(exc)}</p>"
+    for cam in cameras:
+        meta = metas.get(cam)
+        if meta is None:
+            continue
+        q = meta.get("quality") or {}
+        quality = (
+            f"JPEG quality {q.get('quality_min')} to {q.get('quality_max')} (median {q.get('quality_median')})"
+            if q.get("jpeg_images")
+            else "no JPEG source"
+        )
+        crop = "centre crop " + "x".join(map(str, meta["crop"])) if meta.get("crop") else "full frame"
+        out.append(
+            f"<h3>{_e(cam)}</h3><p>{_e(meta.get('image_count'))} source image(s); fingerprint "
+            f"{_e(meta.get('cols'))}x{_e(meta.get('rows'))} ({_e(crop)}); {_e(quality)}; EXIF make/model "
+            f"{_e(meta.get('make'))} / {_e(meta.get('model'))}; SHA-256 <code>{_e(meta.get('sha256'))}</code>.</p>"
+            "<table><tr><th>Source image</th><th>SHA-256</th><th>Size</th><th>JPEG quality</th></tr>"
+        )
+        for src in meta.get("sources", []):
+            out.append(
+                f"<tr><td><code>{_e(normalized_path(src.get('path')))}</code></td><td><code>{_e(src.get('sha256'))}"
+                f"</code></td><td>{_e(src.get('cols'))}x{_e(src.get('rows'))}</td><td>{_e(src.get('jpeg_quality'))}"
+                "</td></tr>"
+            )
+        out.append("</table>")
+    return "".join(out)
 
 
 def _not_verified(problems: list[str]) -> str:
@@ -136,8 +214,11 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
             "; ".join(f"{r.get('started_utc')} to {r.get('finished_utc')} ({r.get('status')})" for r in runs),
         ),
         ("Tool", f"spn {manifest.get('version')} (numpy {manifest.get('numpy')}, OpenCV {manifest.get('opencv')})"),
-        ("Fingerprint database", f"{manifest.get('database')} — SHA-256 {manifest.get('database_sha256')}"),
-        ("Evidence", ", ".join(manifest.get("evidence", []))),
+        (
+            "Fingerprint database",
+            f"{normalized_path(manifest.get('database'))} — SHA-256 {manifest.get('database_sha256')}",
+        ),
+        ("Evidence", ", ".join(normalized_path(e) for e in manifest.get("evidence", []))),
         ("Decision threshold", f"PCE > {threshold:g}"),
         (
             "Analysis region",
@@ -161,6 +242,7 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
     for cam in cameras:
         w(f"<tr><td>{_e(cam)}</td><td>{len(by_camera.get(cam, []))}</td></tr>")
     w("</table>")
+    w(_fingerprint_section(manifest.get("database"), cameras))
     for cam in cameras:
         matches = sorted(by_camera.get(cam, []), key=lambda r: -r["pce"])
         w(f"<h2>Images consistent with camera {_e(cam)}</h2>")
@@ -173,13 +255,17 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
         )
         for r in matches:
             w(
-                f"<tr><td>{_e(r['image'])}</td><td><code>{_e(r['sha256'])}</code></td><td>{_e(r.get('jpeg_quality'))}"
-                f"</td><td class='ok'>{r['pce']:.1f}</td><td>{r['p_fa']:.2e}</td><td>{_e(r['rotation'])}</td></tr>"
+                f"<tr><td><code>{_e(normalized_path(r['image']))}</code></td><td><code>{_e(r['sha256'])}</code></td>"
+                f"<td>{_e(r.get('jpeg_quality') or 'n/a')}</td><td class='ok'>{r['pce']:.1f}</td>"
+                f"<td>{format_probability(r['p_fa'])}</td><td>{_e(r['rotation'])}</td></tr>"
             )
         w("</table>")
         for r in matches:
             folder_a = case.artifact_dir(r["sha256"])
             pics = []
+            thumbnail = case.read_artifact(folder_a / "thumbnail.jpg")
+            if thumbnail is not None:
+                pics.append(("The questioned image (thumbnail, as stored: EXIF orientation not applied)", thumbnail))
             surface = case.read_artifact(folder_a / f"surface-{cam}.npy")
             if surface is not None:
                 pics.append(
@@ -191,15 +277,23 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
                 )
             preview = case.read_artifact(folder_a / "residual.png")
             if preview is not None:
-                pics.append(("Noise residual of the image (clipped at ±3 std)", preview))
+                pics.append(
+                    (
+                        "Noise residual, centre 256x256 at 1:1 (contrast stretched between its 1st and 99th "
+                        "percentiles)",
+                        preview,
+                    )
+                )
             w("<div class='match'><div>")
             w(
                 f"<p><b>{_e(Path(r['image']).name)}</b> is <span class='ok'>consistent with {_e(cam)}</span>: "
                 f"PCE {r['pce']:.1f} (threshold {threshold:g}), NCC {r['ncc']:.4f}, JPEG quality "
-                f"{_e(r.get('jpeg_quality'))}, peak at shift ({r.get('shift_row', 0)}, {r.get('shift_col', 0)}), "
-                f"{_e(r['n_shifts'])} alignment(s) tried, false-alarm probability {r['p_fa']:.2e}.</p>"
+                f"{_e(r.get('jpeg_quality') or 'n/a (no JPEG tables)')}, "
+                f"peak at shift ({r.get('shift_row', 0)}, {r.get('shift_col', 0)}), "
+                f"{_e(r['n_shifts'])} alignment(s) tried, false-alarm probability {format_probability(r['p_fa'])}.</p>"
+                f"<p class='note'><code>{_e(normalized_path(r['image']))}</code></p>"
             )
-            w(_pce_bar(r["pce"], threshold))
+            w(pce_scale_svg(r["pce"], threshold))
             w("</div>")
             for caption, png in pics:
                 w(
@@ -210,15 +304,27 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
     if errors:
         w("<h2>Files that could not be analysed</h2><table><tr><th>File</th><th>Reason</th></tr>")
         for e in errors:
-            w(f"<tr><td>{_e(e['file'])}</td><td>{_e(e['reason'])}</td></tr>")
+            w(f"<tr><td><code>{_e(normalized_path(e['file']))}</code></td><td>{_e(e['reason'])}</td></tr>")
         w("</table>")
-    w("<h2>All scores</h2><table><tr><th>Image</th><th>Camera</th><th>PCE</th><th>Decision</th></tr>")
-    for r in sorted(rows, key=lambda r: (r["image"], r["camera"])):
-        verdict = "consistent with" if r["decision"] == "consistent" else "not consistent with"
-        w(
-            f"<tr><td>{_e(Path(r['image']).name)}</td><td>{_e(r['camera'])}</td><td>{r['pce']:.1f}</td>"
-            f"<td>{verdict} {_e(r['camera'])}</td></tr>"
-        )
+    w(
+        "<h2>All scores</h2><p class='note'>Every input: scored against every camera, or failed or not reached "
+        "with the reason.</p><table><tr><th>Image</th><th>Camera</th><th>PCE</th><th>p (false alarm)</th>"
+        "<th>Decision</th></tr>"
+    )
+    table = [
+        (normalized_path(r["image"]), r["camera"], f"{r['pce']:.1f}", format_probability(r.get("p_fa")),
+         ("consistent with " if r["decision"] == "consistent" else "not consistent with ") + str(r["camera"]))
+        for r in rows
+    ]  # fmt: skip
+    scored = {r["image"] for r in rows}
+    unscored = {e["file"]: f"failed: {e['reason']}" for e in errors}
+    for item in manifest.get("inputs", []):
+        if item.get("status") != "scored" and item["path"] not in scored:
+            unscored.setdefault(item["path"], f"{item.get('status')}: {item.get('reason') or 'not scored'}")
+    table += [(normalized_path(f), "—", "—", "—", why) for f, why in unscored.items() if f not in scored]
+    for image, cam, pce, p, decision in sorted(table):
+        w(f"<tr><td><code>{_e(image)}</code></td><td>{_e(cam)}</td><td>{pce}</td><td>{p}</td>")
+        w(f"<td>{_e(decision)}</td></tr>")
     w("</table>")
     qualities = sorted({r.get("jpeg_quality") for r in rows if r.get("jpeg_quality")})
     w("<h2>Method and limitations</h2><ul>")
@@ -231,7 +337,7 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
     w(
         f"<li>A PCE above {threshold:g} means the image is <i>consistent with</i> the camera. "
         f"For an image from another camera the probability of exceeding {threshold:g} at one alignment "
-        f"is about {p60:.1e} (Gaussian model of the correlation); the reported false-alarm probability "
+        f"is about {format_probability(p60)} (Gaussian model of the correlation); the reported false-alarm probability "
         "accounts for the number of alignments tried.</li>"
     )
     w(

@@ -400,23 +400,48 @@ def _images_decoded(chromium: str, html: Path, profile: Path) -> tuple[int, int]
 
 
 def test_report_renders_in_headless_chromium(db, evidence, tmp_path):
+    """Issue 10: thumbnails, a labelled PCE scale, a readable residual detail, the fingerprints' sources,
+    normalized paths, failed entries in the score table, probabilities as bounds, never 0.00e+00."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     case = tmp_path / "case"
-    _spn("match", evidence, "--db", db, "--case", case, "--workers", "1", "--case-id", "R-1")
+    (tmp_path / "work").mkdir()
+    roundabout = tmp_path / "work" / os.path.relpath(evidence, tmp_path / "work")  # .../work/../../seizedN
+    assert ".." in roundabout.parts
+    broken = tmp_path / "other" / "broken.jpg"
+    broken.parent.mkdir()
+    broken.write_bytes(b"\xff\xd8\xff\xe0" + bytes(100))
+    _spn("match", roundabout, broken, "--db", db, "--case", case, "--workers", "1", "--case-id", "R-1", check_rc=1)
     artifacts = [p for p in (case / "artifacts").rglob("*") if p.is_file()]
-    assert len(artifacts) == 20, artifacts  # 10 true matches: a surface and a residual preview each
+    assert len(artifacts) == 30, artifacts  # 10 true matches: a surface, a residual detail and a thumbnail each
     _spn("report", case, "--pdf")
     html = (case / "report.html").read_text()
     assert "consistent with CAM-A" in html and "does not exclude" in html and "R-1" in html
     assert "http://" not in html and "https://" not in html  # self-contained
+    assert html.count("data:image/jpeg;base64,") == 10  # a thumbnail of each matched image
+    assert "PCE (log scale)" in html and "threshold 60" in html
+    assert "0.00e+00" not in html
+    assert "/../" not in html and "/./" not in html
+    assert str(evidence.resolve() / "CAM-A" / "CAM-A_img_00.jpg") in html  # full, normalized paths
+    assert f"{broken}</code></td><td>—</td><td>—</td><td>—</td><td>failed: " in html  # failed entries listed
+    assert "CAM-A_flat_0.jpg" in html and "6 source image(s)" in html  # the fingerprint's sources
     done, total = _images_decoded(chromium, case / "report.html", tmp_path / "profile")
-    assert total >= 20 and done == total  # residual previews and correlation surfaces all decode
+    assert total >= 30 and done == total  # thumbnails, residual details and correlation surfaces all decode
     assert (case / "report.pdf").read_bytes()[:5] == b"%PDF-"
     last = json.loads((case / "audit.jsonl").read_text().splitlines()[-1])
     assert last["event"] == "report" and last["verified"] and set(last["report_files"]) == {"report.html", "report.pdf"}
     assert _spn("case", "verify", case).returncode == 0  # the report's files are recorded: the case still verifies
+
+
+def test_report_writes_tiny_probabilities_as_bounds():
+    from spncli.report import format_probability, normalized_path, pce_scale_svg
+
+    assert format_probability(0.0) == "< 1e-300" and format_probability(1e-320) == "< 1e-300"
+    assert format_probability(3.14e-12) == "3.14e-12" and format_probability(None) == "n/a"
+    assert normalized_path("/evidence/work/../seized/./a.jpg") == "/evidence/seized/a.jpg"
+    svg = pce_scale_svg(1234.5, 60)
+    assert "threshold 60" in svg and "PCE (log scale)" in svg and ">1000<" in svg and ">10<" in svg
 
 
 def test_fingerprint_processes_at_once_and_kill(synth_case, tmp_path):
