@@ -116,10 +116,10 @@ def walk_inputs(
     dangles). Folders are walked recursively in sorted order without
     following links; below a folder, an entry is yielded when it is
 
-    * an image by suffix or signature (JPEG, PNG, TIFF, WebP): reason None;
+    * an image by suffix or signature (JPEG, PNG, TIFF, WebP, HEIC/HEIF): reason None;
     * an image of a format recognised by its signature but not decoded
-      (HEIC/HEIF, AVIF, GIF, BMP, JPEG 2000, JPEG XL, PSD): "format not
-      supported: HEIC" (a file with such a suffix but no signature is yielded
+      (AVIF, GIF, BMP, JPEG 2000, JPEG XL, PSD): "format not
+      supported: AVIF" (a file with such a suffix but no signature is yielded
       with None: the reader says what it is);
     * not a regular file (FIFO, socket, device): refused without being opened;
     * a symbolic link (to a file or a folder) out of the folder: refused,
