@@ -480,7 +480,8 @@ def test_hollow_database_and_disk_full_give_one_line(tmp_path, monkeypatch, runn
     with pytest.raises(StoreError, match="No space left on device"):
         store.add("a", np.ones((16, 16), np.float32), {}, replace=True)
     assert db.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.h5", "db.h5.lock", "hollow.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.h5", "db.h5.d", "db.h5.lock", "hollow.h5"]
+    assert len(list((tmp_path / "db.h5.d").iterdir())) == 1  # camera a's file only: no temporary left
     monkeypatch.undo()
     assert store.cameras() == ["a"]
 
