@@ -47,7 +47,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,10 +146,20 @@ class FingerprintStore:
     def meta(self, camera: str) -> dict:
         """Metadata of one camera, its seal verified, without reading its fingerprint."""
         with self._open_read() as f:
-            _k, stored, meta = self._entry(f, camera, pixels=False)
+            _k, stored, meta, _shape = self._entry(f, camera, pixels=False)
         return dict(meta, sha256=stored)
 
-    def _linked_file(self, f, camera: str) -> Path | None:
+    def header(self, camera: str) -> tuple[str, dict, tuple[int, int]]:
+        """K's SHA-256, the metadata and K's shape of one camera, its seal verified, without reading K.
+
+        The camera file's SHA-256 is not computed here (:meth:`load` checks it):
+        this lists a database of large fingerprints quickly.
+        """
+        with self._open_read() as f:
+            _k, stored, meta, shape = self._entry(f, camera, pixels=False, whole_file=False)
+        return stored, meta, shape
+
+    def _linked_file(self, f, camera: str, whole_file: bool = True) -> Path | None:
         """The camera's own file when the index links to one (checked), None when it is stored in the index."""
         if "cameras" not in f or camera not in f["cameras"].keys():
             have = ", ".join(sorted(f["cameras"].keys())) if "cameras" in f else "none"
@@ -169,6 +178,8 @@ class FingerprintStore:
         path = self.folder / m.group(0)
         if self.folder.is_symlink() or path.is_symlink():
             raise StoreError(f"{path}: a symbolic link, not followed; fingerprint {camera!r} was not used")
+        if not whole_file:
+            return path
         try:
             digest = file_sha256(path)
         except OSError as exc:
@@ -180,9 +191,9 @@ class FingerprintStore:
             )
         return path
 
-    def _entry(self, f, camera: str, *, pixels: bool):
-        """(K or None, K's SHA-256, meta) of one camera, the seal checked; StoreError if damaged or changed."""
-        linked = self._linked_file(f, camera)
+    def _entry(self, f, camera: str, *, pixels: bool, whole_file: bool = True):
+        """(K or None, K's SHA-256, meta, shape) of one camera, the seal checked; StoreError if damaged or changed."""
+        linked = self._linked_file(f, camera, whole_file)
         corrupted = f"{self.path}: fingerprint {camera!r} is corrupted"
         try:
             with contextlib.ExitStack() as stack:
@@ -210,7 +221,7 @@ class FingerprintStore:
             meta = json.loads(meta_json)
         except json.JSONDecodeError as exc:
             raise StoreError(f"{corrupted}: metadata is not JSON ({exc}); it was not used") from None
-        return k, stored, meta
+        return k, stored, meta, tuple(int(n) for n in shape)
 
     def load(self, camera: str) -> Fingerprint:
         """Read one fingerprint and verify its file's SHA-256 (against the index), its checksum and seal.
@@ -223,7 +234,7 @@ class FingerprintStore:
             and seal.
         """
         with self._open_read() as f:
-            k, stored, meta = self._entry(f, camera, pixels=True)
+            k, stored, meta, _shape = self._entry(f, camera, pixels=True)
         return Fingerprint(camera, k, stored, meta)
 
     def file_sha256(self) -> str:
@@ -289,11 +300,11 @@ class FingerprintStore:
         """Lock; write a new index holding the old cameras less ``drop``; rename it into place.
 
         Yields the new index (open for writing) and the set of camera ids the
-        old one held. Without ``drop`` the old index is copied byte for byte
-        (the kernel's fast copy) and extended; with ``drop`` the kept entries
-        are copied into a fresh index (links as links; cameras an older
-        single-file database holds inside it, as data), which also reclaims
-        the space. Camera files no index names are deleted afterwards.
+        old one held. The index is written afresh each time, links as links
+        (a copied HDF5 file extended in place grows by a few KiB of unused
+        metadata per change); cameras an older single-file database holds
+        inside it are copied as data. Camera files no index names are deleted
+        afterwards.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -306,28 +317,20 @@ class FingerprintStore:
                 self._collect()
                 with atomic_path(self.path, suffix=".h5") as tmp:
                     held: set[str] = set(self.cameras()) if self.path.exists() else set()
-                    if self.path.exists() and not (drop & held):
-                        shutil.copyfile(self.path, tmp)
-                        with h5py.File(tmp, "r+", locking=False) as new:
-                            new.attrs["format"] = FORMAT
-                            yield new, held
-                    else:
-                        with h5py.File(tmp, "w", locking=False) as new:
-                            new.attrs["format"] = FORMAT
-                            cams = new.create_group("cameras")
-                            if self.path.exists():
-                                with self._open_read() as old:
-                                    group = old["cameras"]
-                                    links = group.id.links
-                                    for name in group.keys():
-                                        if name in drop:
-                                            continue
-                                        if links.get_info(name.encode()).type == h5py.h5l.TYPE_EXTERNAL:
-                                            target, inside = links.get_val(name.encode())
-                                            cams[name] = h5py.ExternalLink(target.decode(), inside.decode())
-                                        else:
-                                            old.copy(group[name], cams, name=name)
-                            yield new, held
+                    with h5py.File(tmp, "w", locking=False) as new:
+                        new.attrs["format"] = FORMAT
+                        cams = new.create_group("cameras")
+                        if self.path.exists():
+                            with self._open_read() as old:
+                                group = old["cameras"] if "cameras" in old else {}
+                                links = group.id.links if held else None
+                                for name in sorted(held - drop):
+                                    if links.get_info(name.encode()).type == h5py.h5l.TYPE_EXTERNAL:
+                                        target, inside = links.get_val(name.encode())
+                                        cams[name] = h5py.ExternalLink(target.decode(), inside.decode())
+                                    else:  # a camera an older single-file database holds inside it
+                                        old.copy(group[name], cams, name=name)
+                        yield new, held
                 self._collect()
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
