@@ -2,8 +2,10 @@
 
 Measures images per second and peak memory (the whole process tree: the CLI
 and its Dask workers, sampled every 0.2 s) for one worker and for all cores,
-with the classic and the restored residual. Each fingerprint's Fourier
-transform is computed once per run and shipped to the workers once.
+with the classic and the restored residual. The workers read the
+fingerprints from the database themselves and keep at most --worker-memory of
+their transforms each (the client transforms none); several budgets can be
+compared in one run (--worker-memory 1536M,3G).
 
 Run: python benchmarks/bench_batch.py --images 2000 --cameras 50
 (the full 2,000-image run takes hours on 2 cores; --images sets the size).
@@ -59,6 +61,7 @@ def main():
     ap.add_argument("--cameras", type=int, default=50)
     ap.add_argument("--size", default="3000x4000", help="rows x cols (12 MP)")
     ap.add_argument("--workers", default=f"1,{os.cpu_count()}")
+    ap.add_argument("--worker-memory", default="1536M", help="comma-separated budgets, passed to spn match")
     ap.add_argument("--restore", action="store_true", help="also time the restored residual")
     ap.add_argument("--keep", default=None, help="folder to keep the generated data in")
     ap.add_argument("--db", default=None, help="reuse this fingerprint database (made by an earlier run)")
@@ -93,9 +96,10 @@ def main():
     spn = [sys.executable, "-m", "spncli"]
     results = []
     for restored in [True] if args.only_restored else [False, True] if args.restore else [False]:
-        for w in map(int, args.workers.split(",")):
-            case = work / f"case-w{w}-{'restored' if restored else 'classic'}"
-            cmd = [*spn, "match", str(evidence), "--db", str(db), "--case", str(case), "--workers", str(w)]
+        for w, budget in [(w, b) for b in args.worker_memory.split(",") for w in map(int, args.workers.split(","))]:
+            case = work / f"case-w{w}-{budget}-{'restored' if restored else 'classic'}"
+            cmd = [*spn, "match", str(evidence), "--db", str(db), "--case", str(case), "--workers", str(w),
+                   "--worker-memory", budget]  # fmt: skip
             if restored:
                 cmd.append("--restore")
             seconds, peak = run(cmd)
@@ -105,6 +109,7 @@ def main():
                 {
                     "residual": "restored" if restored else "classic",
                     "workers": w,
+                    "worker_memory": budget,
                     "images": n,
                     "cameras": args.cameras,
                     "seconds": round(seconds, 1),
@@ -114,11 +119,13 @@ def main():
                 }
             )
             print(json.dumps(results[-1]), flush=True)
-    print("\n| residual | workers | images | cameras | seconds | images/s | peak RSS (MiB, all processes) |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| residual | workers | --worker-memory | images | cameras | seconds | images/s "
+          "| peak RSS (MiB, all processes) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['residual']} | {r['workers']} | {r['images']} | {r['cameras']} | {r['seconds']} | "
+            f"| {r['residual']} | {r['workers']} | {r['worker_memory']} | {r['images']} | {r['cameras']} | "
+            f"{r['seconds']} | "
             f"{r['images_per_second']} | {r['peak_rss_mib']} |"
         )
 

@@ -56,12 +56,22 @@ import numpy as np
 
 from .provenance import atomic_path
 
-__all__ = ["FORMAT", "StoreError", "Fingerprint", "FingerprintStore", "array_sha256", "seal_sha256", "check_camera_id", "file_sha256"]
+__all__ = [
+    "FORMAT",
+    "StoreError",
+    "Fingerprint",
+    "FingerprintStore",
+    "array_sha256",
+    "seal_sha256",
+    "check_camera_id",
+    "file_sha256",
+]
 
 FORMAT = "spn-db/3"
 READABLE_FORMATS = ("spn-db/1", "spn-db/2", FORMAT)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_FILE = re.compile(r"^(?P<camera>[A-Za-z0-9][A-Za-z0-9._-]{0,127})\.(?P<sha>[0-9a-f]{64})\.h5$")
+_FILE = re.compile(r"^(?P<camera>[A-Za-z0-9][A-Za-z0-9._-]{0,127})"  # a camera's file: <id>.<its SHA-256>.h5
+                   r"\.(?P<sha>[0-9a-f]{64})\.h5$")
 
 
 class StoreError(Exception):
