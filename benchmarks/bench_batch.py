@@ -30,29 +30,34 @@ from spncli.store import FingerprintStore
 from spncli.synthetic import dead_leaves, encode_jpeg, expose, synthetic_prnu
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
+def rss_by_pid(proc: psutil.Process) -> dict[int, int]:
+    """RSS of each process of the tree (the CLI, the Dask nannies and workers)."""
+    out = {}
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            out[p.pid] = p.memory_info().rss
         except psutil.NoSuchProcess:
             pass
-    return total
+    return out
 
 
-def run(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of the process tree."""
+def run(cmd: list[str]) -> tuple[float, float, float, float]:
+    """Wall seconds; peak RSS (MiB) of the process tree, of the CLI process, and of its largest other process."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
-    peak = 0
+    peak, each = 0, {}
     while proc.poll() is None:
-        peak = max(peak, tree_rss(ps))
+        now = rss_by_pid(ps)
+        peak = max(peak, sum(now.values()))
+        for pid, rss in now.items():
+            each[pid] = max(each.get(pid, 0), rss)
         time.sleep(0.2)
     err = proc.stderr.read()
     if proc.returncode not in (0, 1):
         raise RuntimeError(err[-2000:])
-    return time.perf_counter() - start, peak / 2**20
+    client = each.pop(proc.pid, 0)
+    return time.perf_counter() - start, peak / 2**20, client / 2**20, max(each.values(), default=0) / 2**20
 
 
 def main():
@@ -106,7 +111,7 @@ def main():
                    "--worker-memory", budget]  # fmt: skip
             if restored:
                 cmd.append("--restore")
-            seconds, peak = run(cmd)
+            seconds, peak, client, worker = run(cmd)
             rows_ = [json.loads(x) for x in (case / "results.jsonl").read_text().splitlines()]
             hits = sum(r["decision"] == "consistent" and r["image"].endswith(f"{r['camera']}.jpg") for r in rows_)
             results.append(
@@ -119,18 +124,20 @@ def main():
                     "seconds": round(seconds, 1),
                     "images_per_second": round(n / seconds, 3),
                     "peak_rss_mib": round(peak),
+                    "client_peak_mib": round(client),
+                    "largest_worker_peak_mib": round(worker),
                     "true_matches": hits,
                 }
             )
             print(json.dumps(results[-1]), flush=True)
     print("\n| residual | workers | --worker-memory | images | cameras | seconds | images/s "
-          "| peak RSS (MiB, all processes) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+          "| peak RSS (MiB, all processes) | client peak | largest worker peak |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['residual']} | {r['workers']} | {r['worker_memory']} | {r['images']} | {r['cameras']} | "
-            f"{r['seconds']} | "
-            f"{r['images_per_second']} | {r['peak_rss_mib']} |"
+            f"{r['seconds']} | {r['images_per_second']} | {r['peak_rss_mib']} | {r['client_peak_mib']} | "
+            f"{r['largest_worker_peak_mib']} |"
         )
 
 

@@ -64,7 +64,10 @@ def main():
     print("\n| camera | seconds | bytes written (wchar) | camera file | index |")
     print("|---|---|---|---|---|")
     for r in (first, rows[len(rows) // 2 - 1], last):
-        print(f"| {r['camera']} | {r['seconds']} | {r['write_bytes']} | {r['camera_file_bytes']} | {r['index_bytes']} |")
+        print(
+            f"| {r['camera']} | {r['seconds']} | {r['write_bytes']} | {r['camera_file_bytes']} | "
+            f"{r['index_bytes']} |"
+        )
     print(
         f"\n{args.cameras} cameras of {args.size}x{args.size}: camera {last['camera']} wrote "
         f"{last['write_bytes'] / first['write_bytes']:.2f}x the bytes of camera 1, took "
