@@ -299,6 +299,11 @@ class FingerprintStore:
             os.chmod(tmp, 0o644)
             name = f"{camera}.{file_sha256(tmp)}.h5"
             os.replace(tmp, self.folder / name)
+            folder = os.open(self.folder, os.O_RDONLY)
+            try:  # the file's name is durable before an index names it
+                os.fsync(folder)
+            finally:
+                os.close(folder)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
