@@ -252,29 +252,28 @@ class FingerprintStore:
         return file_sha256(self.path)
 
     # -- writing ---------------------------------------------------------
-    def _linked_names(self) -> set[str]:
-        """Names of the camera files the current index links to."""
+    def _index_entries(self) -> dict[str, tuple[bytes, bytes] | None]:
+        """Each camera of the current index: its link (file, path inside), or None when stored in the index."""
         if not self.path.exists():
-            return set()
+            return {}
         with self._open_read() as f:
             if "cameras" not in f:
-                return set()
+                return {}
             group = f["cameras"]
-            links = group.id.links
+            links, external = group.id.links, h5py.h5l.TYPE_EXTERNAL
             return {
-                links.get_val(n.encode())[0].decode("utf-8", "replace").rpartition("/")[2]
+                n: links.get_val(n.encode()) if links.get_info(n.encode()).type == external else None
                 for n in group.keys()
-                if links.get_info(n.encode()).type == h5py.h5l.TYPE_EXTERNAL
             }
 
-    def _collect(self) -> None:
-        """Delete camera files and temporaries no index names (a killed writer's, a removed camera's).
+    def _collect(self, keep: set[str]) -> None:
+        """Delete camera files and temporaries not in ``keep`` (a killed writer's, a removed camera's).
 
-        Runs under the writers' lock; only names this module writes are touched.
+        Runs under the writers' lock, with ``keep`` the files the new index names; only names this
+        module writes are touched.
         """
         if not self.folder.is_dir() or self.folder.is_symlink():
             return
-        keep = self._linked_names()
         for p in self.folder.iterdir():
             ours = _FILE.match(p.name) or (p.name.startswith(".") and p.name.endswith(".tmp.h5"))
             if ours and p.name not in keep and not p.is_dir():
@@ -329,24 +328,28 @@ class FingerprintStore:
                 # temporaries exist only while a writer holds the lock: any now are from a killed writer
                 for stale in self.path.parent.glob(f".{self.path.name}.*.tmp.h5"):
                     stale.unlink(missing_ok=True)
-                self._collect()
+                entries = self._index_entries()
+                held = set(entries)
                 with atomic_path(self.path, suffix=".h5") as tmp:
-                    held: set[str] = set(self.cameras()) if self.path.exists() else set()
                     with h5py.File(tmp, "w", locking=False) as new:
                         new.attrs["format"] = FORMAT
                         cams = new.create_group("cameras")
-                        if self.path.exists():
+                        links = cams.id.links
+                        inline = [name for name in sorted(held - drop) if entries[name] is None]
+                        for name in sorted(held - drop):
+                            if entries[name] is not None:  # the low-level call: a fresh index of N links is fast
+                                links.create_external(name.encode(), *entries[name])
+                        if inline:  # cameras an older single-file database holds inside it
                             with self._open_read() as old:
-                                group = old["cameras"] if "cameras" in old else {}
-                                links = group.id.links if held else None
-                                for name in sorted(held - drop):
-                                    if links.get_info(name.encode()).type == h5py.h5l.TYPE_EXTERNAL:
-                                        target, inside = links.get_val(name.encode())
-                                        cams[name] = h5py.ExternalLink(target.decode(), inside.decode())
-                                    else:  # a camera an older single-file database holds inside it
-                                        old.copy(group[name], cams, name=name)
+                                for name in inline:
+                                    old.copy(old["cameras"][name], cams, name=name)
                         yield new, held
-                self._collect()
+                        keep = {
+                            links.get_val(n.encode())[0].decode("utf-8", "replace").rpartition("/")[2]
+                            for n in cams.keys()
+                            if links.get_info(n.encode()).type == h5py.h5l.TYPE_EXTERNAL
+                        }
+                self._collect(keep)
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
@@ -380,7 +383,8 @@ class FingerprintStore:
             if camera in held and not replace:
                 raise StoreError(f"{self.path}: camera {camera!r} exists already (use --replace to overwrite it)")
             name = self._write_camera(camera, k, digest, meta_json)
-            f.require_group("cameras")[camera] = h5py.ExternalLink(f"{self.folder.name}/{name}", "/")
+            group = f["cameras"]  # kept: the link proxy needs its group open
+            group.id.links.create_external(camera.encode(), f"{self.folder.name}/{name}".encode(), b"/")
         return digest
 
     def remove(self, camera: str) -> None:
