@@ -2,8 +2,10 @@
 
 Measures images per second and peak memory (the whole process tree: the CLI
 and its Dask workers, sampled every 0.2 s) for one worker and for all cores,
-with the classic and the restored residual. Each fingerprint's Fourier
-transform is computed once per run and shipped to the workers once.
+with the classic and the restored residual. The workers read the
+fingerprints from the database themselves and keep at most --worker-memory of
+their transforms each (the client transforms none); several budgets can be
+compared in one run (--worker-memory 1536M,3G).
 
 Run: python benchmarks/bench_batch.py --images 2000 --cameras 50
 (the full 2,000-image run takes hours on 2 cores; --images sets the size).
@@ -28,29 +30,34 @@ from spncli.store import FingerprintStore
 from spncli.synthetic import dead_leaves, encode_jpeg, expose, synthetic_prnu
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
+def rss_by_pid(proc: psutil.Process) -> dict[int, int]:
+    """RSS of each process of the tree (the CLI, the Dask nannies and workers)."""
+    out = {}
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            out[p.pid] = p.memory_info().rss
         except psutil.NoSuchProcess:
             pass
-    return total
+    return out
 
 
-def run(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of the process tree."""
+def run(cmd: list[str]) -> tuple[float, float, float, float]:
+    """Wall seconds; peak RSS (MiB) of the process tree, of the CLI process, and of its largest other process."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
-    peak = 0
+    peak, each = 0, {}
     while proc.poll() is None:
-        peak = max(peak, tree_rss(ps))
+        now = rss_by_pid(ps)
+        peak = max(peak, sum(now.values()))
+        for pid, rss in now.items():
+            each[pid] = max(each.get(pid, 0), rss)
         time.sleep(0.2)
     err = proc.stderr.read()
     if proc.returncode not in (0, 1):
         raise RuntimeError(err[-2000:])
-    return time.perf_counter() - start, peak / 2**20
+    client = each.pop(proc.pid, 0)
+    return time.perf_counter() - start, peak / 2**20, client / 2**20, max(each.values(), default=0) / 2**20
 
 
 def main():
@@ -59,6 +66,9 @@ def main():
     ap.add_argument("--cameras", type=int, default=50)
     ap.add_argument("--size", default="3000x4000", help="rows x cols (12 MP)")
     ap.add_argument("--workers", default=f"1,{os.cpu_count()}")
+    ap.add_argument("--worker-memory", default="1536M", help="comma-separated budgets, passed to spn match")
+    ap.add_argument("--plain-fingerprints", action="store_true",
+                    help="store K plus noise without the Wiener filter (fast to generate; scoring costs the same)")
     ap.add_argument("--restore", action="store_true", help="also time the restored residual")
     ap.add_argument("--keep", default=None, help="folder to keep the generated data in")
     ap.add_argument("--db", default=None, help="reuse this fingerprint database (made by an earlier run)")
@@ -75,7 +85,9 @@ def main():
         store = FingerprintStore(db)
         noise = np.random.default_rng(1)
         for c, k in enumerate(ks):
-            estimate = postprocess(k + noise.normal(0, 0.004, k.shape).astype(np.float32), ResidualParams())
+            estimate = k + noise.normal(0, 0.004, k.shape).astype(np.float32)
+            if not args.plain_fingerprints:
+                estimate = postprocess(estimate, ResidualParams())
             store.add(f"SYN-{c:02d}", estimate, {"camera": f"SYN-{c:02d}", "synthetic": True})
     if not evidence.exists():
         print(f"generating {args.images} images of {cols}x{rows} at quality {args.quality} ...", flush=True)
@@ -93,33 +105,39 @@ def main():
     spn = [sys.executable, "-m", "spncli"]
     results = []
     for restored in [True] if args.only_restored else [False, True] if args.restore else [False]:
-        for w in map(int, args.workers.split(",")):
-            case = work / f"case-w{w}-{'restored' if restored else 'classic'}"
-            cmd = [*spn, "match", str(evidence), "--db", str(db), "--case", str(case), "--workers", str(w)]
+        for w, budget in [(w, b) for b in args.worker_memory.split(",") for w in map(int, args.workers.split(","))]:
+            case = work / f"case-w{w}-{budget}-{'restored' if restored else 'classic'}"
+            cmd = [*spn, "match", str(evidence), "--db", str(db), "--case", str(case), "--workers", str(w),
+                   "--worker-memory", budget]  # fmt: skip
             if restored:
                 cmd.append("--restore")
-            seconds, peak = run(cmd)
+            seconds, peak, client, worker = run(cmd)
             rows_ = [json.loads(x) for x in (case / "results.jsonl").read_text().splitlines()]
             hits = sum(r["decision"] == "consistent" and r["image"].endswith(f"{r['camera']}.jpg") for r in rows_)
             results.append(
                 {
                     "residual": "restored" if restored else "classic",
                     "workers": w,
+                    "worker_memory": budget,
                     "images": n,
                     "cameras": args.cameras,
                     "seconds": round(seconds, 1),
                     "images_per_second": round(n / seconds, 3),
                     "peak_rss_mib": round(peak),
+                    "client_peak_mib": round(client),
+                    "largest_worker_peak_mib": round(worker),
                     "true_matches": hits,
                 }
             )
             print(json.dumps(results[-1]), flush=True)
-    print("\n| residual | workers | images | cameras | seconds | images/s | peak RSS (MiB, all processes) |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| residual | workers | --worker-memory | images | cameras | seconds | images/s "
+          "| peak RSS (MiB, all processes) | client peak | largest worker peak |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['residual']} | {r['workers']} | {r['images']} | {r['cameras']} | {r['seconds']} | "
-            f"{r['images_per_second']} | {r['peak_rss_mib']} |"
+            f"| {r['residual']} | {r['workers']} | {r['worker_memory']} | {r['images']} | {r['cameras']} | "
+            f"{r['seconds']} | {r['images_per_second']} | {r['peak_rss_mib']} | {r['client_peak_mib']} | "
+            f"{r['largest_worker_peak_mib']} |"
         )
 
 

@@ -2,8 +2,10 @@
 
 By default a local cluster of worker processes (one thread each) is started;
 ``scheduler="tcp://HOST:PORT"`` sends the same work to a lab's existing Dask
-cluster. The scoring state (the fingerprints' transforms, and the restoration
-network when asked for) is scattered to the workers once, never per image;
+cluster. The job (its settings, and the restoration network when asked for)
+is scattered to the workers once, never per image; a match job carries the
+database's path and SHA-256, not the fingerprints, and each worker reads and
+transforms them within its memory budget (:mod:`spncli.spectra`);
 restoration tasks ask for a ``GPU`` resource where workers declare one. A
 bounded number of tasks is in flight, so memory stays flat on folders of any
 size, and results are handed back as they complete.
@@ -88,7 +90,7 @@ def execute(
 ) -> int:
     """Run ``job`` on every path, in-process (``client=None``) or on a Dask cluster.
 
-    On a cluster the job (with its settings, fingerprints or network) is
+    On a cluster the job (with its settings, database reference or network) is
     scattered to the workers once; at most ``in_flight`` tasks are pending
     (default: twice the workers); with ``gpu`` the tasks ask for a ``GPU``
     resource when some worker declares one. ``on_result`` is called in this

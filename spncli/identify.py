@@ -529,6 +529,41 @@ class Matcher:
                 k = centre_crop(k, (min(settings.crop[0], k.shape[0]), min(settings.crop[1], k.shape[1])))
             self.spectra[fp.camera] = FingerprintSpectrum(k)
 
+    @classmethod
+    def from_database(cls, store, names: Iterable[str], settings: MatchSettings, restorer=None, *,
+                      db_sha256: str, memory: int) -> Matcher:  # fmt: skip
+        """A Matcher whose fingerprints stay in the database: for worker processes.
+
+        Only each camera's K SHA-256 and source frame are read here (seals
+        verified, no pixels, no transforms); the Matcher pickles small. Where
+        it scores, the transforms come from that process's
+        :class:`spncli.spectra.SpectrumCache`, which reads each fingerprint
+        once (file SHA-256, checksum and seal verified, the index checked
+        against ``db_sha256``) and holds at most ``memory`` bytes of transforms.
+
+        Parameters
+        ----------
+        store : spncli.store.FingerprintStore
+        names : iterable of str
+            Camera ids, in the order scored.
+        settings : MatchSettings
+        restorer : spncli.restoration.Restorer or None
+        db_sha256 : str
+            SHA-256 of the database's index when the run began (``store.file_sha256()``).
+        memory : int
+            Bytes of fingerprint transforms each process keeps at most.
+        """
+        from .spectra import DatabaseSpectra
+
+        self = cls((), settings, restorer)
+        self.spectra = DatabaseSpectra(str(Path(store.path).absolute()), db_sha256, settings.crop, memory)
+        for camera in names:
+            k_sha, meta, shape = store.header(camera)
+            self.cameras.append((camera, k_sha))
+            self.frames[camera] = fingerprint_frame(meta, shape)
+            self.spectra.k_sha256[camera] = k_sha
+        return self
+
     def residual(self, ev: Evidence) -> tuple[np.ndarray, bool, dict]:
         """The residual scored for an image (classic, compression-aware or restored), after the crop.
 

@@ -25,6 +25,7 @@ from .jpegdomain import AwareSettings
 from .plots import detail_png, preview_png, thumbnail_jpeg
 from .provenance import atomic_write_bytes, atomic_write_json, tool_info, utc_now
 from .residual import ResidualParams
+from .store import StoreError
 
 __all__ = ["MatchJob", "ExtractJob", "RestoreJob", "save_with_provenance"]
 
@@ -84,6 +85,8 @@ class MatchJob:
             records = self.matcher.match(ev, surfaces=self.artifacts, residual=residual)
         except EvidenceError as exc:
             return {"path": path, "error": exc.reason}
+        except StoreError as exc:  # a worker reads the fingerprints itself: a damaged or changed database
+            return {"path": path, "error": str(exc)}
         surfaces = {r["camera"]: r.pop("_surface") for r in records if "_surface" in r}
         for r in records:
             r["size_bytes"] = ev.size_bytes

@@ -1,18 +1,34 @@
-"""The camera fingerprint database: one HDF5 file, safe under concurrency and kills.
+"""The camera fingerprint database: a small HDF5 index and one HDF5 file per camera, safe under concurrency and kills.
 
-Layout (format ``spn-db/2``)::
+Layout (format ``spn-db/3``)::
 
-    /                       attrs: format
-    /cameras/<id>/K         float32 (rows, cols) fingerprint
-                            attrs: sha256 (of K's bytes, C order), meta (JSON),
-                                   seal (SHA-256 of the camera id, K's shape,
-                                   dtype and SHA-256, and the meta JSON text)
+    <db>                    the index: attrs format
+    <db>/cameras/<id>       external link to <db>.d/<id>.<SHA-256 of that file>.h5, "/"
+    <db>.d/<id>.<sha>.h5    /K  float32 (rows, cols) fingerprint
+                                attrs: sha256 (of K's bytes, C order), meta (JSON),
+                                       seal (SHA-256 of the camera id, K's shape,
+                                       dtype and SHA-256, and the meta JSON text)
 
-Writers take an exclusive ``flock`` on ``<db>.lock``, write a new file beside
-the database holding the old cameras plus the change, and rename it over the
-original:
-a process killed at any moment leaves the previous file intact, with every
-camera it held. Readers open the file read-only and see one complete
+Adding a camera writes that camera's file once (temporary name, fsync,
+rename) and rewrites only the index, whose size grows by one link: the cost
+of a camera no longer depends on how many the database holds (``spn-db/2``
+copied every fingerprint for every addition, O(N^2) bytes for N cameras).
+The index names each camera file with the file's SHA-256, so the SHA-256 of
+the index (:meth:`FingerprintStore.file_sha256`, recorded in case manifests)
+changes whenever any camera changes; a camera file is hashed and checked
+against its name when it is read. The camera files are opened by this module
+from the index's names (checked, inside ``<db>.d``, never a symbolic link);
+HDF5's own link resolution is never used for reading.
+
+Older single-file databases (``spn-db/1``, ``spn-db/2``, cameras stored
+inside the file) are read as before; adding to one keeps its cameras and
+adds links beside them.
+
+Writers take an exclusive ``flock`` on ``<db>.lock``, write the camera file,
+then a new index beside the old one, and rename it over the original:
+a process killed at any moment leaves the previous index intact, with every
+camera it held; camera files no index names (a killed writer's, a removed
+camera's) are deleted by the next writer. Readers open the file read-only and see one complete
 version. Each fingerprint's SHA-256 and seal are checked when it is read, so
 a fingerprint whose pixels or recorded facts (make, model, serial, sources,
 count, geometry, ...) were changed is reported as corrupted, never used.
@@ -31,7 +47,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +56,22 @@ import numpy as np
 
 from .provenance import atomic_path
 
-__all__ = ["FORMAT", "StoreError", "Fingerprint", "FingerprintStore", "array_sha256", "seal_sha256", "check_camera_id"]
+__all__ = [
+    "FORMAT",
+    "StoreError",
+    "Fingerprint",
+    "FingerprintStore",
+    "array_sha256",
+    "seal_sha256",
+    "check_camera_id",
+    "file_sha256",
+]
 
-FORMAT = "spn-db/2"
-READABLE_FORMATS = ("spn-db/1", FORMAT)
+FORMAT = "spn-db/3"
+READABLE_FORMATS = ("spn-db/1", "spn-db/2", FORMAT)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_FILE = re.compile(r"^(?P<camera>[A-Za-z0-9][A-Za-z0-9._-]{0,127})"  # a camera's file: <id>.<its SHA-256>.h5
+                   r"\.(?P<sha>[0-9a-f]{64})\.h5$")
 
 
 class StoreError(Exception):
@@ -83,11 +110,25 @@ def check_camera_id(camera: str) -> str:
     return camera
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 class FingerprintStore:
-    """An HDF5 fingerprint database at ``path``."""
+    """A fingerprint database: the index at ``path``, each camera's file in ``<path>.d``."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+
+    @property
+    def folder(self) -> Path:
+        """The folder of the per-camera files (``<db>.d``)."""
+        return self.path.with_name(self.path.name + ".d")
 
     # -- reading ---------------------------------------------------------
     @contextlib.contextmanager
@@ -115,24 +156,64 @@ class FingerprintStore:
     def meta(self, camera: str) -> dict:
         """Metadata of one camera, its seal verified, without reading its fingerprint."""
         with self._open_read() as f:
-            _k, stored, meta = self._entry(f, camera, pixels=False)
+            _k, stored, meta, _shape = self._entry(f, camera, pixels=False)
         return dict(meta, sha256=stored)
 
-    def _group(self, f, camera):
-        if "cameras" not in f or camera not in f["cameras"]:
+    def header(self, camera: str) -> tuple[str, dict, tuple[int, int]]:
+        """K's SHA-256, the metadata and K's shape of one camera, its seal verified, without reading K.
+
+        The camera file's SHA-256 is not computed here (:meth:`load` checks it):
+        this lists a database of large fingerprints quickly.
+        """
+        with self._open_read() as f:
+            _k, stored, meta, shape = self._entry(f, camera, pixels=False, whole_file=False)
+        return stored, meta, shape
+
+    def _linked_file(self, f, camera: str, whole_file: bool = True) -> Path | None:
+        """The camera's own file when the index links to one (checked), None when it is stored in the index."""
+        if "cameras" not in f or camera not in f["cameras"].keys():
             have = ", ".join(sorted(f["cameras"].keys())) if "cameras" in f else "none"
             raise StoreError(f"{self.path}: no camera {camera!r} (cameras: {have})")
-        return f["cameras"][camera]
+        group = f["cameras"]
+        links = group.id.links
+        if links.get_info(camera.encode()).type != h5py.h5l.TYPE_EXTERNAL:
+            return None
+        target, inside = (x.decode("utf-8", "replace") for x in links.get_val(camera.encode()))
+        m = _FILE.match(target.removeprefix(self.folder.name + "/"))
+        if m is None or m["camera"] != camera or inside != "/" or target != f"{self.folder.name}/{m.group(0)}":
+            raise StoreError(
+                f"{self.path}: fingerprint {camera!r} is corrupted (the index links it to {target!r}, "
+                f"not to a file of this camera in {self.folder.name}); it was not used"
+            )
+        path = self.folder / m.group(0)
+        if self.folder.is_symlink() or path.is_symlink():
+            raise StoreError(f"{path}: a symbolic link, not followed; fingerprint {camera!r} was not used")
+        if not whole_file:
+            return path
+        try:
+            digest = file_sha256(path)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: fingerprint {camera!r} is unreadable ({exc}); it was not used") from None
+        if digest != m["sha"]:
+            raise StoreError(
+                f"{self.path}: fingerprint {camera!r} is corrupted (its file {path.name} does not have the SHA-256 "
+                "the index names); it was not used"
+            )
+        return path
 
-    def _entry(self, f, camera: str, *, pixels: bool):
-        """(K or None, K's SHA-256, meta) of one camera, the seal checked; StoreError if damaged or changed."""
-        group = self._group(f, camera)
+    def _entry(self, f, camera: str, *, pixels: bool, whole_file: bool = True):
+        """(K or None, K's SHA-256, meta, shape) of one camera, the seal checked; StoreError if damaged or changed."""
+        linked = self._linked_file(f, camera, whole_file)
         corrupted = f"{self.path}: fingerprint {camera!r} is corrupted"
         try:
-            ds = group["K"]
-            stored, meta_json = str(ds.attrs["sha256"]), str(ds.attrs["meta"])
-            seal, shape = ds.attrs.get("seal"), ds.shape
-            k = ds[()].astype(np.float32, copy=False) if pixels else None
+            with contextlib.ExitStack() as stack:
+                if linked is None:
+                    ds = f["cameras"][camera]["K"]
+                else:
+                    ds = stack.enter_context(h5py.File(linked, "r", locking=False))["K"]
+                stored, meta_json = str(ds.attrs["sha256"]), str(ds.attrs["meta"])
+                seal, shape = ds.attrs.get("seal"), ds.shape
+                k = ds[()].astype(np.float32, copy=False) if pixels else None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StoreError(f"{corrupted}: damaged entry ({type(exc).__name__}: {exc}); it was not used") from None
         except OSError as exc:
@@ -150,38 +231,94 @@ class FingerprintStore:
             meta = json.loads(meta_json)
         except json.JSONDecodeError as exc:
             raise StoreError(f"{corrupted}: metadata is not JSON ({exc}); it was not used") from None
-        return k, stored, meta
+        return k, stored, meta, tuple(int(n) for n in shape)
 
     def load(self, camera: str) -> Fingerprint:
-        """Read one fingerprint and verify its checksum and seal.
+        """Read one fingerprint and verify its file's SHA-256 (against the index), its checksum and seal.
 
         Raises
         ------
         StoreError
-            If the camera is absent, its entry is damaged, or its data or any
-            of its metadata do not match the stored SHA-256 and seal.
+            If the camera is absent, its entry is damaged, or its file, data
+            or any of its metadata do not match the index, the stored SHA-256
+            and seal.
         """
         with self._open_read() as f:
-            k, stored, meta = self._entry(f, camera, pixels=True)
+            k, stored, meta, _shape = self._entry(f, camera, pixels=True)
         return Fingerprint(camera, k, stored, meta)
 
     def file_sha256(self) -> str:
-        """SHA-256 of the database file as it is now."""
-        h = hashlib.sha256()
-        with open(self.path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-        return h.hexdigest()
+        """SHA-256 of the database's index as it is now: it names every camera file by its SHA-256."""
+        return file_sha256(self.path)
 
     # -- writing ---------------------------------------------------------
+    def _index_entries(self) -> dict[str, tuple[bytes, bytes] | None]:
+        """Each camera of the current index: its link (file, path inside), or None when stored in the index."""
+        if not self.path.exists():
+            return {}
+        with self._open_read() as f:
+            if "cameras" not in f:
+                return {}
+            group = f["cameras"]
+            links, external = group.id.links, h5py.h5l.TYPE_EXTERNAL
+            return {
+                n: links.get_val(n.encode()) if links.get_info(n.encode()).type == external else None
+                for n in group.keys()
+            }
+
+    def _collect(self, keep: set[str]) -> None:
+        """Delete camera files and temporaries not in ``keep`` (a killed writer's, a removed camera's).
+
+        Runs under the writers' lock, with ``keep`` the files the new index names; only names this
+        module writes are touched.
+        """
+        if not self.folder.is_dir() or self.folder.is_symlink():
+            return
+        for p in self.folder.iterdir():
+            ours = _FILE.match(p.name) or (p.name.startswith(".") and p.name.endswith(".tmp.h5"))
+            if ours and p.name not in keep and not p.is_dir():
+                p.unlink(missing_ok=True)
+
+    def _write_camera(self, camera: str, k: np.ndarray, digest: str, meta_json: str) -> str:
+        """Write one camera's file (temporary name, fsync, rename to ``<id>.<file SHA-256>.h5``); return its name."""
+        self.folder.mkdir(exist_ok=True)
+        if self.folder.is_symlink():
+            raise StoreError(f"{self.folder}: a symbolic link, not followed; nothing was stored")
+        fd, tmp = tempfile.mkstemp(prefix=f".{camera}.", suffix=".tmp.h5", dir=self.folder)
+        os.close(fd)
+        try:
+            with h5py.File(tmp, "w", locking=False) as g:
+                g.attrs["format"] = "spn-camera/1"
+                ds = g.create_dataset("K", data=k)
+                ds.attrs["sha256"] = digest
+                ds.attrs["meta"] = meta_json
+                ds.attrs["seal"] = seal_sha256(camera, k.shape, digest, meta_json)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            name = f"{camera}.{file_sha256(tmp)}.h5"
+            os.replace(tmp, self.folder / name)
+            folder = os.open(self.folder, os.O_RDONLY)
+            try:  # the file's name is durable before an index names it
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return name
+
     @contextlib.contextmanager
     def _transaction(self, drop=frozenset()):
-        """Lock; write a new file holding the old cameras less ``drop``; rename it into place.
+        """Lock; write a new index holding the old cameras less ``drop``; rename it into place.
 
-        Yields the new file (open for writing) and the set of camera ids the
-        old file held. Without ``drop`` the old file is copied byte for byte
-        (the kernel's fast copy) and extended; with ``drop`` the kept cameras
-        are copied into a fresh file, which also reclaims the space.
+        Yields the new index (open for writing) and the set of camera ids the
+        old one held. The index is written afresh each time, links as links
+        (a copied HDF5 file extended in place grows by a few KiB of unused
+        metadata per change); cameras an older single-file database holds
+        inside it are copied as data. Camera files no index names are deleted
+        afterwards.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -191,23 +328,28 @@ class FingerprintStore:
                 # temporaries exist only while a writer holds the lock: any now are from a killed writer
                 for stale in self.path.parent.glob(f".{self.path.name}.*.tmp.h5"):
                     stale.unlink(missing_ok=True)
+                entries = self._index_entries()
+                held = set(entries)
                 with atomic_path(self.path, suffix=".h5") as tmp:
-                    held: set[str] = set(self.cameras()) if self.path.exists() else set()
-                    if self.path.exists() and not (drop & held):
-                        shutil.copyfile(self.path, tmp)
-                        with h5py.File(tmp, "r+", locking=False) as new:
-                            new.attrs["format"] = FORMAT
-                            yield new, held
-                        return
                     with h5py.File(tmp, "w", locking=False) as new:
                         new.attrs["format"] = FORMAT
                         cams = new.create_group("cameras")
-                        if self.path.exists():
+                        links = cams.id.links
+                        inline = [name for name in sorted(held - drop) if entries[name] is None]
+                        for name in sorted(held - drop):
+                            if entries[name] is not None:  # the low-level call: a fresh index of N links is fast
+                                links.create_external(name.encode(), *entries[name])
+                        if inline:  # cameras an older single-file database holds inside it
                             with self._open_read() as old:
-                                for name, group in old["cameras"].items():
-                                    if name not in drop:
-                                        old.copy(group, cams, name=name)
+                                for name in inline:
+                                    old.copy(old["cameras"][name], cams, name=name)
                         yield new, held
+                        keep = {
+                            links.get_val(n.encode())[0].decode("utf-8", "replace").rpartition("/")[2]
+                            for n in cams.keys()
+                            if links.get_info(n.encode()).type == h5py.h5l.TYPE_EXTERNAL
+                        }
+                self._collect(keep)
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
@@ -223,13 +365,13 @@ class FingerprintStore:
             ) from None
 
     def add(self, camera: str, k: np.ndarray, meta: dict, *, replace: bool = False) -> str:
-        """Store a fingerprint with its seal; return its SHA-256.
+        """Store a fingerprint in its own file with its seal, linked from the index; return its SHA-256.
 
         Raises
         ------
         StoreError
             If ``camera`` exists and ``replace`` is False, the id is not
-            allowed, ``k`` has non-finite values, or the file cannot be written.
+            allowed, ``k`` has non-finite values, or a file cannot be written.
         """
         check_camera_id(camera)
         k = np.ascontiguousarray(k, dtype=np.float32)
@@ -240,14 +382,13 @@ class FingerprintStore:
         with self._writing(drop={camera} if replace else frozenset()) as (f, held):
             if camera in held and not replace:
                 raise StoreError(f"{self.path}: camera {camera!r} exists already (use --replace to overwrite it)")
-            ds = f.require_group("cameras").create_group(camera).create_dataset("K", data=k)
-            ds.attrs["sha256"] = digest
-            ds.attrs["meta"] = meta_json
-            ds.attrs["seal"] = seal_sha256(camera, k.shape, digest, meta_json)
+            name = self._write_camera(camera, k, digest, meta_json)
+            group = f["cameras"]  # kept: the link proxy needs its group open
+            group.id.links.create_external(camera.encode(), f"{self.folder.name}/{name}".encode(), b"/")
         return digest
 
     def remove(self, camera: str) -> None:
-        """Delete one camera (the file is rewritten without it)."""
+        """Delete one camera (the index is rewritten without it; its file is deleted)."""
         with self._writing(drop={camera}) as (_f, held):
             if camera not in held:
                 raise StoreError(f"{self.path}: no camera {camera!r} (cameras: {', '.join(sorted(held)) or 'none'})")

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import pickle
-import shutil
 import socket
 import subprocess
 import sys
@@ -473,14 +472,15 @@ def test_hollow_database_and_disk_full_give_one_line(tmp_path, monkeypatch, runn
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(shutil, "copyfile", full)  # adding: the old file is copied, then extended
+    monkeypatch.setattr(os, "fsync", full)  # adding: the camera's file is written, then flushed
     with pytest.raises(StoreError, match="No space left on device.*previous version is unchanged"):
         store.add("b", np.ones((16, 16), np.float32), {})
     monkeypatch.setattr(h5py.Group, "create_dataset", full)  # removing/replacing: a fresh file is written
     with pytest.raises(StoreError, match="No space left on device"):
         store.add("a", np.ones((16, 16), np.float32), {}, replace=True)
     assert db.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.h5", "db.h5.lock", "hollow.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.h5", "db.h5.d", "db.h5.lock", "hollow.h5"]
+    assert len(list((tmp_path / "db.h5.d").iterdir())) == 1  # camera a's file only: no temporary left
     monkeypatch.undo()
     assert store.cameras() == ["a"]
 

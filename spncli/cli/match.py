@@ -13,6 +13,7 @@ from ..casework import CaseError, run_case
 from ..identify import Matcher, MatchSettings, gather_inputs
 from ..jobs import MatchJob
 from ..residual import ResidualParams
+from ..spectra import parse_bytes
 from ..store import FingerprintStore, StoreError
 from . import State, app
 from ._batch import BatchProgress, run_jobs
@@ -120,6 +121,13 @@ def match(
     scheduler: Annotated[
         str | None, typer.Option(help="An existing Dask scheduler, e.g. tcp://10.0.0.5:8786.")
     ] = None,
+    worker_memory: Annotated[
+        str,
+        typer.Option(
+            help="Fingerprint transforms each worker process keeps (e.g. 1536M, 2G); cameras beyond it are "
+            "read and transformed per image. Workers read the fingerprints from --db themselves."
+        ),
+    ] = "1536M",
     examiner: Annotated[str | None, typer.Option(help="Examiner's name for the audit trail.")] = None,
     case_id: Annotated[str | None, typer.Option("--case-id", help="Case identifier for the audit trail.")] = None,
 ):
@@ -159,9 +167,16 @@ def match(
             params=ResidualParams(),
             residual=kind,
         )
+        try:
+            memory = parse_bytes(worker_memory)
+        except ValueError as exc:
+            die(f"--worker-memory: {exc}")
         restorer = open_restorer(model, device) if restore else None
-        # one fingerprint in memory at a time: only its transform is kept
-        matcher = Matcher((store.load(n) for n in names), settings, restorer)
+        if case is not None or workers or scheduler:
+            # worker processes read the fingerprints from the database; this process never transforms one
+            matcher = Matcher.from_database(store, names, settings, restorer, db_sha256=db_sha, memory=memory)
+        else:  # in-process: one fingerprint in memory at a time, only its transform is kept
+            matcher = Matcher((store.load(n) for n in names), settings, restorer)
     except StoreError as exc:
         die(str(exc))
     if case is not None:

@@ -1,0 +1,98 @@
+"""Bounded workers and databases that grow: the job pickles small, a worker's transforms stay within their
+budget and score as the eager Matcher does, and adding a camera writes that camera, not the database."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from spncli.evidence import load_image
+from spncli.identify import Matcher, MatchSettings
+from spncli.jobs import MatchJob
+from spncli.pce import FingerprintSpectrum
+from spncli.spectra import SpectrumCache, spectrum_bytes
+from spncli.store import FingerprintStore
+
+
+def _k(seed, shape=(256, 384)):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = FingerprintStore(tmp_path / "db.h5")
+    for i in range(5):
+        s.add(f"cam-{i}", _k(i), {"camera": f"cam-{i}"})
+    return s
+
+
+def test_worker_cache_never_holds_more_than_its_budget(store):
+    one = spectrum_bytes(FingerprintSpectrum(_k(0)))
+    cache = SpectrumCache(str(store.path), store.file_sha256(), None, budget=2 * one + one // 2)
+    for _ in range(3):  # every image visits the cameras in the same order
+        for i in range(5):
+            spectrum = cache.get(f"cam-{i}", store.load(f"cam-{i}").sha256)
+            np.testing.assert_array_equal(spectrum.spectrum, FingerprintSpectrum(_k(i)).spectrum)
+            assert cache.held_bytes <= cache.budget and len(cache.held) <= 2
+    assert set(cache.held) == {"cam-0", "cam-1"}  # the first that fit are kept, the rest computed per pass
+    assert cache.computed == 5 + 3 + 3
+
+
+def test_cache_refuses_a_database_that_changed(store):
+    cache = SpectrumCache(str(store.path), store.file_sha256(), None, budget=1 << 30)
+    sha = store.load("cam-0").sha256
+    store.add("cam-9", _k(9), {})
+    with pytest.raises(Exception, match="database changed since this run began"):
+        cache.get("cam-0", sha)
+
+
+def test_the_job_pickles_small_and_scores_as_the_eager_matcher(store, dresden):
+    settings = MatchSettings(crop=(256, 256))
+    names = store.cameras()
+    lazy = Matcher.from_database(store, names, settings, db_sha256=store.file_sha256(), memory=1 << 30)
+    eager = Matcher((store.load(n) for n in names), settings)
+    shipped = pickle.dumps(MatchJob(lazy, artifacts=False))
+    assert len(shipped) < 4096, len(shipped)  # path, SHA-256s and settings: no transform
+    assert len(pickle.dumps(MatchJob(eager, artifacts=False))) > 5 * 256 * 129 * 8
+    image = sorted((dresden / "nat-jpg").glob("*.JPG"))[0]
+    worker = pickle.loads(shipped)  # as a worker process receives it
+    got = worker(str(image))
+    ev = load_image(image)
+    want = eager.match(ev)
+    assert [r["camera"] for r in got["records"]] == names
+    for g, w in zip(got["records"], want, strict=True):
+        assert g["pce"] == w["pce"] and g["fingerprint_sha256"] == w["fingerprint_sha256"]
+
+
+def test_a_changed_database_fails_each_file_in_one_line(store, dresden):
+    lazy = Matcher.from_database(store, store.cameras(), MatchSettings(crop=(256, 256)),
+                                 db_sha256=store.file_sha256(), memory=1 << 30)  # fmt: skip
+    store.remove("cam-4")
+    image = sorted((dresden / "nat-jpg").glob("*.JPG"))[0]
+    result = pickle.loads(pickle.dumps(MatchJob(lazy)))(str(image))
+    assert "database changed since this run began" in result["error"]
+
+
+def test_adding_a_camera_writes_that_camera_not_the_database(tmp_path):
+    store = FingerprintStore(tmp_path / "db.h5")
+    written = []
+    for i in range(40):
+        before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in store.folder.glob("*.h5")}
+        store.add(f"cam-{i:03d}", _k(i, (128, 128)), {"camera": f"cam-{i:03d}"})
+        files = list(store.folder.glob("*.h5"))
+        new = [p for p in files if p.name not in before]
+        assert len(new) == 1 and len(files) == i + 1
+        for p in files:  # no earlier camera file was rewritten
+            if p.name in before:
+                assert (p.stat().st_ino, p.stat().st_mtime_ns) == before[p.name]
+        written.append(new[0].stat().st_size + store.path.stat().st_size)  # the camera's file and the new index
+    camera_bytes = 128 * 128 * 4
+    assert written[0] >= camera_bytes
+    assert written[-1] <= 2 * written[0], written  # the 40th costs about what the 1st did
+    digests = set()
+    for i in range(3):  # the database SHA-256 changes with any camera
+        store.add("cam-000", _k(100 + i, (128, 128)), {}, replace=True)
+        digests.add(store.file_sha256())
+    assert len(digests) == 3 and len(list(store.folder.glob("*.h5"))) == 40  # the replaced files were deleted
