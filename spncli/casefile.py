@@ -81,13 +81,31 @@ def _entry_hash(entry: dict) -> str:
 
 
 def _open(path: Path, flags: int, mode: int = 0o644) -> int:
-    """``os.open`` that never follows a link at the last component (``O_NOFOLLOW``)."""
+    """``os.open`` of a case file: never through a link, never a special file, never a file with other names.
+
+    ``O_NOFOLLOW`` refuses a symbolic link at the last component; ``O_NONBLOCK`` keeps a FIFO put in
+    place of a case file from blocking the open, and the file is then refused unless it is a regular
+    file with one name (a hard link would let a case write into a file outside its folder).
+    """
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise CaseError(f"{path}: is a symbolic link; a case never follows links out of its folder") from None
+        if exc.errno == errno.ENXIO:  # a FIFO opened for writing with no reader
+            raise CaseError(f"{path}: not a regular file; a case file must be one") from None
         raise
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = "not a regular file; a case file must be one"
+    elif st.st_nlink > 1:
+        problem = f"has {st.st_nlink} hard links; a case file must have one name (it could be written outside the case)"
+    if problem:
+        os.close(fd)
+        raise CaseError(f"{path}: {problem}")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _read(path: Path) -> bytes | None:
@@ -97,8 +115,6 @@ def _read(path: Path) -> bytes | None:
     except FileNotFoundError:
         return None
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise CaseError(f"{path}: not a regular file")
         return f.read()
 
 
@@ -217,7 +233,16 @@ class Case:
         self._real_dir(self.root)
         links = self.links()
         if links:
-            raise CaseError(f"{links[0]}: is a symbolic link inside the case; a case never follows links")
+            st = os.lstat(links[0])
+            what = (
+                "is a symbolic link inside the case; a case never follows links"
+                if stat.S_ISLNK(st.st_mode)
+                else f"has {st.st_nlink} hard links; a case file must have one name (it could be written outside "
+                "the case)"
+                if stat.S_ISREG(st.st_mode)
+                else "is not a regular file (FIFO, socket or device) inside the case"
+            )
+            raise CaseError(f"{links[0]}: {what}")
         names = {p.name for p in self.root.iterdir()} - {LOCK}
         if names and AUDIT not in names:
             raise CaseError(
@@ -225,13 +250,15 @@ class Case:
             )
 
     def links(self) -> list[Path]:
-        """Symbolic links (and other non-regular entries) anywhere in the case."""
+        """Symbolic links, other non-regular entries and files with other hard links, anywhere in the case."""
         found = []
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
             for name in sorted(dirnames + filenames):
                 p = Path(dirpath) / name
-                mode = os.lstat(p).st_mode
-                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                st = os.lstat(p)
+                if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)) or (
+                    stat.S_ISREG(st.st_mode) and st.st_nlink > 1
+                ):
                     found.append(p)
         return sorted(found)
 
@@ -244,7 +271,8 @@ class Case:
             for name in sorted(filenames):
                 p = Path(dirpath) / name
                 rel = p.relative_to(self.root).as_posix()
-                if rel in NOT_HASHED or not stat.S_ISREG(os.lstat(p).st_mode):
+                st = os.lstat(p)
+                if rel in NOT_HASHED or not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
                     continue
                 out[rel] = _digest_file(p)
         return out
@@ -259,12 +287,18 @@ class Case:
         CaseBusy
             At once, naming the PID, host and start time of the run that holds it.
         """
-        fd = _open(self.lock_file, os.O_RDWR | os.O_CREAT)
+        folder = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:  # the lock is on the folder, which a run's rival cannot delete and recreate as it can a file
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(folder)
+            raise CaseBusy(f"{self.root}: another run holds the case ({self._holder_named()})") from None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise CaseBusy(f"{self.root}: another run holds the case ({self._holder(fd)})") from None
+            fd = _open(self.lock_file, os.O_RDWR | os.O_CREAT)
+        except BaseException:
+            os.close(folder)
+            raise
+        try:
             holder = {"pid": os.getpid(), "host": socket.gethostname(), "started_utc": utc_now()}
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
@@ -273,9 +307,9 @@ class Case:
                 yield holder
             finally:
                 os.ftruncate(fd, 0)
-                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+            os.close(folder)  # releases the folder's lock
 
     @staticmethod
     def _holder(fd: int) -> str:
@@ -285,21 +319,32 @@ class Case:
         except (ValueError, KeyError):
             return "holder unknown"
 
+    def _holder_named(self) -> str:
+        """The holder written in the lock file (read only; the lock itself is on the folder)."""
+        try:
+            fd = _open(self.lock_file, os.O_RDONLY)
+        except (FileNotFoundError, CaseError):
+            return "holder unknown: its lock file was removed or replaced"
+        try:
+            return self._holder(fd)
+        finally:
+            os.close(fd)
+
     def busy(self) -> str | None:
         """Who holds the lock now (``None``: nobody), checked without creating or writing anything."""
         try:
-            fd = _open(self.lock_file, os.O_RDONLY)
-        except FileNotFoundError:
+            folder = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(folder, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return self._holder(fd)
+            return self._holder_named()
         else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.flock(folder, fcntl.LOCK_UN)
             return None
         finally:
-            os.close(fd)
+            os.close(folder)
 
     # -- writing (under the lock) --------------------------------------------
     def _append(self, path: Path, lines: list[str]) -> None:
@@ -530,6 +575,13 @@ class Case:
                 )
         return problems
 
+    def _link_problems(self) -> list[str]:
+        return [
+            f"{p.relative_to(self.root)}: is a link, a special file or a file with other hard links, "
+            "not a regular case file"
+            for p in self.links()
+        ]
+
     def state_problems(self) -> tuple[list[str], list[dict]]:
         """The chain and the case files against what the trail records (no input is read); and the entries.
 
@@ -538,8 +590,7 @@ class Case:
         have changed.
         """
         entries, problems = self.audit_entries()
-        problems += [f"{p.relative_to(self.root)}: is a link or a special file, not a regular case file"
-                     for p in self.links()]  # fmt: skip
+        problems += self._link_problems()
         now = self.files()
         if not entries:
             if now:
@@ -564,7 +615,11 @@ class Case:
         if not self.root.is_dir() or self.root.is_symlink():
             v.problems.append(f"{self.root}: not a case folder")
             return v
-        problems, entries = self.state_problems()
+        try:
+            problems, entries = self.state_problems()
+        except CaseError as exc:  # a case file that cannot be read safely (a FIFO, a hard link): named, no hang
+            v.problems += [str(exc), *self._link_problems()]
+            return v
         v.problems += problems
         v.entries = len(entries)
         v.head = entries[-1]["hash"] if entries else GENESIS
@@ -590,6 +645,15 @@ class Case:
             elif hashes.index(head) < len(hashes) - 1:
                 after = [e.get("event") for e in entries[hashes.index(head) + 1 :]]
                 v.notes.append(f"{len(after)} audit entr(y/ies) after the noted head: {', '.join(after)}")
+        try:
+            seen: dict[tuple, int] = {}
+            for r in self.rows():
+                key = (r.get("image"), r.get("sha256"), r.get("camera"))
+                seen[key] = seen.get(key, 0) + 1
+            for (image, _, camera), n in sorted((k, n) for k, n in seen.items() if n > 1):
+                v.problems.append(f"results.jsonl: {n} rows for {image} against {camera} (one expected)")
+        except (CaseError, ValueError) as exc:
+            v.problems.append(f"results.jsonl: unreadable ({exc})")
         if inputs:
             self._verify_inputs(v)
         return v

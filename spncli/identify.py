@@ -178,6 +178,16 @@ def fingerprint_frame(meta: dict, shape: tuple[int, int]) -> tuple[int, int] | N
     return None if meta.get("crop") else (int(shape[0]), int(shape[1]))
 
 
+def frame_turned(image: tuple[int, int], frame: tuple[int, int] | None) -> bool | None:
+    """Whether an image's frame is portrait where the fingerprint's frame is landscape (or the reverse).
+
+    None when either frame is square or the fingerprint's frame is unknown: then the shapes scored decide.
+    """
+    if frame is None or image[0] == image[1] or frame[0] == frame[1]:
+        return None
+    return (image[0] > image[1]) != (frame[0] > frame[1])
+
+
 def cropped_pixels(ev: Evidence, crop: tuple[int, int] | None) -> np.ndarray:
     """The evidence pixels after the centre crop (if any), contiguous.
 
@@ -613,7 +623,8 @@ class Matcher:
         classic_probe = ResidualSpectrum(info["classic_residual"]) if restored else None
         for camera, fp_sha in self.cameras:
             spectrum = self.spectra[camera]
-            m: MatchScore = score(probe, spectrum, max_shift=s.max_shift, rotations=s.rotations)
+            turned = frame_turned(ev.shape, self.frames[camera])
+            m: MatchScore = score(probe, spectrum, max_shift=s.max_shift, rotations=s.rotations, turned=turned)
             record = {
                 "image": ev.path,
                 "sha256": ev.sha256,
@@ -641,7 +652,7 @@ class Matcher:
             }
             used = probe
             if restored:  # both residuals scored; the decision takes both (two_test_decision)
-                mc = score(classic_probe, spectrum, max_shift=s.max_shift, rotations=s.rotations)
+                mc = score(classic_probe, spectrum, max_shift=s.max_shift, rotations=s.rotations, turned=turned)
                 both = two_test_decision(mc, m, s.threshold)
                 if both["decided_by"] == "classic":
                     m, used = mc, classic_probe

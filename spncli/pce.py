@@ -497,6 +497,7 @@ def score(
     rotations: bool = True,
     exclude: int = EXCLUDE,
     surface: bool = False,
+    turned: bool | None = None,
 ) -> MatchScore:
     """Score a residual against a fingerprint.
 
@@ -520,6 +521,12 @@ def score(
     surface : bool, optional
         Also return the correlation surface around the peak (an inverse FFT;
         see :func:`correlation_surface` to ask only for matches).
+    turned : bool or None, optional
+        Whether the image's full frame is in the other orientation than the
+        fingerprint's full frame (portrait against landscape). The frames,
+        not a crop's shape, say which way an image was taken: a 520x512 crop
+        of a landscape image is still landscape. None: judged from the
+        residual's and the fingerprint's shapes.
 
     Returns
     -------
@@ -529,7 +536,9 @@ def score(
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
     probe = residual if isinstance(residual, ResidualSpectrum) else ResidualSpectrum(residual)
     (rows, cols), shape = probe.shape, fp.shape
-    mismatch = rotations and rows != cols and ((rows > cols) != (shape[0] > shape[1]))
+    if turned is None:
+        turned = rows != cols and ((rows > cols) != (shape[0] > shape[1]))
+    mismatch = rotations and turned
     best = None
     total = 0
     for angle in (90, 270) if mismatch else (0,):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import platform
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 from . import __version__
 
 __all__ = [
+    "read_regular_file",
     "utc_now",
     "tool_info",
     "atomic_path",
@@ -99,6 +102,28 @@ def atomic_write_json(final: str | os.PathLike, obj) -> None:
 
 class OutputInsideEvidence(ValueError):
     """An output path would be written into, next to or over an input."""
+
+
+def read_regular_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file (a database, a model card, weights); a FIFO, socket or device is refused.
+
+    The file is opened non-blocking, so that a FIFO put where a file is expected cannot hang the
+    command, then checked to be a regular file before it is read.
+
+    Raises
+    ------
+    OSError
+        Unreadable, or not a regular file (``EINVAL``, with the reason in the message).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def check_output_location(output: str | os.PathLike, inputs) -> None:

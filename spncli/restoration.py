@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .conditioning import NoQuantizationTables, condition_vector
+from .provenance import atomic_write_bytes, atomic_write_json, read_regular_file
 from .evidence import Evidence
 from .jpegtables import ijg_tables
 from .networks import RestorationNet
@@ -266,6 +267,23 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+def _card_problem(card) -> str | None:
+    """What makes a parsed model card unusable (``None``: usable), before any weights are read."""
+    if not isinstance(card, dict):
+        return f"a JSON object is expected, not {type(card).__name__}"
+    weights = card.get("weights")
+    if not isinstance(weights, str) or not weights or "/" in weights or "\\" in weights or weights in (".", ".."):
+        return "'weights' must name a file beside the card (no folders)"
+    if not isinstance(card.get("weights_sha256"), str):
+        return "'weights_sha256' is missing"
+    if not isinstance(card.get("architecture", {}), dict):
+        return "'architecture' must be an object of RestorationNet arguments"
+    radius = card.get("receptive_radius")
+    if not isinstance(radius, int) or isinstance(radius, bool) or radius < 0:
+        return "'receptive_radius' must be a non-negative integer"
+    return None
+
+
 def load_restorer(card_path: str | Path = DEFAULT_MODEL, device: str = "auto") -> Restorer:
     """Load a generator from its model card (JSON) and verify the weights' SHA-256.
 
@@ -279,11 +297,17 @@ def load_restorer(card_path: str | Path = DEFAULT_MODEL, device: str = "auto") -
     """
     card_path = Path(card_path)
     try:
-        card = json.loads(card_path.read_text())
-        weights_path = card_path.parent / card["weights"]
-        data = weights_path.read_bytes()
-    except (OSError, KeyError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{card_path}: cannot read the model card or its weights ({exc})") from None
+        card = json.loads(read_regular_file(card_path))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{card_path}: cannot read the model card ({exc})") from None
+    problem = _card_problem(card)
+    if problem:
+        raise ModelError(f"{card_path}: not a usable model card: {problem}")
+    weights_path = card_path.parent / card["weights"]
+    try:
+        data = read_regular_file(weights_path)
+    except OSError as exc:
+        raise ModelError(f"{weights_path}: cannot read the weights the model card names ({exc})") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != card.get("weights_sha256"):
         raise ModelError(f"{weights_path}: SHA-256 {digest[:16]}... does not match the model card's; not used")
@@ -291,7 +315,10 @@ def load_restorer(card_path: str | Path = DEFAULT_MODEL, device: str = "auto") -
         dev = resolve_device(device)
     except ValueError as exc:
         raise ModelError(str(exc)) from None
-    model = RestorationNet(**card.get("architecture", {}))
+    try:
+        model = RestorationNet(**card.get("architecture", {}))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{card_path}: the card's architecture cannot be built ({exc})") from None
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
             warnings.simplefilter("ignore")
@@ -322,7 +349,6 @@ def write_model_card(
     measured receptive radius and the post-processing policy, plus ``fields``.
     """
     from .networks import receptive_radius
-    from .provenance import atomic_write_bytes, atomic_write_json
 
     out_dir = Path(out_dir)
     data = Path(weights).read_bytes()

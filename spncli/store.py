@@ -47,6 +47,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,10 +132,16 @@ class FingerprintStore:
         return self.path.with_name(self.path.name + ".d")
 
     # -- reading ---------------------------------------------------------
-    @contextlib.contextmanager
-    def _open_read(self):
+    def _check_file(self) -> None:
+        """The database must be a regular file: a FIFO or device in its place would hang or mislead a read."""
         if not self.path.exists():
             raise StoreError(f"{self.path}: no such database (create it with 'spn fingerprint')")
+        if not stat.S_ISREG(os.stat(self.path).st_mode):
+            raise StoreError(f"{self.path}: not a regular file (FIFO, socket or device); not an spn database")
+
+    @contextlib.contextmanager
+    def _open_read(self):
+        self._check_file()
         try:
             f = h5py.File(self.path, "r", locking=False)
         except OSError as exc:
@@ -249,6 +256,7 @@ class FingerprintStore:
 
     def file_sha256(self) -> str:
         """SHA-256 of the database's index as it is now: it names every camera file by its SHA-256."""
+        self._check_file()
         return file_sha256(self.path)
 
     # -- writing ---------------------------------------------------------

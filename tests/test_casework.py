@@ -263,6 +263,45 @@ def test_second_run_fails_at_once_naming_the_holder(done_case, evidence, db, tmp
     assert _run(evidence, case, db).skipped == 5  # released: the next run resumes
 
 
+def test_deleting_the_lock_file_does_not_let_a_second_run_in(done_case, evidence, db, tmp_path):
+    """Adversarial review: the lock was on case.lock, which a rival could unlink and recreate; it is on the folder."""
+    case = _copy(done_case, tmp_path)
+    with Case(case).lock():
+        (case / "case.lock").unlink()
+        with pytest.raises(CaseBusy, match="another run holds the case"):
+            _run(evidence, case, db)
+    assert _run(evidence, case, db).skipped == 5
+
+
+def test_hard_links_and_fifos_in_place_of_case_files_are_refused(done_case, evidence, db, tmp_path):
+    """Adversarial review: a hard-linked case file let a resume append to a file outside the case; a FIFO hung."""
+    case = _copy(done_case, tmp_path)
+    outside = tmp_path / "outside.jsonl"
+    shutil.copy(case / "results.jsonl", outside)
+    before = outside.read_bytes()
+    (case / "results.jsonl").unlink()
+    os.link(outside, case / "results.jsonl")
+    with pytest.raises(CaseError, match="hard links"):
+        _run(evidence, case, db)
+    assert outside.read_bytes() == before
+    assert any("hard links" in p for p in Case(case).verify().problems)
+    fifo_case = _copy(done_case, tmp_path / "f")
+    (fifo_case / "audit.jsonl").unlink()
+    os.mkfifo(fifo_case / "audit.jsonl")
+    problems = Case(fifo_case).verify().problems  # returns (no hang) and names the file
+    assert any("audit.jsonl" in p for p in problems), problems
+    with pytest.raises(CaseError):
+        _run(evidence, fifo_case, db)
+
+
+def test_verify_names_duplicate_rows(done_case, tmp_path):
+    case = _copy(done_case, tmp_path)
+    lines = (case / "results.jsonl").read_text().splitlines()
+    (case / "results.jsonl").write_text("\n".join(lines + lines[:1]) + "\n")
+    problems = Case(case).verify().problems
+    assert any("2 rows for" in p for p in problems), problems
+
+
 def test_resume_keyed_by_path_and_sha(done_case, evidence, db, tmp_path):
     case = _copy(done_case, tmp_path)
     summary = _run(evidence, case, db)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
@@ -167,6 +168,20 @@ EXPECTED_REFUSALS = {
 }
 
 
+def test_a_non_square_crop_of_a_landscape_image_is_not_turned(runner, dresden, tmp_path):
+    """Adversarial review: a 520x512 crop of a landscape image scored against a square (512) fingerprint was
+    tried only at 90 and 270 degrees (the crop looks portrait) and lost its true match. The frames decide."""
+    db = tmp_path / "fp.h5"
+    flats = [str(p) for p in sorted((dresden / "ff-jpg").glob("Nikon_D70_1_*.JPG"))]
+    assert runner.invoke(app, ["fingerprint", *flats, "-c", "D70_1", "--db", str(db), "--crop", "512"]).exit_code == 0
+    probe = str(dresden / "nat-jpg" / "Nikon_D70_1_20749.JPG")
+    for crop in ("512", "520x512", "600x531"):
+        res = runner.invoke(app, ["match", probe, "--db", str(db), "--crop", crop, "-f", "json"])
+        assert res.exit_code == 0, res.output
+        row = json.loads(res.stdout.splitlines()[0])
+        assert row["rotation"] == 0 and row["n_shifts"] == 1 and row["decision"] == "consistent", (crop, row)
+
+
 def test_walk_names_every_entry_with_its_reason(seized):
     others = []
     entries = {p.name: reason for p, reason in walk_inputs([seized], on_other=others.append)}
@@ -252,6 +267,21 @@ def test_control_characters_in_names_stay_on_one_line(runner, tmp_path):
     assert "[bold]markup[-bold].jpg: " in lines[2]
 
 
+def test_control_characters_in_names_stay_on_one_row_of_the_table(runner, synth_case, tmp_path):
+    """Adversarial review: the progress line and the table printed a raw newline from a scored file's name."""
+    db = tmp_path / "db.h5"
+    flats = str(synth_case["flats"]["CAM-A"])
+    assert runner.invoke(app, ["fingerprint", flats, "-c", "CAM-A", "--db", str(db)]).exit_code == 0
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    shutil.copy(synth_case["probes"]["CAM-A"][0], ev / "a\nb.jpg")
+    res = runner.invoke(app, ["match", str(ev), "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    assert "a\\nb.jpg" in res.stderr and not any(line.startswith("b.jpg") for line in res.stderr.splitlines())
+    rows = [line for line in res.stdout.splitlines() if "b.jpg" in line]
+    assert len(rows) == 1 and "a\\nb.jpg" in rows[0], res.stdout
+
+
 def test_code_errors_are_reported_as_such(tmp_path):
     """A defect in a job is an "internal error (please report)", not an evidence error; bad evidence stays as is."""
 
@@ -328,6 +358,47 @@ def test_malicious_pickle_weights_are_refused_without_running(tmp_path):
     with pytest.raises(ModelError, match="not a plain tensor state dict.*nothing in it was run"):
         load_restorer(tmp_path / "evil.json", "cpu")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"architecture": {"bogus": 1}},
+        {"architecture": [1, 2]},
+        {"architecture": {"width": -1}},
+        {"architecture": {"width": "x"}},
+        {"weights": ["x"]},
+        {"weights": "../spn-restore-v1.pt"},
+        {"receptive_radius": None},
+        "a list, not a card",
+    ],
+)
+def test_malformed_model_cards_are_one_line_errors(tmp_path, runner, synth_case, change):
+    """Adversarial review: a card with the right SHA-256 but a malformed body gave tracebacks."""
+    from spncli.restoration import DEFAULT_MODEL, ModelError, load_restorer
+
+    weights = Path(DEFAULT_MODEL).with_suffix(".pt")
+    shutil.copy(weights, tmp_path / weights.name)
+    card = json.loads(Path(DEFAULT_MODEL).read_text())
+    card = ["a list"] if isinstance(change, str) else card | change
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError):
+        load_restorer(tmp_path / "card.json", "cpu")
+    probe = synth_case["probes"]["CAM-A"][0]
+    res = runner.invoke(app, ["restore", str(probe), "--model", str(tmp_path / "card.json"), "-o", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "Traceback" not in res.output and res.exception.__class__ is SystemExit, res.output
+
+
+def test_a_fifo_as_model_card_or_database_does_not_hang(tmp_path, runner, synth_case):
+    from spncli.restoration import ModelError, load_restorer
+
+    os.mkfifo(tmp_path / "card.json")
+    with pytest.raises(ModelError, match="not a regular file"):
+        load_restorer(tmp_path / "card.json", "cpu")
+    os.mkfifo(tmp_path / "db.h5")
+    probe = synth_case["probes"]["CAM-A"][0]
+    res = runner.invoke(app, ["match", str(probe), "--db", str(tmp_path / "db.h5")])
+    assert res.exit_code == 2 and "not a regular file" in res.output and res.exception.__class__ is SystemExit
 
 
 # -- fingerprints: sanity checks when building, metadata under the checksum ---------------------------------------

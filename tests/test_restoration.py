@@ -333,16 +333,14 @@ def test_restore_never_assumes_a_quality_for_files_without_tables(runner, synth_
     assert meta["restoration"]["quality_used"] == 50
     db = tmp_path / "db.h5"
     _ok(runner.invoke(app, ["fingerprint", str(synth_case["flats"]["CAM-A"]), "-c", "CAM-A", "--db", str(db)]))
-    (row,) = [
-        json.loads(x)
-        for x in _ok(runner.invoke(app, ["match", str(png), "--db", str(db), "--restore", "-f", "json"])).stdout.splitlines()
-    ]
+    res = _ok(runner.invoke(app, ["match", str(png), "--db", str(db), "--restore", "-f", "json"]))
+    (row,) = [json.loads(x) for x in res.stdout.splitlines()]
     assert row["restored"] is False and "no JPEG quantization tables" in row["restoration_skipped"]
     assert row["decision"] == "consistent"  # scored with the classic residual
 
 
 def test_inference_never_imports_training_code():
-    """Restoration (inference) imports neither the trainer nor the training-pair simulator; no script imports the CLI."""
+    """Inference imports neither the trainer nor the training-pair simulator; no script imports the CLI."""
     import subprocess
     import sys
 

@@ -136,4 +136,4 @@ def _cell(value) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
-    return str(value)
+    return escape(printable(value))  # a file name with a newline or an escape sequence stays on its row

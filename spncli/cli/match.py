@@ -17,7 +17,7 @@ from ..spectra import parse_bytes
 from ..store import FingerprintStore, StoreError
 from . import State, app
 from ._batch import BatchProgress, run_jobs
-from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, finite, render
+from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, finite, note, render
 from .extract import ResidualOption, check_residual_kind
 from .restore import DeviceOption, ModelOption, open_restorer
 
@@ -204,7 +204,7 @@ def _match_plain(images, matcher, *, db_sha, workers, scheduler, format, size) -
         if format is Format.json:
             render(records, format, COLUMNS)  # stream: one line per record as soon as it is known
         rows.extend(records)
-        err.print(f"matched {result['path']}")
+        note(f"matched {result['path']}")
         return False
 
     job = MatchJob(matcher, max_pixels=State.max_pixels, artifacts=False)
