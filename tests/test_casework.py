@@ -249,6 +249,8 @@ def test_forged_chain_is_caught_only_against_the_noted_head(done_case, tmp_path)
     assert Case(case).verify().ok
     v = Case(case).verify(head=done_case[1].head)
     assert not v.ok and v.head != done_case[1].head
+    res = CliRunner().invoke(app, ["report", str(case), "--head", done_case[1].head])  # the report checks it too
+    assert res.exit_code == 1 and "not in the chain" in res.stderr and not (case / "report.html").exists()
 
 
 def test_second_run_fails_at_once_naming_the_holder(done_case, evidence, db, tmp_path):

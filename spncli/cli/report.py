@@ -62,6 +62,10 @@ def report(
         bool,
         typer.Option(help="Write the report of a case that does not verify, marked NOT VERIFIED at the top."),
     ] = False,
+    head: Annotated[
+        str | None,
+        typer.Option(help="The audit chain head noted at the end of the run: the case must still contain it."),
+    ] = None,
 ):
     """Write a self-contained HTML report: case summary, images consistent with each camera with their
     correlation surfaces and residual previews, PCE against the threshold, and the limitations.
@@ -74,7 +78,7 @@ def report(
     target = out or folder / "report.html"
     try:
         with case.lock():
-            v = case.verify(locked_by_us=True)
+            v = case.verify(head=head, locked_by_us=True)
             if v.problems:
                 for p in v.problems:
                     fail_line(str(folder), p)
