@@ -62,7 +62,7 @@ def make_client(workers: int | None = None, scheduler: str | None = None):
         n_workers=workers or os.cpu_count() or 1,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port: no "port 8787 is already in use" warning on stderr
         silence_logs=logging.CRITICAL,
     )
     return Client(cluster)
