@@ -155,6 +155,25 @@ class FingerprintStore:
                 raise StoreError(f"{self.path}: damaged database ('cameras' is not a group)")
             yield f
 
+    def select(self, wanted=None) -> list[str]:
+        """The cameras a command scores: all of them, or the ``wanted`` ones (each must exist).
+
+        Raises
+        ------
+        StoreError
+            A wanted camera is missing (the message lists the ones held), or the database holds none.
+        """
+        names = self.cameras()
+        if wanted:
+            missing = sorted(set(wanted) - set(names))
+            if missing:
+                held = ", ".join(names) or "none"
+                raise StoreError(f"{self.path}: no camera {', '.join(missing)} (cameras: {held})")
+            names = [n for n in names if n in wanted]
+        if not names:
+            raise StoreError(f"{self.path}: the database holds no camera")
+        return names
+
     def cameras(self) -> list[str]:
         """Camera ids in the database, sorted."""
         with self._open_read() as f:

@@ -39,6 +39,12 @@ def test_round_trip_list_remove(tmp_path):
     with pytest.raises(StoreError, match="not allowed"):
         store.add("../evil", _k(1), {})
     assert not list(tmp_path.glob("*.tmp*"))
+    assert store.select(None) == store.select(["cam-1"]) == ["cam-1"]
+    with pytest.raises(StoreError, match=r"no camera nope \(cameras: cam-1\)"):
+        store.select(["nope", "cam-1"])
+    store.remove("cam-1")
+    with pytest.raises(StoreError, match="holds no camera"):
+        store.select(None)
 
 
 def test_corruption_is_reported_not_used(tmp_path):

@@ -178,14 +178,7 @@ def pool(
         die(f"--weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
     try:
         store = FingerprintStore(db)
-        names = store.cameras()
-        if camera:
-            missing = sorted(set(camera) - set(names))
-            if missing:
-                raise StoreError(f"{db}: no camera {', '.join(missing)} (cameras: {', '.join(names) or 'none'})")
-            names = [n for n in names if n in camera]
-        if not names:
-            raise StoreError(f"{db}: the database holds no camera")
+        names = store.select(camera)
         db_sha = store.file_sha256()
         matcher = Matcher((store.load(n) for n in names), MatchSettings(threshold=threshold, crop=size))
     except StoreError as exc:

@@ -150,14 +150,7 @@ def match(
         die("--restore refines the classic residual: use --residual classic with --restore")
     try:
         store = FingerprintStore(db)
-        names = store.cameras()
-        if camera:
-            missing = sorted(set(camera) - set(names))
-            if missing:
-                raise StoreError(f"{db}: no camera {', '.join(missing)} (cameras: {', '.join(names) or 'none'})")
-            names = [n for n in names if n in camera]
-        if not names:
-            raise StoreError(f"{db}: the database holds no camera")
+        names = store.select(camera)
         db_sha = store.file_sha256()
         settings = MatchSettings(
             threshold=threshold,
