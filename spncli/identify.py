@@ -528,6 +528,7 @@ class Matcher:
             raise ValueError("restoration refines the classic residual: use --residual classic with --restore")
         self.settings = settings
         self.restorer = restorer
+        self.tails = None  # spncli.calibration.EmpiricalTail: records then carry the empirical tail
         self.cameras = []
         self.spectra = {}
         self.frames = {}  # each fingerprint's source frame, for the alignment note
@@ -667,6 +668,8 @@ class Matcher:
                     "network_applied": info["network_applied"],
                     "weights_sha256": info["weights_sha256"],
                 }
+            if self.tails is not None:
+                record |= self.tails.fields(camera, fp_sha, record["pce"], record["jpeg_quality"])
             if surfaces and record["decision"] == "consistent":  # the surface (an inverse FFT) only for matches
                 record["_surface"] = correlation_surface(used, spectrum, m)
             records.append(record)

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .calibration import summary_rows
 from .casefile import Case
 from .pce import SURFACE, false_alarm_probability
 from .plots import png_bytes
@@ -164,6 +165,86 @@ def _fingerprint_section(database: str | None, cameras: list[str]) -> str:
     return "".join(out)
 
 
+def _calibration_table(doc: dict, store: FingerprintStore, threshold: float) -> str:
+    """One row per camera and band of a stored calibration, heavier-than-theory tails marked."""
+    out = [
+        "<table><tr><th>Camera</th><th>Band (JPEG quality)</th><th>Null images</th><th>Median PCE</th>"
+        "<th>99th percentile</th><th>Max</th><th>Above threshold</th><th>Empirical tail at threshold (theory)</th>"
+        "<th>Compared with the theory</th></tr>"
+    ]
+    for r in summary_rows(doc, threshold):
+        try:
+            current = store.header(r["camera"])[0]
+        except StoreError:
+            current = None
+        if current != r["fingerprint_sha256"]:
+            status = "<b>not used</b>: the fingerprint changed (or was removed) since it was calibrated"
+        elif r["above_threshold"]:
+            status = (f"<b style='color:#c00'>heavier than the theory</b>: {r['above_threshold']} null PCE(s) above "
+                      f"{threshold:g}: an image of another camera would be called consistent")  # fmt: skip
+        elif r["heavier_than_theory"]:
+            status = (f"<b style='color:#c00'>heavier than the theory</b>: at PCE {r['check_level']:.1f} the "
+                      f"empirical tail {r['tail_at_check']:.2g} is {r['tail_ratio']:.0f}x the theoretical "
+                      f"{format_probability(r['p_fa_at_check'])}")  # fmt: skip
+        elif r["tail_ratio"] is None:
+            status = "too few samples to compare"
+        else:
+            status = f"within the theory (ratio {r['tail_ratio']:.2g} at PCE {r['check_level']:.1f})"
+        out.append(
+            f"<tr><td>{_e(r['camera'])}</td><td>{_e(r['band'])}</td><td>{r['count']}</td><td>{r['median']:.2f}</td>"
+            f"<td>{r['p99']:.2f}</td><td>{r['max']:.2f}</td><td>{r['above_threshold']}</td>"
+            f"<td>{format_probability(r['tail_at_threshold'])} ({format_probability(r['p_fa_at_threshold'])})</td>"
+            f"<td>{status}</td></tr>"
+        )
+    return "".join(out) + "</table>"
+
+
+def _calibration_section(database: str | None, threshold: float, consistent: list[dict]) -> str:
+    """Calibrated false alarms: the stored null PCEs per camera and quality band, and each match's empirical tail."""
+    out = ["<h2>Calibration (empirical false alarms)</h2>"]
+    try:
+        store = FingerprintStore(database) if database else None
+        loaded = store.calibration() if store else None
+    except (StoreError, OSError) as exc:
+        return out[0] + f"<p class='note' style='color:#c00'>The calibration was not used: {_e(exc)}</p>"
+    if loaded is None:
+        return out[0] + (
+            "<p class='note'>No calibration is stored with the fingerprint database: the false-alarm probabilities "
+            "in this report are the theoretical ones (Gaussian model) only (<code>spn calibrate</code> measures "
+            "empirical ones).</p>"
+        )
+    doc, sha = loaded
+    p, bg = doc["parameters"], doc["background"]
+    crop = "centre crop " + "x".join(map(str, p["scoring"]["crop"])) if p["scoring"]["crop"] else "full frame"
+    again = f", each also re-compressed in memory at JPEG quality {', '.join(map(str, p['qualities']))}"
+    out.append(
+        f"<p>The PCE of {bg['count']} background image(s){again if p['qualities'] else ''} against each camera they "
+        f"do not come from ({_e(crop)}; {'leave-one-camera-out' if p['leave_one_camera_out'] else 'unlabelled'}; "
+        f"measured {_e(doc['created_utc'])} by spn {_e(doc['tool']['version'])}; background SHA-256 list digest "
+        f"<code>{_e(bg['sha256_list_digest'])}</code>; file SHA-256 <code>{_e(sha)}</code>). Assumption: "
+        f"{_e(doc['assumption'])}. The empirical tail of a PCE is (1 + number of null PCEs at or above it) / "
+        "(1 + n): it cannot go below 1/(1 + n).</p>"
+    )
+    out.append(_calibration_table(doc, store, threshold))
+    if consistent:
+        out.append(
+            "<table><tr><th>Image</th><th>Camera</th><th>PCE</th><th>p (false alarm, theory)</th>"
+            "<th>Empirical tail (null images, band)</th></tr>"
+        )
+        for r in consistent:
+            tail = (
+                f"{format_probability(r['p_fa_empirical'])} ({r['null_count']}, {r['null_band']})"
+                if r.get("p_fa_empirical") is not None
+                else f"n/a: {r.get('calibration_note') or 'not recorded when it was scored'}"
+            )
+            out.append(
+                f"<tr><td><code>{_e(normalized_path(r['image']))}</code></td><td>{_e(r['camera'])}</td>"
+                f"<td>{r['pce']:.1f}</td><td>{format_probability(r['p_fa'])}</td><td>{_e(tail)}</td></tr>"
+            )
+        out.append("</table>")
+    return "".join(out)
+
+
 def _not_verified(problems: list[str]) -> str:
     items = "".join(f"<li>{_e(p)}</li>" for p in problems)
     return (
@@ -243,6 +324,7 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
         w(f"<tr><td>{_e(cam)}</td><td>{len(by_camera.get(cam, []))}</td></tr>")
     w("</table>")
     w(_fingerprint_section(manifest.get("database"), cameras))
+    w(_calibration_section(manifest.get("database"), threshold, consistent))
     for cam in cameras:
         matches = sorted(by_camera.get(cam, []), key=lambda r: -r["pce"])
         w(f"<h2>Images consistent with camera {_e(cam)}</h2>")

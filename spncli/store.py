@@ -8,6 +8,8 @@ Layout (format ``spn-db/3``)::
                                 attrs: sha256 (of K's bytes, C order), meta (JSON),
                                        seal (SHA-256 of the camera id, K's shape,
                                        dtype and SHA-256, and the meta JSON text)
+    <db>.d/calibration.json optional: the null PCE distributions of ``spn calibrate``,
+                            sealed JSON (see :meth:`FingerprintStore.calibration`)
 
 Adding a camera writes that camera's file once (temporary name, fsync,
 rename) and rewrites only the index, whose size grows by one link: the cost
@@ -55,7 +57,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .provenance import atomic_path
+from .provenance import atomic_path, read_regular_file
 
 __all__ = [
     "FORMAT",
@@ -66,6 +68,8 @@ __all__ = [
     "seal_sha256",
     "check_camera_id",
     "file_sha256",
+    "CALIBRATION_FILE",
+    "calibration_seal",
 ]
 
 FORMAT = "spn-db/3"
@@ -109,6 +113,18 @@ def check_camera_id(camera: str) -> str:
             "starting with a letter or digit"
         )
     return camera
+
+
+CALIBRATION_FILE = "calibration.json"
+"""The sealed null distributions of ``spn calibrate`` (:mod:`spncli.calibration`), in ``<db>.d``."""
+CALIBRATION_FORMAT = "spn-calibration/1"
+
+
+def calibration_seal(doc: dict) -> str:
+    """SHA-256 over a calibration document without its ``seal`` (canonical JSON: sorted keys, no spaces)."""
+    body = {k: v for k, v in doc.items() if k != "seal"}
+    text = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -419,3 +435,82 @@ class FingerprintStore:
         with self._writing(drop={camera}) as (_f, held):
             if camera not in held:
                 raise StoreError(f"{self.path}: no camera {camera!r} (cameras: {', '.join(sorted(held)) or 'none'})")
+
+    # -- calibration (spn calibrate) -------------------------------------
+    @property
+    def calibration_path(self) -> Path:
+        """Where the sealed calibration lives: ``<db>.d/calibration.json`` (no index names it)."""
+        return self.folder / CALIBRATION_FILE
+
+    def calibration(self) -> tuple[dict, str] | None:
+        """The stored calibration document, its seal verified, and its file's SHA-256; None when none is stored.
+
+        The file is beside the camera files, not in the index: adding or removing a camera rewrites
+        the index but leaves the calibration as it was (each camera's entry names the fingerprint
+        SHA-256 it was measured against, so a replaced fingerprint is never calibrated by an old one).
+
+        Raises
+        ------
+        StoreError
+            The file is a link or not a regular file, is not JSON, has another format, or its seal
+            does not match its content (changed after it was written).
+        """
+        self._check_file()
+        path = self.calibration_path
+        if self.folder.is_symlink() or path.is_symlink():
+            raise StoreError(f"{path}: a symbolic link, not followed; the calibration was not used")
+        if not path.exists():
+            return None
+        try:
+            data = read_regular_file(path)
+            doc = json.loads(data)
+        except OSError as exc:
+            raise StoreError(f"{path}: calibration unreadable ({exc.strerror or exc}); it was not used") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path}: calibration is corrupted (not JSON: {exc}); it was not used") from None
+        if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
+            found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+            raise StoreError(
+                f"{path}: not an spn calibration (format {found!r}, expected {CALIBRATION_FORMAT!r}); it was not used"
+            )
+        if doc.get("seal") != calibration_seal(doc):
+            raise StoreError(
+                f"{path}: calibration is corrupted (its content differs from its seal: changed after it was "
+                "written); it was not used (run spn calibrate again)"
+            )
+        return doc, hashlib.sha256(data).hexdigest()
+
+    def store_calibration(self, doc: dict) -> str:
+        """Seal and write the calibration document (writers' lock, temporary name, fsync, rename); its SHA-256.
+
+        Only ``<db>.d/calibration.json`` is written: the index and the camera files are not touched.
+        """
+        self._check_file()
+        doc = dict(doc, format=CALIBRATION_FORMAT)
+        doc["seal"] = calibration_seal(doc)
+        data = (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            self.folder.mkdir(exist_ok=True)
+            if self.folder.is_symlink() or self.calibration_path.is_symlink():
+                raise StoreError(f"{self.calibration_path}: a symbolic link, not followed; nothing was stored")
+            with open(lock_path, "a") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+                try:
+                    for stale in self.folder.glob(f".{CALIBRATION_FILE}.*.tmp"):  # a killed writer's
+                        stale.unlink(missing_ok=True)
+                    with atomic_path(self.calibration_path) as tmp:
+                        tmp.write_bytes(data)
+                    folder = os.open(self.folder, os.O_RDONLY)
+                    try:  # the new name is durable
+                        os.fsync(folder)
+                    finally:
+                        os.close(folder)
+                finally:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        except OSError as exc:
+            raise StoreError(
+                f"{self.calibration_path}: cannot write the calibration ({exc.strerror or exc}); "
+                "the previous one is unchanged"
+            ) from None
+        return hashlib.sha256(data).hexdigest()

@@ -9,6 +9,8 @@ import typer
 
 from .. import __version__
 from ..casefile import Case
+from ..calibration import FIELDS as TAIL_FIELDS
+from ..calibration import tails_for
 from ..casework import CaseError, run_case
 from ..identify import Matcher, MatchSettings, gather_inputs
 from ..jobs import MatchJob
@@ -17,7 +19,7 @@ from ..spectra import parse_bytes
 from ..store import FingerprintStore, StoreError
 from . import State, app
 from ._batch import BatchProgress, run_jobs
-from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, finite, note, render
+from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, error_line, fail_line, finite, note, render
 from .extract import ResidualOption, check_residual_kind
 from .restore import DeviceOption, ModelOption, open_restorer
 
@@ -35,6 +37,7 @@ COLUMNS = [
     "shift_col",
     "n_shifts",
     "p_fa",
+    *TAIL_FIELDS,
     "rotation",
     "rows",
     "cols",
@@ -170,6 +173,9 @@ def match(
             matcher = Matcher.from_database(store, names, settings, restorer, db_sha256=db_sha, memory=memory)
         else:  # in-process: one fingerprint in memory at a time, only its transform is kept
             matcher = Matcher((store.load(n) for n in names), settings, restorer)
+        matcher.tails, refused = tails_for(store, settings, restored=restorer is not None)
+        if refused:  # the scores stand; their empirical tails are null and say why
+            error_line(refused)
     except StoreError as exc:
         die(str(exc))
     if case is not None:
