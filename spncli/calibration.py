@@ -307,7 +307,7 @@ def calibrate(
     store: FingerprintStore,
     backgrounds: list[tuple[Path, str | None]],
     *,
-    settings: MatchSettings = MatchSettings(crop=(512, 512)),
+    settings: MatchSettings = MatchSettings(),
     qualities: Iterable[int] = DEFAULT_QUALITIES,
     leave_one_camera_out: bool = False,
     labels_file: str | os.PathLike | None = None,
@@ -376,8 +376,8 @@ def calibrate(
             said = f"labelled {label!r}" if label else "declared from none of the cameras"
             on_error(str(path), f"is a source image of the fingerprint of {', '.join(clash)} but {said}; not used")
             continue
-        variants = [(None, ev)] + [(q, recompressed(ev, q, settings.crop)) for q in qualities]
-        for q, variant in variants:
+        variants = ((q, ev if q is None else recompressed(ev, q, settings.crop)) for q in (None, *qualities))
+        for q, variant in variants:  # one re-compressed copy of the frame in memory at a time
             band = band_of(variant.quality.quality if variant.quality else None)
             for record in matcher.match(variant):
                 if record["camera"] in against:

@@ -240,3 +240,22 @@ def test_cli_calibrate_json_and_help(lab, runner, tmp_path):
     assert res.exit_code == 0 and res.stdout.startswith("camera,band,count,"), res.output
     res = runner.invoke(app, ["calibrate", "--db", str(db), str(lab["background"][0]), "--labels", str(lab["labels"])])
     assert res.exit_code == 2 and "--leave-one-camera-out" in res.output
+
+
+def test_calibration_write_is_atomic_and_cleans_a_killed_writers_temporary(tmp_path, monkeypatch):
+    store = FingerprintStore(tmp_path / "db.h5")
+    store.add("cam", np.full((32, 32), 1e-3, np.float32), {"camera": "cam"})
+    doc = {"parameters": {"threshold": 60.0}, "cameras": {}, "background": {"count": 0}}
+    first = store.store_calibration(doc)
+    stale = store.folder / ".calibration.json.killed.tmp"  # what a writer killed before its rename leaves
+    stale.write_text("{")
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("spncli.provenance.os.replace", disk_full)
+    with pytest.raises(StoreError, match="cannot write the calibration .*previous one is unchanged"):
+        store.store_calibration(doc | {"cameras": {"cam": {}}})
+    monkeypatch.undo()
+    assert store.calibration()[1] == first  # the previous calibration, whole
+    assert sorted(p.name for p in store.folder.iterdir() if p.name.startswith(".")) == []  # temporaries gone
