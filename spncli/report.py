@@ -168,7 +168,7 @@ def _fingerprint_section(database: str | None, cameras: list[str]) -> str:
 def _calibration_table(doc: dict, store: FingerprintStore, threshold: float) -> str:
     """One row per camera and band of a stored calibration, heavier-than-theory tails marked."""
     out = [
-        "<table><tr><th>Camera</th><th>Band (JPEG quality)</th><th>Null images</th><th>Median PCE</th>"
+        "<table><tr><th>Camera</th><th>Band (JPEG quality)</th><th>Null PCEs (n)</th><th>Median PCE</th>"
         "<th>99th percentile</th><th>Max</th><th>Above threshold</th><th>Empirical tail at threshold (theory)</th>"
         "<th>Compared with the theory</th></tr>"
     ]
@@ -226,6 +226,11 @@ def _calibration_section(database: str | None, threshold: float, consistent: lis
         "(1 + n): it cannot go below 1/(1 + n).</p>"
     )
     out.append(_calibration_table(doc, store, threshold))
+    out.append(
+        "<p class='note'>Where a band is heavier than the theory, unrelated images of that quality reach higher "
+        "PCEs than the Gaussian model predicts: the theoretical false-alarm probability understates the risk there, "
+        "and the empirical tail (bounded below by 1/(1 + n)) is the figure to weigh.</p>"
+    )
     if consistent:
         out.append(
             "<table><tr><th>Image</th><th>Camera</th><th>PCE</th><th>p (false alarm, theory)</th>"
