@@ -30,7 +30,10 @@ import numpy as np
 from .casefile import ANALYSES, Case, CaseError
 from .casework import open_case
 
-__all__ = ["AnalysisFiles", "run_analysis", "cluster_files", "pool_files", "cluster_order", "next_pool_name", "CLUSTER_RECORD", "CLUSTER_PICTURE"]
+__all__ = [
+    "AnalysisFiles", "run_analysis", "cluster_files", "pool_files", "cluster_order", "next_pool_name", "CLUSTER_RECORD",
+    "CLUSTER_PICTURE",
+]  # fmt: skip
 
 CLUSTER_RECORD = "cluster/clusters.json"
 CLUSTER_PICTURE = "cluster/similarity.png"

@@ -63,7 +63,9 @@ NOT_HASHED = frozenset({AUDIT, LOCK})
 APPEND_ONLY = ("results.jsonl",)
 REGENERATED = ("results.csv", "manifest.json", "errors.jsonl")
 """Written again at the end of every run from the rows and the errors met (so free after a killed run)."""
-RUN_END = ("match-completed", "match-interrupted", "cluster-completed", "cluster-failed", "pool-completed", "pool-failed")
+RUN_END = (
+    "match-completed", "match-interrupted", "cluster-completed", "cluster-failed", "pool-completed", "pool-failed",
+)  # fmt: skip
 RUN_KINDS = ("match-", "cluster-", "pool-")
 """Audit events of a run start with one of these; a run ends with one of :data:`RUN_END`."""
 ANALYSES = ("cluster/", "pool/")
@@ -671,7 +673,7 @@ class Case:
         v.problems += problems
         v.entries = len(entries)
         v.head = entries[-1]["hash"] if entries else GENESIS
-        recorded, _ = self.recorded_files(entries)
+        recorded, last_end = self.recorded_files(entries)
         v.files_checked = len(recorded)
         open_run = self._last_run_open(entries)
         if open_run is not None:
@@ -679,7 +681,7 @@ class Case:
                 f"audit trail: the last run (started {open_run.get('utc')}) has no end entry: it was killed, "
                 f"is still running, or the trail was cut; run the same command again ({open_run.get('event')})"
             )
-        elif entries and not recorded:
+        elif entries and last_end is None:
             v.problems.append("audit trail: no run ended, so no file of the case is recorded")
         holder = None if locked_by_us else self.busy()
         if holder:

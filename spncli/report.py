@@ -28,7 +28,10 @@ from .plots import png_bytes
 from .provenance import utc_now
 from .store import FingerprintStore, StoreError
 
-__all__ = ["surface_png", "build_report", "cluster_section", "pool_section", "pce_scale_svg", "format_probability", "normalized_path"]
+__all__ = [
+    "surface_png", "build_report", "cluster_section", "pool_section", "pce_scale_svg", "format_probability",
+    "normalized_path",
+]  # fmt: skip
 
 SMALLEST_PROBABILITY = 1e-300
 """Below this a false-alarm probability is written as a bound (``< 1e-300``): doubles underflow to 0 there."""

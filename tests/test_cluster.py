@@ -234,3 +234,50 @@ def test_cluster_into_case_verified_tamper_detected_and_reported(synth_folder, r
     (evidence / name).write_bytes((evidence / name).read_bytes() + b"\0")
     res = runner.invoke(app, ["case", "verify", str(case)])
     assert res.exit_code == 1 and f"{evidence / name}: changed" in res.output
+
+
+def test_case_with_clustering_and_matches_reports_both(synth_folder, runner, tmp_path):
+    """A case may hold a clustering and match results (either order): it verifies and the report has both."""
+    from spncli.casework import run_case
+    from spncli.identify import Matcher, MatchSettings
+
+    src, truth = synth_folder
+    case, db = tmp_path / "case", tmp_path / "db.h5"
+    _ok(runner.invoke(app, ["cluster", str(src), "--case", str(case), "--to-db", str(db)]))
+    store = FingerprintStore(db)
+    matcher = Matcher((store.load(c) for c in store.cameras()), MatchSettings())
+    probes = sorted(src.iterdir())[:3]
+    summary = run_case(probes, case, matcher, db=db, db_sha=store.file_sha256(), cluster=False, handle_signals=False)
+    assert summary.scored == 3 and summary.consistent == 3  # each probe is a member of one stored cluster
+    _ok(runner.invoke(app, ["case", "verify", str(case)]))
+    _ok(runner.invoke(app, ["report", str(case)]))
+    page = (case / "report.html").read_text()
+    assert "All scores" in page and "Blind grouping by source camera (clustering)" in page
+    assert page.index("All scores") < page.index("Blind grouping") < page.index("Method and limitations")
+
+
+def test_killed_cluster_run_is_named_and_run_again(synth_folder, runner, tmp_path):
+    """A clustering killed after its start entry: verify names the open run; the same command completes it."""
+    from spncli.casefile import Case
+
+    src, _ = synth_folder
+    case = Case(tmp_path / "case")
+    case.create()
+    case.audit("cluster-start", parameters={}, evidence=[str(src)])
+    (case.root / "cluster").mkdir()
+    (case.root / "cluster" / "clusters.json").write_text("{")  # a file the killed run left
+    res = runner.invoke(app, ["case", "verify", str(case.root)])
+    assert res.exit_code == 1 and "no end entry" in res.output and "cluster-start" in res.output
+    _ok(runner.invoke(app, ["cluster", str(src), "--case", str(case.root)]))
+    _ok(runner.invoke(app, ["case", "verify", str(case.root)]))
+    assert json.loads((case.root / "cluster" / "clusters.json").read_text())["n_images"] == 20
+
+
+def test_failed_clustering_is_audited_and_the_case_still_verifies(synth_folder, runner, tmp_path):
+    src, _ = synth_folder
+    case = tmp_path / "case"
+    res = runner.invoke(app, ["cluster", str(sorted(src.iterdir())[0]), "--case", str(case)])
+    assert res.exit_code == 1 and "at least two usable images" in res.output
+    events = [json.loads(line)["event"] for line in (case / "audit.jsonl").read_text().splitlines()]
+    assert events == ["cluster-start", "cluster-failed"] and not (case / "cluster").exists()
+    _ok(runner.invoke(app, ["case", "verify", str(case)]))

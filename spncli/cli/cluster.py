@@ -11,7 +11,7 @@ import typer
 
 from ..caseanalysis import cluster_files, cluster_order, run_analysis
 from ..casefile import CaseError
-from ..cluster import ClusterSettings, ClusterResult, cluster_fingerprint, cluster_images
+from ..cluster import ClusterResult, ClusterSettings, cluster_fingerprint, cluster_images
 from ..evidence import EvidenceError
 from ..identify import gather_inputs
 from ..plots import similarity_png
@@ -44,8 +44,13 @@ def _emit_json(record: dict) -> None:
 
 
 def _store_clusters(result, db: Path, prefix: str, min_size: int, replace: bool) -> int:
-    """Store one fingerprint per cluster of ``min_size`` or more; return the number of failures."""
-    store, failed = FingerprintStore(db), 0
+    """Store one fingerprint per cluster of ``min_size`` or more; return the number of failures.
+
+    A database that cannot be written raises ``ValueError`` (with --case: the run ends with a failed entry)."""
+    try:
+        store, failed = FingerprintStore(db), 0
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
     for c in result.clusters:
         if c["size"] < min_size:
             continue
@@ -60,7 +65,7 @@ def _store_clusters(result, db: Path, prefix: str, min_size: int, replace: bool)
             fail_line(exc.path, exc.reason)
             failed += 1
         except StoreError as exc:
-            die(str(exc), EXIT_SOME_FAILED)
+            raise ValueError(str(exc)) from None
     return failed
 
 
