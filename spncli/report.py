@@ -415,6 +415,24 @@ def _cluster_table(record: dict, cluster: dict) -> str:
     return "".join(out)
 
 
+def _unplaced(record: dict, alone: list[dict]) -> str:
+    """The images left alone, each with its highest score against any other image."""
+    z = np.asarray(record.get("similarity_z") or [[0.0]], float)
+    out = [
+        "<h3>Images not placed</h3><table><tr><th>Image</th><th>SHA-256</th><th>Highest z with any other image</th>"
+        "</tr>"
+    ]
+    for c in alone:
+        i = c["members"][0]
+        best = float(np.max(np.delete(z[i], i))) if z.shape[0] > 1 else float("nan")
+        out.append(
+            f"<tr><td><code>{_e(normalized_path(record['images'][i]['path']))}</code></td><td><code>"
+            f"{_e(record['images'][i]['sha256'])}</code></td><td>{best:.2f}</td></tr>"
+        )
+    out.append("</table>")
+    return "".join(out)
+
+
 def cluster_section(case: Case) -> str:
     """The clustering written by ``spn cluster --case``: the matrix picture, clusters, scores, threshold; or ''."""
     data = case.read_analysis("cluster/clusters.json")
@@ -462,19 +480,7 @@ def cluster_section(case: Case) -> str:
             f"<p class='note'>Weakest pair z {low:.2f}{stored}.</p>" + _cluster_table(record, c)
         )
     if alone:
-        z = np.asarray(record.get("similarity_z") or [[0.0]], float)
-        out.append(
-            "<h3>Images not placed</h3><table><tr><th>Image</th><th>SHA-256</th><th>Highest z with any other "
-            "image</th></tr>"
-        )
-        for c in alone:
-            i = c["members"][0]
-            best = float(np.max(np.delete(z[i], i))) if z.shape[0] > 1 else float("nan")
-            out.append(
-                f"<tr><td><code>{_e(normalized_path(record['images'][i]['path']))}</code></td><td><code>"
-                f"{_e(record['images'][i]['sha256'])}</code></td><td>{best:.2f}</td></tr>"
-            )
-        out.append("</table>")
+        out.append(_unplaced(record, alone))
     if record.get("failed"):
         out.append("<h3>Files not used in the clustering</h3><table><tr><th>File</th><th>Reason</th></tr>")
         for f in record["failed"]:

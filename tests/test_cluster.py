@@ -199,20 +199,23 @@ def test_cluster_into_case_verified_tamper_detected_and_reported(synth_folder, r
     evidence.mkdir()
     for p in sorted(src.iterdir()):
         (evidence / p.name).write_bytes(p.read_bytes())
+    rng = np.random.default_rng(8)
+    stranger = evidence / "stranger.jpg"  # the one image of a sixth camera: it must stay alone
+    stranger.write_bytes(encode_jpeg(expose(flat_field((128, 192), rng), synthetic_prnu((128, 192), rng), rng), 90))
     case = tmp_path / "case"
     res = _ok(runner.invoke(app, ["cluster", str(evidence), "--case", str(case), "-f", "json", "--examiner", "E"]))
     record = json.loads(res.stdout)
     assert record["case"] == str(case) and len(record["audit_head"]) == 64
     stored = json.loads((case / "cluster" / "clusters.json").read_text())
-    assert stored["clusters"] == record["clusters"] and len(stored["inputs"]) == 20
+    assert stored["clusters"] == record["clusters"] and len(stored["inputs"]) == 21
     assert (case / "cluster" / "similarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    groups = [{truth[Path(p).name] for p in c["paths"]} for c in stored["clusters"]]
-    assert len(groups) == 5 and all(len(g) == 1 for g in groups)
+    groups = [{truth.get(Path(p).name, "stranger") for p in c["paths"]} for c in stored["clusters"]]
+    assert len(groups) == 6 and all(len(g) == 1 for g in groups) and {"stranger"} in groups
     first = stored["clusters"][0]
     assert len(first["pairwise_pce"]) == 6 and all(pce == pytest.approx(z * z, rel=1e-2) for (_, _, z), (_, _, pce)
                                                    in zip(first["pairwise_z"], first["pairwise_pce"], strict=True))
     verify = _ok(runner.invoke(app, ["case", "verify", str(case), "--head", record["audit_head"]]))
-    assert "20 input(s) unchanged" in verify.output
+    assert "21 input(s) unchanged" in verify.output
     again = runner.invoke(app, ["cluster", str(evidence), "--case", str(case)])
     assert again.exit_code == 1 and "already holds a clustering" in again.output
 
@@ -220,13 +223,14 @@ def test_cluster_into_case_verified_tamper_detected_and_reported(synth_folder, r
     page = (case / "report.html").read_text()
     assert "Blind grouping by source camera (clustering)" in page and "data:image/png;base64," in page
     assert f"z &gt; {stored['z_threshold']:.3f}" in page and "false-alarm probability 0.001" in page
-    assert "over 361 possible tests" in page  # (N-1)^2 with N = 20
+    assert "over 400 possible tests" in page  # (N-1)^2 with N = 21
     assert all(str(evidence / name) in page for name in truth)  # members by full path
+    assert page.index("Images not placed") < page.index(str(stranger))
     assert f"<td>{first['pairwise_z'][0][2]:.2f}</td>" in page
     _ok(runner.invoke(app, ["case", "verify", str(case)]))  # the report is recorded too
 
     text = (case / "cluster" / "clusters.json").read_text()
-    (case / "cluster" / "clusters.json").write_text(text.replace('"n_clusters": 5', '"n_clusters": 4'))
+    (case / "cluster" / "clusters.json").write_text(text.replace('"n_clusters": 6', '"n_clusters": 5'))
     res = runner.invoke(app, ["case", "verify", str(case)])
     assert res.exit_code == 1 and "cluster/clusters.json: changed" in res.output
     (case / "cluster" / "clusters.json").write_text(text)
