@@ -43,7 +43,7 @@ def _emit_json(record: dict) -> None:
     sys.stdout.flush()
 
 
-def _store_clusters(result, db: Path, prefix: str, min_size: int, replace: bool) -> int:
+def _store_clusters(result, db: Path, prefix: str, min_size: int, replace: bool, case: Path | None = None) -> int:
     """Store one fingerprint per cluster of ``min_size`` or more; return the number of failures.
 
     A database that cannot be written raises ``ValueError`` (with --case: the run ends with a failed entry)."""
@@ -59,7 +59,8 @@ def _store_clusters(result, db: Path, prefix: str, min_size: int, replace: bool)
             check_camera_id(camera)
             k, meta = cluster_fingerprint(result, c, max_pixels=State.max_pixels)
             c["fingerprint_camera"] = camera
-            c["fingerprint_sha256"] = store.add(camera, k, meta | {"camera": camera}, replace=replace)
+            origin = {"camera": camera, "case": str(case.absolute()) if case else None}
+            c["fingerprint_sha256"] = store.add(camera, k, meta | origin, replace=replace)
             err.print(f"stored {camera}: {c['size']} image(s), {meta['cols']}x{meta['rows']}, in {db}")
         except EvidenceError as exc:
             fail_line(exc.path, exc.reason)
@@ -123,7 +124,7 @@ def cluster(
     for path in (to_db, out):
         if case is not None and path is not None and path.resolve().is_relative_to(case.resolve()):
             die(f"{path}: inside the case folder {case}; only the case's own files go there (write it outside)")
-    store = (lambda result: _store_clusters(result, to_db, prefix, min_size, replace)) if to_db else None
+    store = (lambda result: _store_clusters(result, to_db, prefix, min_size, replace, case)) if to_db else None
     head = None
     if case is None:
         try:
