@@ -47,7 +47,7 @@ import numpy as np
 from .evidence import sha256_file
 from .provenance import atomic_write_bytes, tool_info, utc_now
 
-__all__ = ["CSV_COLUMNS", "GENESIS", "Case", "CaseError", "CaseBusy", "Verification"]
+__all__ = ["ANALYSES", "CSV_COLUMNS", "GENESIS", "Case", "CaseError", "CaseBusy", "Verification"]
 
 CSV_COLUMNS = [
     "image", "sha256", "size_bytes", "jpeg_quality", "camera", "pce", "ncc", "decision", "threshold",
@@ -63,7 +63,13 @@ NOT_HASHED = frozenset({AUDIT, LOCK})
 APPEND_ONLY = ("results.jsonl",)
 REGENERATED = ("results.csv", "manifest.json", "errors.jsonl")
 """Written again at the end of every run from the rows and the errors met (so free after a killed run)."""
-RUN_END = ("match-completed", "match-interrupted")
+RUN_END = (
+    "match-completed", "match-interrupted", "cluster-completed", "cluster-failed", "pool-completed", "pool-failed",
+)  # fmt: skip
+RUN_KINDS = ("match-", "cluster-", "pool-")
+"""Audit events of a run start with one of these; a run ends with one of :data:`RUN_END`."""
+ANALYSES = ("cluster/", "pool/")
+"""Folders written whole by one ``cluster`` or ``match --pool`` run (a JSON record with its ``inputs``, pictures)."""
 TORN_AUDIT = "audit.jsonl: ends with a partial line (a kill while writing, or cut or appended to)"
 
 
@@ -366,6 +372,28 @@ class Case:
         atomic_write_bytes(path, data)
         _fsync_dir(path.parent)
 
+    def write_analysis(self, rel: str, data: bytes) -> None:
+        """Atomic write of one file of an analysis folder (:data:`ANALYSES`), e.g. ``cluster/clusters.json``."""
+        if not rel.startswith(ANALYSES) or ".." in rel.split("/") or rel.count("/") != 1:
+            raise CaseError(f"{rel}: not an analysis file name (one of {', '.join(ANALYSES)} then a file name)")
+        self._write(self.root / rel, data)
+
+    def read_analysis(self, rel: str) -> bytes | None:
+        """An analysis file's bytes (``None`` when absent), read without following a link."""
+        path = self.root / rel
+        if not path.parent.is_dir():
+            return None
+        self._real_dir(path.parent, create=False)
+        return _read(path)
+
+    def analysis_files(self, folder: str) -> list[str]:
+        """The files of one analysis folder (``"cluster/"`` or ``"pool/"``), relative to the case, sorted."""
+        path = self.root / folder
+        if folder not in ANALYSES or not path.is_dir():
+            return []
+        self._real_dir(path, create=False)
+        return sorted(f"{folder}{p.name}" for p in path.iterdir() if not _is_temp(p.name))
+
     def _rewrite_jsonl(self, path: Path, rows: list[dict]) -> None:
         self._write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
 
@@ -549,15 +577,16 @@ class Case:
     @staticmethod
     def _last_run_open(entries: list[dict]) -> dict | None:
         """The last run's start entry if that run wrote no end entry (killed, running, or the trail was cut)."""
-        runs = [e for e in entries if str(e.get("event", "")).startswith("match-")]
-        return runs[-1] if runs and runs[-1].get("event") == "match-start" else None
+        runs = [e for e in entries if str(e.get("event", "")).startswith(RUN_KINDS)]
+        return runs[-1] if runs and str(runs[-1].get("event")).endswith("-start") else None
 
     def _compare(self, recorded: dict[str, dict], now: dict[str, dict], since: str, killed: bool) -> list[str]:
         """Differences between recorded and present files (after a killed run, appends and new pictures pass)."""
         problems = []
         for rel in sorted(recorded.keys() | now.keys()):
             rec, cur = recorded.get(rel), now.get(rel)
-            if killed and (rel in REGENERATED or _is_temp(rel) or (rec is None and rel.startswith("artifacts/"))):
+            if killed and (rel in REGENERATED or _is_temp(rel) or (rec is None and rel.startswith(("artifacts/",
+                                                                                                   *ANALYSES)))):
                 continue
             if cur is None:
                 problems.append(f"{rel}: missing (recorded by {since}, SHA-256 {rec['sha256'][:16]}...)")
@@ -601,6 +630,27 @@ class Case:
         problems += self._compare(recorded, now, since, killed=self._last_run_open(entries) is not None)
         return problems, entries
 
+    def base_entries(self) -> list[dict] | None:
+        """The audit entries of a case a run may build on (``None``: a new case, no audit trail yet).
+
+        Raises
+        ------
+        CaseError
+            If the case changed since its audit trail recorded it (a torn last audit line passes: the
+            next entry cuts it), naming the first difference.
+        """
+        if not self.audit_log.exists() and not self.audit_log.is_symlink():
+            return None
+        problems, entries = self.state_problems()
+        problems = [p for p in problems if p != TORN_AUDIT]
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise CaseError(
+                f"{self.root}: the case changed since its audit trail recorded it: {problems[0]}{more}; "
+                f"run spn case verify {self.root} (a run never builds on a case that does not verify)"
+            )
+        return entries
+
     def verify(self, *, head: str | None = None, inputs: bool = True, locked_by_us: bool = False) -> Verification:
         """Check the case, writing nothing: the chain, each recorded file against the file now, files added
         or missing, links, the inputs re-hashed, and (``head``) that the noted head is still in the chain.
@@ -623,15 +673,15 @@ class Case:
         v.problems += problems
         v.entries = len(entries)
         v.head = entries[-1]["hash"] if entries else GENESIS
-        recorded, _ = self.recorded_files(entries)
+        recorded, last_end = self.recorded_files(entries)
         v.files_checked = len(recorded)
         open_run = self._last_run_open(entries)
         if open_run is not None:
             v.problems.append(
                 f"audit trail: the last run (started {open_run.get('utc')}) has no end entry: it was killed, "
-                "is still running, or the trail was cut; resume it with the same spn match --case"
+                f"is still running, or the trail was cut; run the same command again ({open_run.get('event')})"
             )
-        elif entries and not recorded:
+        elif entries and last_end is None:
             v.problems.append("audit trail: no run ended, so no file of the case is recorded")
         holder = None if locked_by_us else self.busy()
         if holder:
@@ -664,9 +714,14 @@ class Case:
         except (ValueError, CaseError) as exc:
             v.problems.append(f"manifest.json: unreadable ({exc})")
             return
-        if manifest is None:
-            return
-        for item in manifest.get("inputs", []):
+        items = list((manifest or {}).get("inputs", []))
+        for rel in sorted(self.files()):
+            if rel.startswith(ANALYSES) and rel.endswith(".json"):
+                try:
+                    items += json.loads(_read(self.root / rel) or b"{}").get("inputs", [])
+                except (ValueError, AttributeError, CaseError) as exc:
+                    v.problems.append(f"{rel}: unreadable ({exc})")
+        for item in {(i.get("path"), i.get("sha256")): i for i in items}.values():  # each input once
             if not item.get("sha256"):
                 continue
             path = Path(item["path"])

@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .batch import close_client, execute, make_client
-from .casefile import TORN_AUDIT, Case, CaseBusy, CaseError
+from .casefile import Case, CaseBusy, CaseError
 from .evidence import DEFAULT_MAX_PIXELS
 from .identify import Matcher, gather_inputs
 from .jobs import MatchJob
 from .provenance import OutputInsideEvidence, check_apart, utc_now
 
-__all__ = ["CaseSummary", "CaseError", "CaseBusy", "run_case", "case_parameters"]
+__all__ = ["CaseSummary", "CaseError", "CaseBusy", "open_case", "run_case", "case_parameters"]
 
 RUN_ONLY = ("workers", "scheduler", "max_pixels")
 """Parameters that may differ between the runs of one case (they do not change a score)."""
@@ -84,16 +84,13 @@ def _check_resume(case: Case, parameters: dict, db_sha: str) -> bool:
     """Refuse a case that does not verify, or one started with another database or parameters.
 
     Returns whether the last run ended without an end entry (killed)."""
-    if not case.audit_log.exists() and not case.audit_log.is_symlink():
+    entries = case.base_entries()
+    if entries is None:
         return False  # a new case (Case.create refused a folder holding files but no audit trail)
-    problems, entries = case.state_problems()
-    problems = [p for p in problems if p != TORN_AUDIT]  # a kill while appending: the next entry cuts it
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise CaseError(
-            f"{case.root}: the case changed since its audit trail recorded it: {problems[0]}{more}; "
-            f"run spn case verify {case.root} (a run never builds on a case that does not verify)"
-        )
+    open_run = case._last_run_open(entries)
+    if open_run is not None and open_run.get("event") != "match-start":
+        raise CaseError(f"{case.root}: its last run ({open_run.get('event')}) has no end entry; run that command "
+                        "again first")  # fmt: skip
     first = next((e for e in entries if e.get("event") == "match-start"), None)
     if first is not None:
         if first.get("database_sha256") != db_sha:
@@ -106,7 +103,7 @@ def _check_resume(case: Case, parameters: dict, db_sha: str) -> bool:
         if changed:
             diff = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
             raise CaseError(f"{case.root}: the case was started with other parameters ({diff}); use a new case folder")
-    return case._last_run_open(entries) is not None
+    return open_run is not None
 
 
 def _inputs(case: Case, walked: list[str], errors: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -162,6 +159,23 @@ def _deferred_signals(enabled: bool, on_notice: Callable[[str], None]):
             signal.signal(s, h)
 
 
+def open_case(folder: str | os.PathLike, evidence) -> Case:
+    """The case folder, created if new, once checked apart from the evidence (neither inside the other).
+
+    Raises
+    ------
+    CaseError
+        Naming the folder or the evidence.
+    """
+    try:
+        check_apart(folder, evidence)
+    except OutputInsideEvidence as exc:
+        raise CaseError(str(exc)) from None
+    case = Case(folder)
+    case.create()
+    return case
+
+
 def run_case(
     evidence: Sequence[str | os.PathLike],
     folder: str | os.PathLike,
@@ -215,12 +229,7 @@ def run_case(
     CaseError
         The folder cannot be used (one line naming it); :class:`CaseBusy` when another run holds it.
     """
-    case = Case(folder)
-    try:
-        check_apart(folder, evidence)
-    except OutputInsideEvidence as exc:
-        raise CaseError(str(exc)) from None
-    case.create()
+    case = open_case(folder, evidence)
     parameters = case_parameters(matcher, max_pixels=max_pixels, workers=workers, scheduler=scheduler)
     with case.lock(), _deferred_signals(handle_signals, on_notice) as asked:
         killed = _check_resume(case, parameters, db_sha)

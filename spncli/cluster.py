@@ -662,6 +662,7 @@ def _describe(labels: np.ndarray, link: dict, images: list[dict]) -> list[dict]:
                 "members": members,
                 "paths": [images[i]["path"] for i in members],
                 "pairwise_z": pairs,
+                "pairwise_pce": [[a, b, round(math.copysign(v * v, v), 2)] for a, b, v in pairs],
                 "min_pair_z": min((p[2] for p in pairs), default=None),
                 "member_z": [None if np.isnan(link["member_z"][i]) else round(float(link["member_z"][i]), 3)
                              for i in members],

@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["detail_png", "eval_bars", "png_bytes", "preview_png", "thumbnail_jpeg"]
+__all__ = ["detail_png", "eval_bars", "png_bytes", "preview_png", "similarity_png", "thumbnail_jpeg"]
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -113,3 +113,61 @@ def eval_bars(rows: list[dict], threshold: float, title: str) -> np.ndarray:
         cv2.putText(img, method, (left + j * 130 + 20, height - 13), _FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "median matching PCE (log)", (left + 280, height - 13), _FONT, 0.45, (60, 60, 60), 1, cv2.LINE_AA)
     return img
+
+
+def similarity_png(z: np.ndarray, order: np.ndarray, sizes: list[int], threshold: float, side: int = 640) -> bytes:
+    """The pair scores as a heat map, images ordered by cluster, each cluster of two or more framed.
+
+    Parameters
+    ----------
+    z : ndarray, shape (N, N)
+        Pair scores (z = signed square root of the PCE at zero shift).
+    order : ndarray of int, shape (N,)
+        Image order (clusters contiguous, in the order of ``sizes``).
+    sizes : list of int
+        Cluster sizes in that order.
+    threshold : float
+        The merge threshold on z, marked on the colour bar.
+
+    Returns
+    -------
+    bytes
+        PNG; colour: z clipped to [-3, top], with ``top`` at least twice the threshold.
+    """
+    n = len(order)
+    m = np.asarray(z, np.float64)[np.ix_(order, order)]
+    off = m[~np.eye(n, dtype=bool)]
+    top = max(2.0 * threshold, float(np.percentile(off, 99)) if off.size else 0.0, 1.0)
+    norm = np.clip((m + 3.0) / (top + 3.0) * 255.0, 0, 255).astype(np.uint8)
+    np.fill_diagonal(norm, 255)
+    cell = max(1, side // max(n, 1))
+    img = cv2.applyColorMap(cv2.resize(norm, (n * cell, n * cell), interpolation=cv2.INTER_NEAREST),
+                            cv2.COLORMAP_VIRIDIS)  # fmt: skip
+    if img.shape[0] > side:
+        img = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+    f = img.shape[0] / n
+    start = 0
+    for size in sizes:
+        if size > 1:
+            a, b = int(round(start * f)), int(round((start + size) * f)) - 1
+            cv2.rectangle(img, (a, a), (b, b), (60, 60, 255), 1)
+        start += size
+    h = img.shape[0]
+    pad_top, pad_right = 30, 120
+    canvas = np.full((h + pad_top + 10, h + pad_right, 3), 255, np.uint8)
+    canvas[pad_top : pad_top + h, :h] = img
+    cv2.putText(canvas, f"{n} images ordered by cluster (framed: clusters)", (0, 20), _FONT, 0.45, (0, 0, 0), 1,
+                cv2.LINE_AA)  # fmt: skip
+    bar = cv2.applyColorMap(np.linspace(255, 0, h).astype(np.uint8)[:, None].repeat(14, axis=1), cv2.COLORMAP_VIRIDIS)
+    x0 = h + 10
+    canvas[pad_top : pad_top + h, x0 : x0 + 14] = bar
+
+    def y_of(v: float) -> int:
+        return pad_top + int(round((1.0 - (v + 3.0) / (top + 3.0)) * (h - 1)))
+
+    for v, label in ((top, f"z {top:.0f}"), (0.0, "z 0"), (-3.0, "z -3")):
+        cv2.putText(canvas, label, (x0 + 18, y_of(v) + 4), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    yt = y_of(threshold)
+    cv2.line(canvas, (x0 - 4, yt), (x0 + 18, yt), (0, 0, 200), 2)
+    cv2.putText(canvas, f"merge {threshold:.2f}", (x0 + 18, yt - 6), _FONT, 0.4, (0, 0, 200), 1, cv2.LINE_AA)
+    return png_bytes(canvas)

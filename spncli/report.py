@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 import os
 from collections import defaultdict
@@ -28,7 +29,10 @@ from .plots import png_bytes
 from .provenance import utc_now
 from .store import FingerprintStore, StoreError
 
-__all__ = ["surface_png", "build_report", "pce_scale_svg", "format_probability", "normalized_path"]
+__all__ = [
+    "surface_png", "build_report", "cluster_section", "pool_section", "pce_scale_svg", "format_probability",
+    "normalized_path",
+]  # fmt: skip
 
 SMALLEST_PROBABILITY = 1e-300
 """Below this a false-alarm probability is written as a bound (``< 1e-300``): doubles underflow to 0 there."""
@@ -289,6 +293,11 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
     if problems:
         w(_not_verified(problems))
     w("<h1>Camera identification report (sensor pattern noise)</h1>")
+    if not (rows or errors or manifest):  # only a clustering or pooled probes (spn cluster / match --pool --case)
+        w(_analyses_only(case, head) + cluster_section(case) + pool_section(case))
+        w(f"<p class='note'>Integrity: re-check with <code>spn case verify {_e(folder)} --head {_e(head)}</code>.</p>")
+        w(_SCRIPT + "</body></html>")
+        return out.getvalue()
     w("<table class='meta'>")
     for k, v in [
         ("Case", manifest.get("case_id")),
@@ -413,6 +422,7 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
         w(f"<tr><td><code>{_e(image)}</code></td><td>{_e(cam)}</td><td>{pce}</td><td>{p}</td>")
         w(f"<td>{_e(decision)}</td></tr>")
     w("</table>")
+    w(cluster_section(case) + pool_section(case))
     qualities = sorted({r.get("jpeg_quality") for r in rows if r.get("jpeg_quality")})
     w("<h2>Method and limitations</h2><ul>")
     w(
@@ -448,3 +458,194 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
     )
     w(_SCRIPT + "</body></html>")
     return out.getvalue()
+
+
+# -- analyses written into the case by spn cluster --case and spn match --pool --case -------------------------------
+MAX_PAIR_ROWS = 15
+"""Clusters up to this many members list every pair's score; larger ones give the range (all pairs in the JSON)."""
+
+
+def _pce_of(z: float) -> float:
+    return math.copysign(z * z, z)
+
+
+def _cluster_table(record: dict, cluster: dict) -> str:
+    images = record["images"]
+    out = [
+        "<table><tr><th>Member</th><th>SHA-256</th><th>Rotation</th><th>JPEG quality</th>"
+        "<th>z against the others' consensus</th></tr>"
+    ]
+    for i, mz in zip(cluster["members"], cluster.get("member_z", []), strict=False):
+        im = images[i]
+        out.append(
+            f"<tr><td><code>{_e(normalized_path(im['path']))}</code></td><td><code>{_e(im['sha256'])}</code></td>"
+            f"<td>{_e(im.get('rotation'))}</td><td>{_e(im.get('jpeg_quality') or 'n/a')}</td>"
+            f"<td>{'' if mz is None else f'{mz:.2f}'}</td></tr>"
+        )
+    out.append("</table>")
+    pairs = cluster.get("pairwise_z", [])
+    if cluster["size"] <= MAX_PAIR_ROWS:
+        out.append("<table><tr><th>Image</th><th>Image</th><th>z</th><th>PCE</th></tr>")
+        for a, b, z in sorted(pairs, key=lambda p: -p[2]):
+            out.append(
+                f"<tr><td><code>{_e(normalized_path(images[a]['path']))}</code></td>"
+                f"<td><code>{_e(normalized_path(images[b]['path']))}</code></td><td>{z:.2f}</td>"
+                f"<td>{_pce_of(z):.1f}</td></tr>"
+            )
+        out.append("</table>")
+    elif pairs:
+        zs = sorted(p[2] for p in pairs)
+        out.append(
+            f"<p class='note'>{len(pairs)} pairs: z from {zs[0]:.2f} to {zs[-1]:.2f} (median "
+            f"{zs[len(zs) // 2]:.2f}); every pair's score is in <code>cluster/clusters.json</code>.</p>"
+        )
+    return "".join(out)
+
+
+def _unplaced(record: dict, alone: list[dict]) -> str:
+    """The images left alone, each with its highest score against any other image."""
+    z = np.asarray(record.get("similarity_z") or [[0.0]], float)
+    out = [
+        "<h3>Images not placed</h3><table><tr><th>Image</th><th>SHA-256</th><th>Highest z with any other image</th>"
+        "</tr>"
+    ]
+    for c in alone:
+        i = c["members"][0]
+        best = float(np.max(np.delete(z[i], i))) if z.shape[0] > 1 else float("nan")
+        out.append(
+            f"<tr><td><code>{_e(normalized_path(record['images'][i]['path']))}</code></td><td><code>"
+            f"{_e(record['images'][i]['sha256'])}</code></td><td>{best:.2f}</td></tr>"
+        )
+    out.append("</table>")
+    return "".join(out)
+
+
+def cluster_section(case: Case) -> str:
+    """The clustering written by ``spn cluster --case``: the matrix picture, clusters, scores, threshold; or ''."""
+    data = case.read_analysis("cluster/clusters.json")
+    if data is None:
+        return ""
+    record = json.loads(data)
+    settings = record.get("settings", {})
+    alpha, n_tests, tau = settings.get("alpha"), record["n_tests"], record["z_threshold"]
+    groups = [c for c in record["clusters"] if c["size"] > 1]
+    alone = [c for c in record["clusters"] if c["size"] == 1]
+    out = [
+        "<h2>Blind grouping by source camera (clustering)</h2>",
+        f"<p>{record['n_images']} image(s), analysed at {record['analysis_cols']}x{record['analysis_rows']} "
+        f"(centre crop, portrait images turned to landscape for the analysis only), form {len(groups)} group(s) of "
+        f"two or more images; {len(alone)} image(s) could not be placed and stay alone. "
+        f"{len(record.get('failed', []))} file(s) could not be used.</p>",
+        f"<p>Merge threshold: z &gt; {tau:.3f} (PCE &gt; {record['pce_threshold']:.1f} at zero shift), from the "
+        f"false-alarm probability {_e(alpha)} of the whole grouping over {n_tests} possible tests "
+        f"(Bonferroni: {format_probability(alpha / n_tests) if alpha else 'n/a'} per test); null scale of the "
+        f"scores {record['null_scale']:.3f} (measured on the data, never below 1). Images in one group are "
+        "<i>consistent with</i> one source camera, and every member is supported by the others' consensus above "
+        "the threshold. An image left alone is <b>not excluded</b> from any group: small, dark, textured or "
+        "compressed images give weak scores.</p>",
+    ]
+    picture = case.read_analysis("cluster/similarity.png")
+    if picture is not None:
+        caption = (
+            "Similarity matrix: the score z of every pair of images, ordered by cluster (largest first); framed "
+            f"squares are the clusters; the colour bar marks the merge threshold z {tau:.2f}"
+        )
+        out.append(
+            f"<figure><img alt='{_e(caption)}' src='{_data_uri(picture)}' style='max-width:760px'>"
+            f"<figcaption class='note'>{_e(caption)}</figcaption></figure>"
+        )
+    for c in sorted(groups, key=lambda c: (-c["size"], c["id"])):
+        stored = (
+            f"; fingerprint stored as <code>{_e(c['fingerprint_camera'])}</code> (SHA-256 "
+            f"<code>{_e(c.get('fingerprint_sha256'))}</code>)"
+            if c.get("fingerprint_camera")
+            else ""
+        )
+        low = c.get("min_pair_z")
+        out.append(
+            f"<h3>Cluster {c['id']}: {c['size']} images consistent with one source camera</h3>"
+            f"<p class='note'>Weakest pair z {low:.2f}{stored}.</p>" + _cluster_table(record, c)
+        )
+    if alone:
+        out.append(_unplaced(record, alone))
+    if record.get("failed"):
+        out.append("<h3>Files not used in the clustering</h3><table><tr><th>File</th><th>Reason</th></tr>")
+        for f in record["failed"]:
+            out.append(f"<tr><td><code>{_e(normalized_path(f['path']))}</code></td><td>{_e(f['reason'])}</td></tr>")
+        out.append("</table>")
+    out.append(
+        f"<p class='note'>Clustered {_e(record.get('started_utc'))} to {_e(record.get('finished_utc'))} UTC by spn "
+        f"{_e(record.get('tool_version'))}; {record.get('notched_frequencies')} common spectral peaks notched. "
+        "Method: normalised residuals correlated pairwise (Goljan, Fridrich &amp; Filler 2009); agglomeration on "
+        "the clusters' consensus (Bloy 2008; Lin &amp; Li 2017).</p>"
+    )
+    return "".join(out)
+
+
+def pool_section(case: Case) -> str:
+    """Each pooled probe written by ``spn match --pool --case``: the images pooled and every camera's score."""
+    out = []
+    for rel in case.analysis_files("pool/"):
+        if not rel.endswith(".json"):
+            continue
+        record = json.loads(case.read_analysis(rel) or b"{}")
+        rows = sorted(record.get("pooled", []), key=lambda r: -r["pce"])
+        images = record.get("images", [])
+        threshold = float(rows[0]["threshold"]) if rows else 60.0
+        out.append(
+            f"<h2>Pooled probe {_e(Path(rel).stem)}: {len(images)} image(s) scored as one probe</h2>"
+            "<p>The images below, of one suspected source, are pooled into one maximum-likelihood estimate of "
+            "their common sensor pattern (each weighted by the inverse variance of its residual unless stated) "
+            "and scored against each camera as <b>one</b> test, with that test's false-alarm probability.</p>"
+            "<table><tr><th>Pooled image</th><th>SHA-256</th><th>Size</th><th>JPEG quality</th></tr>"
+        )
+        for im in images:
+            out.append(
+                f"<tr><td><code>{_e(normalized_path(im['path']))}</code></td><td><code>{_e(im['sha256'])}</code>"
+                f"</td><td>{_e(im.get('cols'))}x{_e(im.get('rows'))}</td><td>{_e(im.get('jpeg_quality') or 'n/a')}"
+                "</td></tr>"
+            )
+        out.append(
+            "</table><table><tr><th>Camera</th><th>Pooled PCE</th><th>p (false alarm)</th><th>Best single PCE</th>"
+            "<th>Decision</th></tr>"
+        )
+        for r in rows:
+            verdict = ("consistent with " if r["decision"] == "consistent" else "not consistent with ") + r["camera"]
+            best = r.get("best_single_pce")
+            out.append(
+                f"<tr><td>{_e(r['camera'])}</td><td{' class=ok' if r['decision'] == 'consistent' else ''}>"
+                f"{r['pce']:.1f}</td><td>{format_probability(r['p_fa'])}</td>"
+                f"<td>{'' if best is None else f'{best:.1f}'}</td><td>{_e(verdict)}</td></tr>"
+            )
+        out.append("</table>")
+        if rows:
+            out.append(pce_scale_svg(rows[0]["pce"], threshold).replace("this image", "the pooled probe"))
+            out.append(
+                f"<p class='note'>Weighting {_e(rows[0].get('weighting'))}; database SHA-256 "
+                f"<code>{_e(rows[0].get('db_sha256'))}</code>. A pooled PCE at or below {threshold:g} does not "
+                "exclude a camera.</p>"
+            )
+        for f in record.get("failed", []):
+            out.append(f"<p class='note'>Not pooled: <code>{_e(normalized_path(f['path']))}</code>: "
+                       f"{_e(f['reason'])}</p>")  # fmt: skip
+    return "".join(out)
+
+
+def _analyses_only(case: Case, head: str | None) -> str:
+    """The head of a report for a case that holds no match results, only a clustering or pooled probes."""
+    entries, _ = case.audit_entries()
+    starts = [e for e in entries if str(e.get("event", "")).endswith("-start")]
+    first = starts[0] if starts else {}
+    rows = [
+        ("Case", first.get("case_id")),
+        ("Examiner", first.get("examiner")),
+        ("Report generated (UTC)", utc_now()),
+        ("Audit chain head", head),
+        ("Analysis runs (UTC)", "; ".join(f"{e.get('event')} {e.get('utc')}" for e in starts)),
+        ("Tool", f"spn {first.get('version')} (numpy {first.get('numpy')}, OpenCV {first.get('opencv')})"),
+        ("Evidence", ", ".join(sorted({normalized_path(p) for e in starts for p in e.get("evidence", [])}))),
+    ]
+    return (
+        "<table class='meta'>" + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"
+        "<p class='note'>This case holds no image-against-camera match results: only the analyses below.</p>"
+    )

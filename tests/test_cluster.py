@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -103,9 +104,9 @@ def test_two_cameras_never_share_a_cluster():
 def test_dresden_flat_fields_six_groups(dresden, tmp_path, runner):
     flats = sorted((dresden / "ff-jpg").glob("*.JPG"))
     chosen = [p for cam in sorted({camera_of(p) for p in flats}) for p in [q for q in flats if camera_of(q) == cam][:4]]
-    db, out = tmp_path / "clusters.h5", tmp_path / "clusters.json"
+    db, out, case = tmp_path / "clusters.h5", tmp_path / "clusters.json", tmp_path / "case"
     res = _ok(runner.invoke(app, ["cluster", *map(str, chosen), "--crop", "512", "-f", "json", "--out", str(out),
-                                  "--to-db", str(db)]))
+                                  "--to-db", str(db), "--case", str(case)]))
     record = json.loads(res.stdout)
     assert record == json.loads(out.read_text())
     groups = [{camera_of(Path(p)) for p in c["paths"]} for c in record["clusters"]]
@@ -117,6 +118,14 @@ def test_dresden_flat_fields_six_groups(dresden, tmp_path, runner):
     meta = store.meta("cluster-00")
     assert meta["image_count"] == 4 and (meta["rows"], meta["cols"]) == (512, 512)
     assert {s["sha256"] for s in meta["sources"]} <= {im["sha256"] for im in record["images"]}
+    in_case = json.loads((case / "cluster" / "clusters.json").read_text())
+    assert [c["fingerprint_camera"] for c in in_case["clusters"]] == store.cameras()  # provenance both ways
+    assert meta["case"] == str(case.absolute()) and meta["cluster"]["id"] == 0
+    _ok(runner.invoke(app, ["case", "verify", str(case)]))
+    _ok(runner.invoke(app, ["report", str(case)]))
+    page = (case / "report.html").read_text()
+    assert page.count("images consistent with one source camera</h3>") == 6 and "cluster-05" in page
+    assert all(str(p) in page for p in chosen)
 
 
 def test_cli_help_bad_input_and_evidence_guard(runner, synth_folder, tmp_path):
@@ -182,3 +191,100 @@ def test_memory_mapped_matrices_give_the_same_result(synth_folder):
     mapped = cluster_images(files, ClusterSettings(in_memory_bytes=0, block=3))
     assert np.allclose(in_memory.z, mapped.z, atol=1e-4)
     assert [c["members"] for c in in_memory.clusters] == [c["members"] for c in mapped.clusters]
+
+
+def test_cluster_into_case_verified_tamper_detected_and_reported(synth_folder, runner, tmp_path):
+    """``cluster --case``: the clustering and its picture are case files in the audit chain; verify passes, a
+    tampered record or input is named; the report shows the matrix, the clusters with full paths and scores."""
+    src, truth = synth_folder
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    for p in sorted(src.iterdir()):
+        (evidence / p.name).write_bytes(p.read_bytes())
+    rng = np.random.default_rng(8)
+    stranger = evidence / "stranger.jpg"  # the one image of a sixth camera: it must stay alone
+    stranger.write_bytes(encode_jpeg(expose(flat_field((128, 192), rng), synthetic_prnu((128, 192), rng), rng), 90))
+    case = tmp_path / "case"
+    res = _ok(runner.invoke(app, ["cluster", str(evidence), "--case", str(case), "-f", "json", "--examiner", "E"]))
+    record = json.loads(res.stdout)
+    assert record["case"] == str(case) and len(record["audit_head"]) == 64
+    stored = json.loads((case / "cluster" / "clusters.json").read_text())
+    assert stored["clusters"] == record["clusters"] and len(stored["inputs"]) == 21
+    picture = cv2.imdecode(np.frombuffer((case / "cluster" / "similarity.png").read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    assert picture.shape[0] > 300 and picture.shape[1] > picture.shape[0]  # the matrix and its colour bar
+    groups = [{truth.get(Path(p).name, "stranger") for p in c["paths"]} for c in stored["clusters"]]
+    assert len(groups) == 6 and all(len(g) == 1 for g in groups) and {"stranger"} in groups
+    first = stored["clusters"][0]
+    assert len(first["pairwise_pce"]) == 6 and all(pce == pytest.approx(z * z, rel=1e-2) for (_, _, z), (_, _, pce)
+                                                   in zip(first["pairwise_z"], first["pairwise_pce"], strict=True))
+    verify = _ok(runner.invoke(app, ["case", "verify", str(case), "--head", record["audit_head"]]))
+    assert "21 input(s) unchanged" in verify.output
+    again = runner.invoke(app, ["cluster", str(evidence), "--case", str(case)])
+    assert again.exit_code == 1 and "already holds a clustering" in again.output
+
+    _ok(runner.invoke(app, ["report", str(case)]))
+    page = (case / "report.html").read_text()
+    assert "Blind grouping by source camera (clustering)" in page and "data:image/png;base64," in page
+    assert f"z &gt; {stored['z_threshold']:.3f}" in page and "false-alarm probability 0.001" in page
+    assert "over 400 possible tests" in page  # (N-1)^2 with N = 21
+    assert all(str(evidence / name) in page for name in truth)  # members by full path
+    assert page.index("Images not placed") < page.index(str(stranger))
+    assert f"<td>{first['pairwise_z'][0][2]:.2f}</td>" in page
+    _ok(runner.invoke(app, ["case", "verify", str(case)]))  # the report is recorded too
+
+    text = (case / "cluster" / "clusters.json").read_text()
+    (case / "cluster" / "clusters.json").write_text(text.replace('"n_clusters": 6', '"n_clusters": 5'))
+    res = runner.invoke(app, ["case", "verify", str(case)])
+    assert res.exit_code == 1 and "cluster/clusters.json: changed" in res.output
+    (case / "cluster" / "clusters.json").write_text(text)
+    name = sorted(truth)[0]
+    (evidence / name).write_bytes((evidence / name).read_bytes() + b"\0")
+    res = runner.invoke(app, ["case", "verify", str(case)])
+    assert res.exit_code == 1 and f"{evidence / name}: changed" in res.output
+
+
+def test_case_with_clustering_and_matches_reports_both(synth_folder, runner, tmp_path):
+    """A case may hold a clustering and match results (either order): it verifies and the report has both."""
+    from spncli.casework import run_case
+    from spncli.identify import Matcher, MatchSettings
+
+    src, truth = synth_folder
+    case, db = tmp_path / "case", tmp_path / "db.h5"
+    _ok(runner.invoke(app, ["cluster", str(src), "--case", str(case), "--to-db", str(db)]))
+    store = FingerprintStore(db)
+    matcher = Matcher((store.load(c) for c in store.cameras()), MatchSettings())
+    probes = sorted(src.iterdir())[:3]
+    summary = run_case(probes, case, matcher, db=db, db_sha=store.file_sha256(), cluster=False, handle_signals=False)
+    assert summary.scored == 3 and summary.consistent == 3  # each probe is a member of one stored cluster
+    _ok(runner.invoke(app, ["case", "verify", str(case)]))
+    _ok(runner.invoke(app, ["report", str(case)]))
+    page = (case / "report.html").read_text()
+    assert "All scores" in page and "Blind grouping by source camera (clustering)" in page
+    assert page.index("All scores") < page.index("Blind grouping") < page.index("Method and limitations")
+
+
+def test_killed_cluster_run_is_named_and_run_again(synth_folder, runner, tmp_path):
+    """A clustering killed after its start entry: verify names the open run; the same command completes it."""
+    from spncli.casefile import Case
+
+    src, _ = synth_folder
+    case = Case(tmp_path / "case")
+    case.create()
+    case.audit("cluster-start", parameters={}, evidence=[str(src)])
+    (case.root / "cluster").mkdir()
+    (case.root / "cluster" / "clusters.json").write_text("{")  # a file the killed run left
+    res = runner.invoke(app, ["case", "verify", str(case.root)])
+    assert res.exit_code == 1 and "no end entry" in res.output and "cluster-start" in res.output
+    _ok(runner.invoke(app, ["cluster", str(src), "--case", str(case.root)]))
+    _ok(runner.invoke(app, ["case", "verify", str(case.root)]))
+    assert json.loads((case.root / "cluster" / "clusters.json").read_text())["n_images"] == 20
+
+
+def test_failed_clustering_is_audited_and_the_case_still_verifies(synth_folder, runner, tmp_path):
+    src, _ = synth_folder
+    case = tmp_path / "case"
+    res = runner.invoke(app, ["cluster", str(sorted(src.iterdir())[0]), "--case", str(case)])
+    assert res.exit_code == 1 and "at least two usable images" in res.output
+    events = [json.loads(line)["event"] for line in (case / "audit.jsonl").read_text().splitlines()]
+    assert events == ["cluster-start", "cluster-failed"] and not (case / "cluster").exists()
+    _ok(runner.invoke(app, ["case", "verify", str(case)]))

@@ -61,23 +61,68 @@ def test_sizes_mismatch_refused(weak_probes, tmp_path):
         pool_match(_evidence([paths[0], rotated]), Matcher(fps, MatchSettings(crop=(96, 96))))
 
 
-def test_pool_cli_json_and_refusal(weak_probes, runner, tmp_path):
-    paths, fps = weak_probes
+@pytest.fixture
+def pool_db(weak_probes, tmp_path):
+    _, fps = weak_probes
     db = tmp_path / "db.h5"
     store = FingerprintStore(db)
     for fp in fps:
         store.add(fp.camera, fp.k, {"camera": fp.camera})
-    res = runner.invoke(app, ["pool", *map(str, paths), "--db", str(db), "-f", "json", "--singles"])
+    return db, store.file_sha256()
+
+
+def test_match_pool_rows_and_refusal(weak_probes, pool_db, runner, tmp_path):
+    """``spn match --pool``: one row per camera naming every pooled image (path and SHA-256); sizes checked."""
+    paths, _ = weak_probes
+    db, db_sha = pool_db
+    res = runner.invoke(app, ["match", "--pool", *map(str, paths), "--db", str(db), "-f", "json", "--singles"])
     assert res.exit_code == 0, res.output
     rows = {r["camera"]: r for r in map(json.loads, res.stdout.splitlines())}
-    assert rows["cam-true"]["decision"] == "consistent" and rows["cam-true"]["db_sha256"] == store.file_sha256()
-    assert [im["path"] for im in rows["cam-true"]["images"]] == list(map(str, paths))
-    help_text = runner.invoke(app, ["pool", "--help"]).output
-    assert "--db" in help_text and "one probe" in help_text.lower()
+    true = rows["cam-true"]
+    assert true["decision"] == "consistent" and true["db_sha256"] == db_sha and true["pce"] > true["best_single_pce"]
+    assert [im["path"] for im in true["images"]] == list(map(str, paths))
+    assert all(len(im["sha256"]) == 64 for im in true["images"]) and true["n_images"] == 5
+    assert rows["cam-other"]["decision"] == "not consistent" and 0 < true["p_fa"] < rows["cam-other"]["p_fa"]
+    csv_out = runner.invoke(app, ["match", "--pool", *map(str, paths), "--db", str(db), "-f", "csv"])
+    assert csv_out.exit_code == 0 and all(str(p) in csv_out.stdout for p in paths)
+    help_text = runner.invoke(app, ["match", "--help"]).output
+    assert "--pool" in help_text and "one probe" in help_text.lower()
     other = tmp_path / "other.jpg"
     other.write_bytes(encode_jpeg(np.zeros((100, 100, 3), np.uint8) + 90, 90))
-    res = runner.invoke(app, ["pool", str(paths[0]), str(other), "--db", str(db)])
+    res = runner.invoke(app, ["match", "--pool", str(paths[0]), str(other), "--db", str(db)])
     assert res.exit_code == 1 and "other.jpg 100x100" in res.output and "differ in size" in res.output
+    res = runner.invoke(app, ["match", "--pool", str(paths[0]), "--db", str(db), "--restore"])
+    assert res.exit_code == 2 and "--pool" in res.output
+
+
+def test_match_pool_into_case_verified_and_reported(weak_probes, pool_db, runner, tmp_path):
+    """``--pool --case``: the pooled result is a case file in the audit chain; the report names the pooled images."""
+    paths, _ = weak_probes
+    db, _ = pool_db
+    case = tmp_path / "case"
+    res = runner.invoke(app, ["match", "--pool", *map(str, paths[:3]), "--db", str(db), "--case", str(case)])
+    assert res.exit_code == 0, res.output
+    record = json.loads((case / "pool" / "pool-001.json").read_text())
+    assert [im["path"] for im in record["inputs"]] == list(map(str, paths[:3]))
+    assert runner.invoke(app, ["case", "verify", str(case)]).exit_code == 0
+    small = tmp_path / "elsewhere" / "small.jpg"
+    small.parent.mkdir()
+    small.write_bytes(encode_jpeg(np.zeros((64, 64, 3), np.uint8) + 90, 90))
+    res = runner.invoke(app, ["match", "--pool", str(paths[0]), str(small), "--db", str(db), "--case", str(case)])
+    assert res.exit_code == 1 and "small.jpg 64x64" in res.output  # a failed pooling is audited, nothing written
+    assert sorted(p.name for p in (case / "pool").iterdir()) == ["pool-001.json"]
+    assert runner.invoke(app, ["case", "verify", str(case)]).exit_code == 0
+    res = runner.invoke(app, ["report", str(case)])
+    assert res.exit_code == 0, res.output
+    page = (case / "report.html").read_text()
+    assert "Pooled probe pool-001: 3 image(s) scored as one probe" in page
+    assert all(str(p) in page for p in paths[:3]) and str(paths[3]) not in page
+    best = max(record["pooled"], key=lambda r: r["pce"])
+    assert best["camera"] == "cam-true" and best["pce"] > 20 and f"{best['pce']:.1f}" in page
+    record["pooled"][0]["pce"] += 100.0  # tampered
+    (case / "pool" / "pool-001.json").write_text(json.dumps(record, indent=2))
+    res = runner.invoke(app, ["case", "verify", str(case)])
+    assert res.exit_code == 1 and "pool/pool-001.json: changed" in res.output
 
 
 def test_weightings(weak_probes):

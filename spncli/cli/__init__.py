@@ -65,7 +65,7 @@ def _root(
 
 
 from . import case, db, degrade, demo, evaluate, extract, fingerprint, match, quality, report, restore, train  # noqa: E402,F401  (register commands)
-from . import cluster  # noqa: E402,F401  (spn cluster, spn pool)
+from . import cluster  # noqa: E402,F401  (spn cluster)
 from . import calibrate  # noqa: E402,F401  (spn calibrate)
 
 

@@ -1,4 +1,4 @@
-"""``spn cluster`` (blind grouping by source camera) and ``spn pool`` (several images as one probe)."""
+"""``spn cluster``: blind grouping of images by source camera, optionally into a case folder."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from typing import Annotated
 
 import typer
 
-from ..cluster import ClusterSettings, cluster_fingerprint, cluster_images
+from ..caseanalysis import cluster_files, cluster_order, run_analysis
+from ..casefile import CaseError
+from ..cluster import ClusterResult, ClusterSettings, cluster_fingerprint, cluster_images
 from ..evidence import EvidenceError
 from ..identify import gather_inputs
+from ..plots import similarity_png
 from ..provenance import OutputInsideEvidence, atomic_write_json, check_output_location
 from ..store import FingerprintStore, StoreError, check_camera_id
 from . import State, app
@@ -40,9 +43,14 @@ def _emit_json(record: dict) -> None:
     sys.stdout.flush()
 
 
-def _store_clusters(result, db: Path, prefix: str, min_size: int, replace: bool) -> int:
-    """Store one fingerprint per cluster of ``min_size`` or more; return the number of failures."""
-    store, failed = FingerprintStore(db), 0
+def _store_clusters(result, db: Path, prefix: str, min_size: int, replace: bool, case: Path | None = None) -> int:
+    """Store one fingerprint per cluster of ``min_size`` or more; return the number of failures.
+
+    A database that cannot be written raises ``ValueError`` (with --case: the run ends with a failed entry)."""
+    try:
+        store, failed = FingerprintStore(db), 0
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
     for c in result.clusters:
         if c["size"] < min_size:
             continue
@@ -51,13 +59,14 @@ def _store_clusters(result, db: Path, prefix: str, min_size: int, replace: bool)
             check_camera_id(camera)
             k, meta = cluster_fingerprint(result, c, max_pixels=State.max_pixels)
             c["fingerprint_camera"] = camera
-            c["fingerprint_sha256"] = store.add(camera, k, meta | {"camera": camera}, replace=replace)
+            origin = {"camera": camera, "case": str(case.absolute()) if case else None}
+            c["fingerprint_sha256"] = store.add(camera, k, meta | origin, replace=replace)
             err.print(f"stored {camera}: {c['size']} image(s), {meta['cols']}x{meta['rows']}, in {db}")
         except EvidenceError as exc:
             fail_line(exc.path, exc.reason)
             failed += 1
         except StoreError as exc:
-            die(str(exc), EXIT_SOME_FAILED)
+            raise ValueError(str(exc)) from None
     return failed
 
 
@@ -81,6 +90,12 @@ def cluster(
     out: Annotated[
         Path | None, typer.Option("--out", help="Write the full result (with the similarity matrix) as JSON.")
     ] = None,
+    case: Annotated[
+        Path | None,
+        typer.Option("--case", help="Case folder: the clustering and its matrix picture go into its audit chain."),
+    ] = None,
+    examiner: Annotated[str | None, typer.Option(help="Examiner's name for the audit trail (with --case).")] = None,
+    case_id: Annotated[str | None, typer.Option("--case-id", help="Case identifier for the audit trail.")] = None,
 ):
     """Group images by source camera with no reference camera (blind PRNU clustering).
 
@@ -91,6 +106,12 @@ def cluster(
     the false-alarm probability --alpha over all the tests made (Bonferroni),
     and only when every member stays supported by the others. An image that
     cannot be placed stays alone.
+
+    With --case DIR the result goes into a case folder under its lock:
+    cluster/clusters.json (clusters, members, pairwise scores, the threshold
+    and the false-alarm probability it came from, every image's SHA-256) and
+    cluster/similarity.png (the matrix ordered by cluster), both recorded in
+    the audit chain (spn case verify), and shown by spn report.
     """
     size = crop_option(crop)
     _check_outputs([to_db, out], inputs)
@@ -100,20 +121,33 @@ def cluster(
             check_camera_id(f"{prefix}00")
     except (ValueError, StoreError) as exc:
         die(str(exc))
-    try:
-        result = cluster_images(
-            gather_inputs(inputs),
-            settings,
-            max_pixels=State.max_pixels,
-            on_error=fail_line,
-            on_progress=lambda p: err.print(f"residual {p}"),
-        )
-    except ValueError as exc:
-        die(str(exc), EXIT_SOME_FAILED)
-    failed = len(result.failed)
-    if to_db is not None:
-        failed += _store_clusters(result, to_db, prefix, min_size, replace)
+    for path in (to_db, out):
+        if case is not None and path is not None and path.resolve().is_relative_to(case.resolve()):
+            die(f"{path}: inside the case folder {case}; only the case's own files go there (write it outside)")
+    store = (lambda result: _store_clusters(result, to_db, prefix, min_size, replace, case)) if to_db else None
+    head = None
+    if case is None:
+        try:
+            result, failed = _cluster(inputs, settings, store)
+        except ValueError as exc:
+            die(str(exc), EXIT_SOME_FAILED)
+    else:
+        made = {}
+
+        def compute(_case):
+            made["result"], made["failed"] = _cluster(inputs, settings, store)
+            return cluster_files(made["result"].as_dict(), similarity_picture(made["result"]))
+
+        parameters = settings.as_dict() | {"to_db": str(to_db) if to_db else None, "prefix": prefix,
+                                           "min_size": min_size, "max_pixels": State.max_pixels}  # fmt: skip
+        try:
+            head = run_analysis(case, inputs, "cluster", parameters, compute, examiner=examiner, case_id=case_id)
+        except CaseError as exc:
+            die(str(exc), EXIT_SOME_FAILED)
+        result, failed = made["result"], made["failed"]
     record = result.as_dict()
+    if head is not None:
+        record |= {"case": str(case), "audit_head": head}
     if out is not None:
         atomic_write_json(out, record)
     if format is Format.json:
@@ -130,6 +164,9 @@ def cluster(
         )
         render(rows, format, CLUSTER_COLUMNS if format is Format.csv else CLUSTER_COLUMNS[:-1], title=title,
                caption=caption)
+    if head is not None:
+        err.print(f"case {case}: cluster/clusters.json and cluster/similarity.png written and audited")
+        err.print(f"audit chain head: {head}  (note it: spn case verify {case} --head HASH)")
     grouped = sum(c["size"] for c in result.clusters if c["size"] > 1)
     err.print(
         f"{result.info['n_images']} image(s): {grouped} in {sum(c['size'] > 1 for c in result.clusters)} group(s), "
@@ -139,80 +176,24 @@ def cluster(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-POOL_COLUMNS = ["camera", "pce", "p_fa", "verdict", "n_images", "best_single_pce", "rotation"]
+def _cluster(inputs, settings: ClusterSettings, store) -> tuple[ClusterResult, int]:
+    """Cluster the inputs (and store the cluster fingerprints); the result and the number of failures."""
+    result = cluster_images(
+        gather_inputs(inputs),
+        settings,
+        max_pixels=State.max_pixels,
+        on_error=fail_line,
+        on_progress=lambda p: err.print(f"residual {p}"),
+    )
+    failed = len(result.failed)
+    if store is not None:
+        failed += store(result)
+    return result, failed
 
 
-@app.command()
-def pool(
-    images: Annotated[
-        list[Path], typer.Argument(help="Images of one suspected source, or folders of them.", readable=False)
-    ],
-    db: Annotated[Path, typer.Option("--db", help="HDF5 fingerprint database.")],
-    threshold: Annotated[float, typer.Option(help="PCE above which the pool is consistent with a camera.")] = 60.0,
-    crop: Annotated[str | None, typer.Option(help="Centre crop of images and fingerprints: N or HxW.")] = None,
-    camera: Annotated[list[str] | None, typer.Option("--camera", "-c", help="Only these cameras (repeatable).")] = None,
-    singles: Annotated[bool, typer.Option(help="Also score each image alone (best single PCE).")] = False,
-    weighting: Annotated[
-        str, typer.Option(help="variance: each image weighted by 1/variance of its residual; none: all alike.")
-    ] = "variance",
-    format: Annotated[
-        Format, typer.Option("--format", "-f", help="table, json (JSON Lines) or csv, on stdout.")
-    ] = Format.table,
-):
-    """Score several images of one suspected source as ONE probe (multi-image pooling).
-
-    The images' common PRNU is estimated by maximum likelihood as for a
-    fingerprint, sum(W*I/s2)/sum(I^2/s2) with s2 each image's residual variance
-    (--weighting none: all alike), and scored by PCE against every camera: one
-    test per camera, with its false-alarm probability. All images must share one size
-    and orientation (after --crop); otherwise nothing is scored and the files
-    and sizes are named. Every pooled image is listed with its SHA-256.
-    """
-    from .. import __version__
-    from ..evidence import load_image
-    from ..identify import Matcher, MatchSettings
-    from ..pooling import WEIGHTINGS, PoolSizeError, pool_match
-
-    size = crop_option(crop)
-    if weighting not in WEIGHTINGS:
-        die(f"--weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
-    try:
-        store = FingerprintStore(db)
-        names = store.select(camera)
-        db_sha = store.file_sha256()
-        matcher = Matcher((store.load(n) for n in names), MatchSettings(threshold=threshold, crop=size))
-    except StoreError as exc:
-        die(str(exc))
-    evidences, failed = [], 0
-    for path in gather_inputs(images):
-        try:
-            evidences.append(load_image(path, max_pixels=State.max_pixels))
-        except EvidenceError as exc:
-            fail_line(exc.path, exc.reason)
-            failed += 1
-    if not evidences:
-        die("no usable image to pool", EXIT_SOME_FAILED)
-    try:
-        records = pool_match(evidences, matcher, singles=singles, weighting=weighting)
-    except (PoolSizeError, EvidenceError) as exc:
-        die(str(exc), EXIT_SOME_FAILED)
-    for r in records:
-        r.update(db=str(db), db_sha256=db_sha, tool_version=__version__)
-    if format is Format.table:
-        view = [
-            r
-            | {
-                "verdict": f"{'consistent' if r['decision'] == 'consistent' else 'not consistent'} with {r['camera']}",
-                "p_fa": r["p_fa"] if r["p_fa"] > 0 else "< 1e-300",  # below the smallest double
-            }
-            for r in records
-        ]
-        pooled = ", ".join(Path(e.path).name for e in evidences)
-        render(view, format, POOL_COLUMNS if singles else POOL_COLUMNS[:-2] + POOL_COLUMNS[-1:],
-               title=f"Pooled PCE of {len(evidences)} image(s) (threshold {threshold:g})",
-               caption=f"Pooled: {pooled}. A PCE at or below the threshold does not exclude the camera.")
-    else:
-        render(records, format, [c for c in records[0] if c != "images"] if format is Format.csv else [])
-    err.print(f"{len(evidences)} image(s) pooled, {len(records)} camera(s) scored, {failed} file(s) failed")
-    if failed:
-        raise typer.Exit(EXIT_SOME_FAILED)
+def similarity_picture(result: ClusterResult) -> bytes:
+    """The similarity matrix ordered by cluster, as a PNG."""
+    record = {"clusters": result.clusters, "images": result.images}
+    order = cluster_order(record)
+    sizes = [c["size"] for c in sorted(result.clusters, key=lambda c: (-c["size"], c["id"]))]
+    return similarity_png(result.z, order, sizes, result.info["z_threshold"])

@@ -133,6 +133,18 @@ def match(
     ] = "1536M",
     examiner: Annotated[str | None, typer.Option(help="Examiner's name for the audit trail.")] = None,
     case_id: Annotated[str | None, typer.Option("--case-id", help="Case identifier for the audit trail.")] = None,
+    pool: Annotated[
+        bool,
+        typer.Option(
+            help="Score all the images as ONE probe of one suspected source (pooled ML estimate, one test per "
+            "camera); with --case the pooled result goes into the case."
+        ),
+    ] = False,
+    singles: Annotated[bool, typer.Option(help="With --pool: also score each image alone (best single PCE).")] = False,
+    weighting: Annotated[
+        str,
+        typer.Option(help="With --pool: variance (each image weighted by 1/variance of its residual) or none."),
+    ] = "variance",
 ):
     """Score each image against every camera fingerprint: PCE, NCC and a decision.
 
@@ -146,11 +158,28 @@ def match(
     resumes: images already scored (by path and SHA-256) are skipped. One run
     at a time holds a case; the chain head printed at the end proves the case
     later (spn case verify CASE --head HASH).
+
+    With --pool all the images are one probe of one suspected source: their
+    common PRNU is estimated by maximum likelihood, sum(W*I/s2)/sum(I^2/s2)
+    with s2 each image's residual variance, and scored by PCE against each
+    camera as one test, with that test's false-alarm probability. The images
+    must share one size and orientation (after --crop), or nothing is scored
+    and the files and sizes are named; each pooled image is listed with its
+    SHA-256. With --case the pooled result is written to CASE/pool/ and
+    audited, and spn report shows it.
     """
     size = crop_option(crop)
     kind = check_residual_kind(residual)
     if restore and kind != "classic":
         die("--restore refines the classic residual: use --residual classic with --restore")
+    if pool:
+        from ._pool import check_pool_options, match_pool
+
+        check_pool_options(restore=restore, residual=kind, workers=workers, scheduler=scheduler, weighting=weighting)
+        match_pool(images, db, MatchSettings(threshold=threshold, crop=size, max_shift=max_shift, rotations=rotations),
+                   camera=camera, singles=singles, weighting=weighting, case=case, examiner=examiner,
+                   case_id=case_id, format=format)  # fmt: skip
+        return
     try:
         store = FingerprintStore(db)
         names = store.select(camera)

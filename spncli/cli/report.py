@@ -73,8 +73,9 @@ def report(
     The case is verified first (spn case verify); a case that does not verify gets no report unless
     --allow-unverified, which marks it NOT VERIFIED."""
     case = Case(folder)
-    if not (folder / "results.jsonl").exists():
-        die(f"{folder}: not a case folder (no results.jsonl); run spn match ... --case {folder} first")
+    if not any((folder / name).exists() for name in ("results.jsonl", "cluster", "pool")):
+        die(f"{folder}: not a case folder (no results.jsonl, cluster/ or pool/); run spn match ... --case {folder}, "
+            f"spn cluster ... --case {folder} or spn match --pool ... --case {folder} first")
     target = out or folder / "report.html"
     try:
         with case.lock():
@@ -86,7 +87,9 @@ def report(
                     die(f"{folder}: the case does not verify; no report written (--allow-unverified writes one "
                         "marked NOT VERIFIED)", EXIT_SOME_FAILED)  # fmt: skip
                 err.print("warning: the report is marked NOT VERIFIED")
-            _check_target(folder, target, (case.read_manifest() or {}).get("evidence", []))
+            given = [p for e in case.audit_entries()[0] if str(e.get("event", "")).endswith("-start")
+                     for p in e.get("evidence", [])]  # fmt: skip
+            _check_target(folder, target, (case.read_manifest() or {}).get("evidence", []) + given)
             page = build_report(folder, problems=v.problems, head=v.head).encode()
             atomic_write_bytes(target, page)
             written = {target: page}
