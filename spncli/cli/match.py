@@ -12,12 +12,13 @@ from ..casefile import Case
 from ..casework import CaseError, run_case
 from ..identify import Matcher, MatchSettings, gather_inputs
 from ..jobs import MatchJob
+from ..leaks import match_warnings
 from ..residual import ResidualParams
 from ..spectra import parse_bytes
 from ..store import FingerprintStore, StoreError
 from . import State, app
 from ._batch import BatchProgress, run_jobs
-from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, finite, note, render
+from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, finite, note, render, warn
 from .extract import ResidualOption, check_residual_kind
 from .restore import DeviceOption, ModelOption, open_restorer
 
@@ -50,6 +51,7 @@ COLUMNS = [
     "network_applied",
     "weights_sha256",
     "alignment",
+    "warnings",
     "crop",
     "max_shift",
     "fingerprint_sha256",
@@ -68,7 +70,8 @@ CAPTION = (
 def render_matches(rows: list[dict], format: Format, threshold: float) -> None:
     """Render match records: a readable table, or every field as JSON Lines / CSV."""
     if format is not Format.table:
-        render(rows, format, COLUMNS)
+        render([r | {"warnings": "; ".join(r.get("warnings") or ())} for r in rows] if format is Format.csv else rows,
+               format, COLUMNS)  # fmt: skip
         return
     view = []
     for r in rows:
@@ -170,8 +173,12 @@ def match(
             matcher = Matcher.from_database(store, names, settings, restorer, db_sha256=db_sha, memory=memory)
         else:  # in-process: one fingerprint in memory at a time, only its transform is kept
             matcher = Matcher((store.load(n) for n in names), settings, restorer)
+        matcher.warnings = match_warnings(store, names)
     except StoreError as exc:
         die(str(exc))
+    for cam, lines in matcher.warnings.items():
+        for line in lines:
+            warn(f"matches against {cam}: {line}")
     if case is not None:
         _match_case(images, case, matcher, db=db, db_sha=db_sha, workers=workers, scheduler=scheduler,
                     examiner=examiner, case_id=case_id, format=format)  # fmt: skip
