@@ -84,6 +84,7 @@ __all__ = [
     "screen_summary",
     "store_flags",
     "match_warnings",
+    "check_unscreened",
 ]
 
 LEAK_VERSION = "spn-leaks/1"
@@ -422,4 +423,28 @@ def match_warnings(store, names: Iterable[str]) -> dict[str, list[str]]:
             lines += [f"leak screen incomplete: {p}" for p in problems if f"{cam!r}" not in p]
         if lines:
             out[cam] = lines
+    return out
+
+
+def check_unscreened(store, flags: dict[str, dict], *, threshold: float = 60.0) -> list[dict]:
+    """PCE of every pair of cameras no screen compared (cameras added by an older version), computed now.
+
+    Nothing is written: the result is for display. Each fingerprint is read
+    (verified) once per pair it is in; one that cannot be read is named.
+
+    Returns
+    -------
+    list of dict
+        ``camera``, ``other``, ``pce`` (or ``error``), ``flagged``, ``size``.
+    """
+    pairs = sorted({tuple(sorted((a, b))) for a, f in flags.items() for b in f["unscreened"]})
+    out = []
+    for a, b in pairs:
+        try:
+            value, size = cross_pce(store.load(a).k, store.load(b).k)
+        except Exception as exc:  # a damaged camera is named, the others go on
+            out.append({"camera": a, "other": b, "pce": None, "flagged": None, "error": str(exc)})
+            continue
+        out.append({"camera": a, "other": b, "pce": round(value, 4), "flagged": value > threshold,
+                    "size": [int(size[0]), int(size[1])]})  # fmt: skip
     return out

@@ -186,3 +186,20 @@ def test_real_praktica_fingerprints_are_not_flagged_periodic():
 def test_fingerprint_help_names_the_leak_option(runner):
     assert "--leak-threshold" in _ok(runner.invoke(app, ["fingerprint", "--help"])).output
     assert "periodic" in _ok(runner.invoke(app, ["db", "leaks", "--help"])).output
+
+
+def test_pairs_added_without_a_screen_are_listed_and_checked_on_request(tmp_path, runner):
+    """Cameras stored by an older version carry no screen: their pairs are named as unscreened, computed on request."""
+    rng = np.random.default_rng(11)
+    shared = np.tile(rng.normal(0.0, 1.0, (32, 32)).astype(np.float32), (8, 8))
+    store = FingerprintStore(tmp_path / "old.h5")
+    for cam, extra in (("X", shared), ("Y", shared), ("Z", 0)):
+        store.add(cam, rng.normal(0.0, 1.0, (256, 256)).astype(np.float32) + extra, {"camera": cam})
+    res = _ok(runner.invoke(app, ["db", "leaks", "--db", str(store.path), "-f", "json"]))
+    rows = {r["camera"]: r for r in map(json.loads, res.stdout.splitlines())}
+    assert rows["X"]["unscreened_pairs"] == ["Y", "Z"] and not rows["X"]["screened"] and rows["X"]["flagged_with"] == []
+    res = _ok(runner.invoke(app, ["db", "leaks", "--db", str(store.path), "-f", "json", "--check-unscreened"]))
+    pairs = {(r["camera"], r["other"]): r for r in map(json.loads, res.stdout.splitlines()) if "other" in r}
+    assert set(pairs) == {("X", "Y"), ("X", "Z"), ("Y", "Z")}
+    assert pairs[("X", "Y")]["flagged"] and not pairs[("X", "Z")]["flagged"] and not pairs[("Y", "Z")]["flagged"]
+    assert FingerprintStore(tmp_path / "old.h5").cameras() == ["X", "Y", "Z"]  # nothing recorded, nothing lost

@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from ..leaks import store_flags
+from ..leaks import check_unscreened, store_flags
 from ..store import FingerprintStore, StoreError
 from . import app
-from ._common import EXIT_SOME_FAILED, Format, die, error_line, out, render
+from ._common import EXIT_SOME_FAILED, Format, die, error_line, finite, out, render
 
 db_app = typer.Typer(help="Manage a fingerprint database: list, show, leaks, remove.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -92,6 +92,18 @@ def show(db: DbPath, camera: Annotated[str, typer.Argument(help="Camera id.")]):
 def leaks(
     db: DbPath,
     format: Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")] = Format.table,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check-unscreened",
+            help="Also compute the PCE of every pair no screen compared (cameras added by an older version); "
+            "shown, not recorded.",
+        ),
+    ] = False,
+    threshold: Annotated[
+        float,
+        typer.Option(help="PCE above which --check-unscreened flags a pair (finite).", callback=finite("--threshold")),
+    ] = 60.0,
 ):
     """Leak flags of the database: camera pairs whose fingerprints correlate, and periodic artifacts.
 
@@ -100,7 +112,9 @@ def leaks(
     to spn fingerprint, 60 by default), and its spectrum searched for periodic
     peaks. One row per camera: its flagged partners, its periodic peaks and
     how many cameras it was never compared with (added by an older version).
-    A camera whose record cannot be read gets an error line; exit code 1.
+    --check-unscreened computes those pairs' PCE now and shows it (nothing is
+    written). A camera whose record cannot be read gets an error line; exit
+    code 1.
     """
     store = FingerprintStore(db)
     try:
@@ -113,6 +127,7 @@ def leaks(
     for cam, f in sorted(flags.items()):
         periodic = f.get("periodic") or {}
         row = {
+            "record": "camera",
             "camera": cam,
             "flagged_with": [{"camera": p["camera"], "pce": p["pce"]} for p in f["pairs"]],
             "periodic_flagged": periodic.get("flagged"),
@@ -126,6 +141,14 @@ def leaks(
             row |= _flag_columns(f) | {"unscreened_pairs": len(f["unscreened"])}
         rows.append(row)
     render(rows, format, ["camera", "leaks", "periodic", "unscreened_pairs"], title=f"Leak flags in {db}")
+    if check:
+        computed = [{"record": "pair computed now"} | r for r in check_unscreened(store, flags, threshold=threshold)]
+        for r in computed:
+            if r["pce"] is None:
+                error_line(r["error"])
+        render(computed, format, ["camera", "other", "pce", "flagged", "size"],
+               title=f"Pairs never screened, computed now (not recorded; flagged above PCE {threshold:g})")  # fmt: skip
+        problems += [r for r in computed if r["pce"] is None]
     if problems:
         raise typer.Exit(EXIT_SOME_FAILED)
 

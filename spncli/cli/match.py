@@ -79,7 +79,7 @@ def render_matches(rows: list[dict], format: Format, threshold: float) -> None:
         view.append(
             r
             | {
-                "verdict": f"{verdict} {r['camera']}",
+                "verdict": f"{verdict} {r['camera']}" + (" (leak warning)" if r.get("warnings") else ""),
                 "image": Path(r["image"]).name,
                 "shift": f"{r['shift_row']},{r['shift_col']}",
             }
