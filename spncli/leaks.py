@@ -32,7 +32,7 @@ The thresholds were chosen by measurement (README, "Leak safeguards").
 Fingerprints made from JPEG flat-fields keep peaks at the harmonics of the
 8x8 JPEG grid (periods 8, 4 and 8/3 pixels) that the Wiener filter of the
 estimate does not remove entirely: the six Dresden Nikon fingerprints at a
-512x512 crop carry 0.14-0.81% of their energy in them (Nikon D200 most),
+512x512 crop carry 0.14-0.81% of their energy in them (Nikon D200 most; full frame at most 0.023%),
 the five Praktica fingerprints 0.03%. These are reported, not flagged;
 cameras whose grids differ in phase do not correlate through them (the
 Dresden pairs' cross-PCE is below 15). An 8x8 pattern with 30% of a
