@@ -203,3 +203,16 @@ def test_pairs_added_without_a_screen_are_listed_and_checked_on_request(tmp_path
     assert set(pairs) == {("X", "Y"), ("X", "Z"), ("Y", "Z")}
     assert pairs[("X", "Y")]["flagged"] and not pairs[("X", "Z")]["flagged"] and not pairs[("Y", "Z")]["flagged"]
     assert FingerprintStore(tmp_path / "old.h5").cameras() == ["X", "Y", "Z"]  # nothing recorded, nothing lost
+
+
+def test_a_periodic_artifact_warns_with_its_periods(dresden_512):
+    """A flagged periodic artifact reaches the warnings of matches against that camera, periods named."""
+    from spncli.leaks import warnings_for
+
+    db, _outputs = dresden_512
+    k = FingerprintStore(db).load("Nikon_D70_1").k
+    found = periodic_peaks(k + np.float32(0.3 * k.std()) * _tile8(k.shape, np.random.default_rng(3)))
+    lines = warnings_for("Nikon_D70_1", {"pairs": [], "periodic": found})
+    assert len(lines) == 1 and lines[0].startswith("periodic artifact: the fingerprint of Nikon_D70_1 has")
+    assert f"carrying {found['energy']:.2%}" in lines[0] and "px" in lines[0]
+    assert warnings_for("Nikon_D70_1", {"pairs": [], "periodic": periodic_peaks(k)}) == []
