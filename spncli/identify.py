@@ -532,6 +532,7 @@ class Matcher:
         self.cameras = []
         self.spectra = {}
         self.frames = {}  # each fingerprint's source frame, for the alignment note
+        self.warnings: dict[str, list[str]] = {}  # camera -> leak warnings (spncli.leaks.match_warnings)
         for fp in fingerprints:
             self.cameras.append((fp.camera, fp.sha256))
             self.frames[fp.camera] = fingerprint_frame(fp.meta, fp.k.shape)
@@ -650,6 +651,7 @@ class Matcher:
                 **({"restoration_skipped": info["restoration_skipped"]} if "restoration_skipped" in info else {}),
                 "fingerprint_sha256": fp_sha,
                 "alignment": alignment_note(ev.shape, self.frames[camera], s.max_shift),
+                "warnings": list(self.warnings.get(camera, ())),
             }
             used = probe
             if restored:  # both residuals scored; the decision takes both (two_test_decision)

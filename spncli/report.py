@@ -389,6 +389,8 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
                 f"{_e(r['n_shifts'])} alignment(s) tried, false-alarm probability {format_probability(r['p_fa'])}.</p>"
                 f"<p class='note'><code>{_e(normalized_path(r['image']))}</code></p>"
             )
+            for line in r.get("warnings") or ():  # leak safeguards (spncli.leaks): shared or periodic components
+                w(f"<p class='leak' style='color:#9a3412;font-weight:600'>Warning — {_e(line)}</p>")
             w(pce_scale_svg(r["pce"], threshold))
             w("</div>")
             for caption, png in pics:

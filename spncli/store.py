@@ -407,8 +407,13 @@ class FingerprintStore:
                 f"{self.path}: cannot write the database ({exc.strerror or exc}); the previous version is unchanged"
             ) from None
 
-    def add(self, camera: str, k: np.ndarray, meta: dict, *, replace: bool = False) -> str:
+    def add(self, camera: str, k: np.ndarray, meta: dict, *, replace: bool = False, screen=None) -> str:
         """Store a fingerprint in its own file with its seal, linked from the index; return its SHA-256.
+
+        ``screen(others)``, when given, is called under the writers' lock with
+        the other cameras held; the dict it returns is sealed into the new
+        camera's metadata under ``leak_screen`` (:func:`spncli.leaks.screen`):
+        no camera added meanwhile escapes it, and no other file is rewritten.
 
         Raises
         ------
@@ -425,6 +430,8 @@ class FingerprintStore:
         with self._writing(drop={camera} if replace else frozenset()) as (f, held):
             if camera in held and not replace:
                 raise StoreError(f"{self.path}: camera {camera!r} exists already (use --replace to overwrite it)")
+            if screen is not None:
+                meta_json = json.dumps(meta | {"leak_screen": screen(sorted(held - {camera}))})
             name = self._write_camera(camera, k, digest, meta_json)
             group = f["cameras"]  # kept: the link proxy needs its group open
             group.id.links.create_external(camera.encode(), f"{self.folder.name}/{name}".encode(), b"/")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..identify import RECOMMENDED_IMAGES, FingerprintRefused, build_fingerprint, walk_inputs
+from ..leaks import Screener, screen_summary
 from ..provenance import OutputInsideEvidence, check_output_location
 from ..residual import ResidualParams
 from ..store import FingerprintStore, StoreError, check_camera_id
@@ -34,6 +35,13 @@ def fingerprint(
     allow_mixed: Annotated[
         bool, typer.Option(help="Accept images whose EXIF make, model or serial differ (refused by default).")
     ] = False,
+    leak_threshold: Annotated[
+        float,
+        typer.Option(
+            help="Leak screen: flag a stored camera whose fingerprint has a PCE above this with the new one (finite).",
+            callback=finite("--leak-threshold"),
+        ),
+    ] = 60.0,
 ):
     """Estimate the maximum-likelihood PRNU fingerprint of a camera and add it to the database.
 
@@ -46,6 +54,11 @@ def fingerprint(
     each source file's name and SHA-256, the geometry (frame, crop and its
     origin), quality statistics, parameters, tool version and UTC time, all
     under a checksum verified whenever the fingerprint is read.
+
+    Leak screen: the new fingerprint's PCE against every stored one and its
+    periodic spectral peaks are sealed into its record; a pair above
+    --leak-threshold, or a periodic artifact, gives a warning line here and a
+    warning on every later match against either camera (spn db leaks lists them).
     """
     size = crop_option(crop)
     store = FingerprintStore(db)
@@ -76,7 +89,8 @@ def fingerprint(
             on_progress=lambda p: note(f"added {p}"),
             on_warning=warn,
         )
-        digest = store.add(camera, k, meta, replace=replace)
+        screen = Screener(store, camera, k, threshold=leak_threshold)
+        digest = store.add(camera, k, meta, replace=replace, screen=screen)
     except (FingerprintRefused, StoreError) as exc:
         die(str(exc), EXIT_SOME_FAILED)
     except Exception as exc:  # a defect, not bad evidence: say so, without a traceback
@@ -88,5 +102,9 @@ def fingerprint(
         f"sha256 {digest[:16]}..., stored in {db}; {len(failed)} file(s) failed"
         + ("" if meta["image_count"] >= RECOMMENDED_IMAGES else f" (fewer than {RECOMMENDED_IMAGES} images)")
     )
+    summary, warnings = screen_summary(camera, screen.result)
+    note(summary)
+    for line in warnings:
+        warn(line)
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)

@@ -14,12 +14,13 @@ from ..calibration import tails_for
 from ..casework import CaseError, run_case
 from ..identify import Matcher, MatchSettings, gather_inputs
 from ..jobs import MatchJob
+from ..leaks import match_warnings
 from ..residual import ResidualParams
 from ..spectra import parse_bytes
 from ..store import FingerprintStore, StoreError
 from . import State, app
 from ._batch import BatchProgress, run_jobs
-from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, error_line, fail_line, finite, note, render
+from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, error_line, fail_line, finite, note, render, warn
 from .extract import ResidualOption, check_residual_kind
 from .restore import DeviceOption, ModelOption, open_restorer
 
@@ -53,6 +54,7 @@ COLUMNS = [
     "network_applied",
     "weights_sha256",
     "alignment",
+    "warnings",
     "crop",
     "max_shift",
     "fingerprint_sha256",
@@ -71,7 +73,8 @@ CAPTION = (
 def render_matches(rows: list[dict], format: Format, threshold: float) -> None:
     """Render match records: a readable table, or every field as JSON Lines / CSV."""
     if format is not Format.table:
-        render(rows, format, COLUMNS)
+        render([r | {"warnings": "; ".join(r.get("warnings") or ())} for r in rows] if format is Format.csv else rows,
+               format, COLUMNS)  # fmt: skip
         return
     view = []
     for r in rows:
@@ -79,7 +82,7 @@ def render_matches(rows: list[dict], format: Format, threshold: float) -> None:
         view.append(
             r
             | {
-                "verdict": f"{verdict} {r['camera']}",
+                "verdict": f"{verdict} {r['camera']}" + (" (leak warning)" if r.get("warnings") else ""),
                 "image": Path(r["image"]).name,
                 "shift": f"{r['shift_row']},{r['shift_col']}",
             }
@@ -205,8 +208,12 @@ def match(
         matcher.tails, refused = tails_for(store, settings, restored=restorer is not None)
         if refused:  # the scores stand; their empirical tails are null and say why
             error_line(refused)
+        matcher.warnings = match_warnings(store, names)
     except StoreError as exc:
         die(str(exc))
+    for cam, lines in matcher.warnings.items():
+        for line in lines:
+            warn(f"matches against {cam}: {line}")
     if case is not None:
         _match_case(images, case, matcher, db=db, db_sha=db_sha, workers=workers, scheduler=scheduler,
                     examiner=examiner, case_id=case_id, format=format)  # fmt: skip

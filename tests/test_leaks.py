@@ -1,0 +1,218 @@
+"""Leak safeguards: fingerprints that correlate with each other are flagged on add and on every match."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from spncli.casework import run_case
+from spncli.cli import app
+from spncli.geometry import centre_crop
+from spncli.identify import Matcher, MatchSettings
+from spncli.leaks import database_flags, match_warnings, periodic_peaks, store_flags
+from spncli.report import build_report
+from spncli.store import FingerprintStore
+from spncli.synthetic import dead_leaves, encode_jpeg, expose, flat_field, synthetic_prnu
+
+from .conftest import SHARED, camera_of
+
+SHAPE = (256, 384)
+PERIOD = 32  # a period-8 pattern in the images is removed by the fingerprint's Wiener filter (Chen et al. 2008)
+
+
+def _ok(res):
+    assert res.exit_code == 0, res.output
+    return res
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Three synthetic cameras; A and B share an added periodic pattern (a 32x32 tile, as strong as the PRNU)."""
+    rng = np.random.default_rng(2024)
+    root = tmp_path_factory.mktemp("leak")
+    tile = rng.normal(0.0, 0.01, (PERIOD, PERIOD)).astype(np.float32)
+    pattern = np.tile(tile, (SHAPE[0] // PERIOD, SHAPE[1] // PERIOD))
+    for cam in ("A", "B", "C"):
+        k = synthetic_prnu(SHAPE, rng, std=0.01) + (pattern if cam in "AB" else 0)
+        (root / cam).mkdir()
+        for i in range(6):
+            (root / cam / f"{cam}_{i}.jpg").write_bytes(encode_jpeg(expose(flat_field(SHAPE, rng), k, rng), 92))
+        (root / f"probe_{cam}.jpg").write_bytes(encode_jpeg(expose(dead_leaves(SHAPE, rng), k, rng), 92))
+    return root
+
+
+@pytest.fixture(scope="module")
+def planted_db(planted, tmp_path_factory):
+    """The three cameras added in order A, B, C by the CLI; the add outputs and A's file before B came."""
+    from typer.testing import CliRunner
+
+    db = tmp_path_factory.mktemp("leakdb") / "db.h5"
+    outputs, files = {}, {}
+    for cam in ("A", "B", "C"):
+        res = CliRunner().invoke(app, ["fingerprint", str(planted / cam), "--camera", cam, "--db", str(db)])
+        outputs[cam] = _ok(res)
+        files[cam] = sorted(p.name for p in (db.parent / "db.h5.d").iterdir())
+    return db, outputs, files
+
+
+def test_planted_leak_is_flagged_on_add_on_both_cameras(planted_db, runner):
+    db, outputs, files = planted_db
+    b = outputs["B"].stderr
+    assert "leak screen of B: compared with 1 stored fingerprint(s)" in b
+    assert "warning: leak: the fingerprint of B correlates with the fingerprint of A" in b
+    assert "warning: leak" not in outputs["A"].stderr and "warning: leak" not in outputs["C"].stderr
+    assert files["A"][0] in files["B"]  # A's sealed file was not rewritten to record the flag
+    store = FingerprintStore(db)
+    screen_b = store.meta("B")["leak_screen"]
+    pce_ab = next(e["pce"] for e in screen_b["compared"] if e["camera"] == "A")
+    assert pce_ab > 60 and screen_b["compared"][0]["fingerprint_sha256"] == store.meta("A")["sha256"]
+    assert all(not e["flagged"] and e["pce"] < 60 for e in store.meta("C")["leak_screen"]["compared"])
+    flags, problems = store_flags(store)
+    assert not problems
+    assert [p["camera"] for p in flags["A"]["pairs"]] == ["B"] and [p["camera"] for p in flags["B"]["pairs"]] == ["A"]
+    assert flags["C"]["pairs"] == [] and all(f["unscreened"] == [] for f in flags.values())
+    res = _ok(runner.invoke(app, ["db", "leaks", "--db", str(db), "-f", "json"]))
+    rows = [json.loads(x) for x in res.stdout.splitlines()]
+    assert {r["camera"]: [f["camera"] for f in r["flagged_with"]] for r in rows} == {"A": ["B"], "B": ["A"], "C": []}
+    shown = json.loads(_ok(runner.invoke(app, ["db", "show", "--db", str(db), "A"])).stdout)
+    assert shown["leak_flags"]["pairs"][0] == {"camera": "B", "pce": pce_ab, "recorded_by": "B"}
+    listed = _ok(runner.invoke(app, ["db", "list", "--db", str(db), "-f", "csv"])).stdout
+    assert f"B (PCE {pce_ab:.1f})" in listed and f"A (PCE {pce_ab:.1f})" in listed
+
+
+def test_matches_against_either_flagged_camera_carry_the_warning(planted_db, planted, runner):
+    db, _outputs, _files = planted_db
+    res = _ok(runner.invoke(app, ["match", str(planted / "probe_A.jpg"), "--db", str(db), "-f", "json"]))
+    rows = {r["camera"]: r for r in map(json.loads, res.stdout.splitlines())}
+    assert rows["A"]["decision"] == "consistent"
+    assert len(rows["A"]["warnings"]) == 1 and "with the fingerprint of B (PCE" in rows["A"]["warnings"][0]
+    assert len(rows["B"]["warnings"]) == 1 and "of B correlates with the fingerprint of A" in rows["B"]["warnings"][0]
+    assert rows["C"]["warnings"] == []
+    assert "warning: matches against A: leak" in res.stderr
+    csv_out = _ok(runner.invoke(app, ["match", str(planted / "probe_C.jpg"), "--db", str(db), "-f", "csv"])).stdout
+    header, *lines = csv_out.splitlines()
+    col = header.split(",").index("warnings")
+    assert sum("leak: the fingerprint" in line for line in lines) == 2 and col > 0
+
+
+def test_the_report_shows_the_warning_for_a_match(planted_db, planted, tmp_path):
+    db, _outputs, _files = planted_db
+    store = FingerprintStore(db)
+    matcher = Matcher((store.load(n) for n in store.cameras()), MatchSettings())
+    matcher.warnings = match_warnings(store, store.cameras())
+    evidence = tmp_path / "ev"
+    evidence.mkdir()
+    (evidence / "probe_B.jpg").write_bytes((planted / "probe_B.jpg").read_bytes())
+    case = tmp_path / "case"
+    run_case([evidence], case, matcher, db=db, db_sha=store.file_sha256(), cluster=False, handle_signals=False)
+    html = build_report(case)
+    assert "consistent with B" in html
+    assert "Warning — leak: the fingerprint of B correlates with the fingerprint of A" in html
+
+
+def test_a_replaced_camera_drops_the_old_flag():
+    """A screen entry counts only while the other camera still has the fingerprint it was compared with."""
+    meta_b = {"leak_screen": {"compared": [{"camera": "A", "fingerprint_sha256": "old", "pce": 99.0, "flagged": True}]}}
+    flags = database_flags({"A": ("new", {}), "B": ("b", meta_b)})
+    assert flags["A"]["pairs"] == [] and flags["B"]["pairs"] == []
+    assert flags["A"]["unscreened"] == ["B"] and not flags["A"]["screened"]
+    flags = database_flags({"A": ("old", {}), "B": ("b", meta_b)})
+    assert flags["A"]["pairs"] == [{"camera": "B", "pce": 99.0, "recorded_by": "B"}]
+
+
+@pytest.fixture(scope="module")
+def dresden_512(dresden, tmp_path_factory):
+    """The six Dresden units, 4 flat-fields each, centre 512x512, added by the CLI (each screened on add)."""
+    from typer.testing import CliRunner
+
+    db = tmp_path_factory.mktemp("dresden512") / "nikon.h5"
+    flats = sorted((dresden / "ff-jpg").glob("*.JPG"))
+    outputs = {}
+    for cam in sorted({camera_of(p) for p in flats}):
+        files = [str(p) for p in flats if camera_of(p) == cam][:4]
+        res = CliRunner().invoke(app, ["fingerprint", *files, "--camera", cam, "--db", str(db), "--crop", "512"])
+        outputs[cam] = _ok(res).stderr
+    return db, outputs
+
+
+def test_a_clean_dresden_database_has_no_flags(dresden_512):
+    db, outputs = dresden_512
+    assert not any("warning: leak" in o or "periodic artifact" in o for o in outputs.values()), outputs
+    flags, problems = store_flags(FingerprintStore(db))
+    assert not problems and len(flags) == 6
+    for cam, f in flags.items():
+        assert f["pairs"] == [] and f["unscreened"] == [] and not f["periodic"]["flagged"], cam
+    pces = [e["pce"] for c in flags for e in FingerprintStore(db).meta(c)["leak_screen"]["compared"]]
+    assert len(pces) == 15 and max(abs(p) for p in pces) < 30
+
+
+def _tile8(shape, rng):
+    tile = rng.normal(0.0, 1.0, (8, 8)).astype(np.float32)
+    return np.tile(tile, (shape[0] // 8 + 1, shape[1] // 8 + 1))[: shape[0], : shape[1]]
+
+
+def test_periodic_peaks_find_a_planted_8_pixel_period(dresden_512):
+    db, _outputs = dresden_512
+    store = FingerprintStore(db)
+    rng = np.random.default_rng(8)
+    for cam in store.cameras():
+        k = store.load(cam).k
+        clean = periodic_peaks(k)
+        planted = periodic_peaks(k + np.float32(0.3 * k.std()) * _tile8(k.shape, rng))  # about 8% of the energy
+        assert not clean["flagged"] and clean["energy"] < 0.01 and planted["flagged"], cam
+        assert planted["energy"] > 5 * clean["energy"]
+        for p in planted["peaks"]:  # every listed peak is a harmonic of the 8-pixel grid
+            assert round(p["row_freq"] * 8, 3) % 1 == 0 and round(p["col_freq"] * 8, 3) % 1 == 0, p
+
+
+PRAKTICA = SHARED / "praktica-fingerprints"
+
+
+def test_real_praktica_fingerprints_are_not_flagged_periodic():
+    if not PRAKTICA.is_dir():
+        pytest.skip(f"Praktica fingerprints not found at {PRAKTICA}")
+    rng = np.random.default_rng(5)
+    for png in sorted(PRAKTICA.glob("*.png")):
+        k = (cv2.imread(str(png), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION).astype(np.float32) - 127.5)
+        k = np.ascontiguousarray(centre_crop(k / np.float32(32.5), (1024, 1024)))
+        found = periodic_peaks(k)
+        assert not found["flagged"] and found["energy"] < 2e-3, (png.name, found)
+        assert periodic_peaks(k + np.float32(0.3 * k.std()) * _tile8(k.shape, rng))["flagged"], png.name
+
+
+def test_fingerprint_help_names_the_leak_option(runner):
+    assert "--leak-threshold" in _ok(runner.invoke(app, ["fingerprint", "--help"])).output
+    assert "periodic" in _ok(runner.invoke(app, ["db", "leaks", "--help"])).output
+
+
+def test_pairs_added_without_a_screen_are_listed_and_checked_on_request(tmp_path, runner):
+    """Cameras stored by an older version carry no screen: their pairs are named as unscreened, computed on request."""
+    rng = np.random.default_rng(11)
+    shared = np.tile(rng.normal(0.0, 1.0, (32, 32)).astype(np.float32), (8, 8))
+    store = FingerprintStore(tmp_path / "old.h5")
+    for cam, extra in (("X", shared), ("Y", shared), ("Z", 0)):
+        store.add(cam, rng.normal(0.0, 1.0, (256, 256)).astype(np.float32) + extra, {"camera": cam})
+    res = _ok(runner.invoke(app, ["db", "leaks", "--db", str(store.path), "-f", "json"]))
+    rows = {r["camera"]: r for r in map(json.loads, res.stdout.splitlines())}
+    assert rows["X"]["unscreened_pairs"] == ["Y", "Z"] and not rows["X"]["screened"] and rows["X"]["flagged_with"] == []
+    res = _ok(runner.invoke(app, ["db", "leaks", "--db", str(store.path), "-f", "json", "--check-unscreened"]))
+    pairs = {(r["camera"], r["other"]): r for r in map(json.loads, res.stdout.splitlines()) if "other" in r}
+    assert set(pairs) == {("X", "Y"), ("X", "Z"), ("Y", "Z")}
+    assert pairs[("X", "Y")]["flagged"] and not pairs[("X", "Z")]["flagged"] and not pairs[("Y", "Z")]["flagged"]
+    assert FingerprintStore(tmp_path / "old.h5").cameras() == ["X", "Y", "Z"]  # nothing recorded, nothing lost
+
+
+def test_a_periodic_artifact_warns_with_its_periods(dresden_512):
+    """A flagged periodic artifact reaches the warnings of matches against that camera, periods named."""
+    from spncli.leaks import warnings_for
+
+    db, _outputs = dresden_512
+    k = FingerprintStore(db).load("Nikon_D70_1").k
+    found = periodic_peaks(k + np.float32(0.3 * k.std()) * _tile8(k.shape, np.random.default_rng(3)))
+    lines = warnings_for("Nikon_D70_1", {"pairs": [], "periodic": found})
+    assert len(lines) == 1 and lines[0].startswith("periodic artifact: the fingerprint of Nikon_D70_1 has")
+    assert f"carrying {found['energy']:.2%}" in lines[0] and "px" in lines[0]
+    assert warnings_for("Nikon_D70_1", {"pairs": [], "periodic": periodic_peaks(k)}) == []
