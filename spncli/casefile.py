@@ -53,7 +53,7 @@ CSV_COLUMNS = [
     "image", "sha256", "size_bytes", "jpeg_quality", "camera", "pce", "ncc", "decision", "threshold",
     "rotation", "restored", "peak_row", "peak_col", "n_shifts", "p_fa", "rows", "cols", "fingerprint_sha256",
     "residual_kind", "wiener_applied", "pce_classic", "pce_restored", "decision_classic", "decision_restored",
-    "residuals_disagree", "network_applied", "weights_sha256", "alignment",
+    "residuals_disagree", "network_applied", "weights_sha256", "alignment", "warnings",
 ]  # fmt: skip
 GENESIS = "0" * 64
 AUDIT = "audit.jsonl"
@@ -443,12 +443,17 @@ class Case:
 
     def write_csv(self) -> None:
         """results.csv from results.jsonl, sorted by image then camera."""
+        from .calibration import FIELDS as TAIL_FIELDS  # the empirical tail beside p_fa (spn calibrate)
+
+        at = CSV_COLUMNS.index("p_fa") + 1
+        columns = CSV_COLUMNS[:at] + list(TAIL_FIELDS) + CSV_COLUMNS[at:]
         rows = sorted(self.rows(), key=lambda r: (r["image"], r["camera"]))
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for r in rows:
-            writer.writerow({c: "" if r.get(c) is None else r.get(c) for c in CSV_COLUMNS})
+            r = r | {"warnings": "; ".join(r.get("warnings") or ())}
+            writer.writerow({c: "" if r.get(c) is None else r.get(c) for c in columns})
         self._write(self.csv, buf.getvalue().encode())
 
     # -- artifacts for the report -----------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import json
 
 import cv2
@@ -111,6 +113,10 @@ def test_the_report_shows_the_warning_for_a_match(planted_db, planted, tmp_path)
     html = build_report(case)
     assert "consistent with B" in html
     assert "Warning — leak: the fingerprint of B correlates with the fingerprint of A" in html
+    with open(case / "results.csv", newline="") as fh:  # the case's CSV carries the warning and the tail fields
+        rows = list(csv.DictReader(fh))
+    assert {"warnings", "p_fa_empirical", "null_count"} <= set(rows[0])
+    assert any("correlates with the fingerprint of A" in r["warnings"] for r in rows if r["camera"] == "B")
 
 
 def test_a_replaced_camera_drops_the_old_flag():
