@@ -12,7 +12,7 @@ from ..provenance import OutputInsideEvidence, check_output_location
 from ..residual import ResidualParams
 from ..store import FingerprintStore, StoreError, check_camera_id
 from . import State, app
-from ._common import EXIT_SOME_FAILED, crop_option, die, fail_line, finite, note, warn
+from ._common import EXIT_SOME_FAILED, DeviceOption, crop_option, device_option, die, fail_line, finite, note, warn
 
 @app.command()
 def fingerprint(
@@ -34,6 +34,7 @@ def fingerprint(
     allow_mixed: Annotated[
         bool, typer.Option(help="Accept images whose EXIF make, model or serial differ (refused by default).")
     ] = False,
+    device: DeviceOption = "auto",
 ):
     """Estimate the maximum-likelihood PRNU fingerprint of a camera and add it to the database.
 
@@ -48,6 +49,7 @@ def fingerprint(
     under a checksum verified whenever the fingerprint is read.
     """
     size = crop_option(crop)
+    device_option(device)
     store = FingerprintStore(db)
     try:
         check_camera_id(camera)
@@ -75,6 +77,7 @@ def fingerprint(
             on_error=on_error,
             on_progress=lambda p: note(f"added {p}"),
             on_warning=warn,
+            device=device,
         )
         digest = store.add(camera, k, meta, replace=replace)
     except (FingerprintRefused, StoreError) as exc:
