@@ -402,6 +402,7 @@ class DeviceSpectra:
             budget = int(free * 0.5)
         self.budget = budget
         self.held = weakref.WeakKeyDictionary()
+        self.held_bytes = 0
         self.uploads = 0
 
     def get(self, fp: FingerprintSpectrum) -> torch.Tensor:
@@ -410,10 +411,15 @@ class DeviceSpectra:
             return hit
         t = torch.as_tensor(fp.spectrum, device=self.device)
         self.uploads += 1
-        used = sum(v.numel() * v.element_size() for v in self.held.values())
-        if self.budget is None or used + t.numel() * t.element_size() <= self.budget:
+        size = t.numel() * t.element_size()
+        if self.budget is None or self.held_bytes + size <= self.budget:
             self.held[fp] = t
+            self.held_bytes += size
+            weakref.finalize(fp, self._release, size)
         return t
+
+    def _release(self, size: int) -> None:
+        self.held_bytes -= size
 
 
 _DEVICE_SPECTRA: dict[str, DeviceSpectra] = {}
@@ -502,20 +508,19 @@ def _ncc(res_mean: float, res_centred: float, n: int, fp: FingerprintSpectrum, p
 class _Probe:
     """A residual on the device, rotated and aligned per (rotation, fingerprint shape), spectra kept."""
 
-    def __init__(self, residual: np.ndarray, device):
-        self.residual = np.ascontiguousarray(residual, dtype=np.float32)
-        self.device = device
+    def __init__(self, residual, device):
+        self.residual = to_device(residual, device)
+        self.shape = tuple(self.residual.shape)
         self._aligned: dict = {}
 
     def aligned(self, rotation: int, shape):
         key = (rotation, tuple(shape))
         if key not in self._aligned:
-            res, expected = _align(np.ascontiguousarray(np.rot90(self.residual, rotation // 90)), key[1])
-            t = torch.as_tensor(np.ascontiguousarray(res), device=self.device)
+            t, expected = _align(torch.rot90(self.residual, rotation // 90, dims=(0, 1)), key[1])
             conj = torch.fft.rfft2(t, s=key[1]).conj()
             mean = float(t.to(torch.float64).mean())
             centred = float(t.to(torch.float64).square().sum()) - t.numel() * mean * mean
-            self._aligned[key] = (res.shape, expected, conj, mean, centred)
+            self._aligned[key] = (tuple(t.shape), expected, conj, mean, centred)
         return self._aligned[key]
 
 
@@ -540,7 +545,8 @@ def score_many(
 
     Parameters
     ----------
-    residual : ndarray, float32, shape (m, n)
+    residual : ndarray or tensor, float32, shape (m, n)
+        A tensor already on ``device`` is used in place (no transfer).
     cameras : sequence of str
         Camera ids, in order; ``spectra[camera]`` is read once per chunk.
     spectra : mapping of str to FingerprintSpectrum
@@ -565,7 +571,7 @@ def score_many(
     probe = _Probe(residual, device)
     turned = turned or {}
     out: dict[str, MatchScore] = {}
-    per = max(1, CHUNK_BYTES // max(1, probe.residual.size * 4))
+    per = max(1, CHUNK_BYTES // max(1, probe.residual.numel() * 4))
     with _exact():
         for start in range(0, len(cameras), per):
             groups: dict = {}
@@ -573,7 +579,7 @@ def score_many(
                 fp = spectra[camera]
                 t = turned.get(camera)
                 if t is None:
-                    (r, c), (fr, fc) = probe.residual.shape, fp.shape
+                    (r, c), (fr, fc) = probe.shape, fp.shape
                     t = r != c and ((r > c) != (fr > fc))
                 angles = (90, 270) if rotations and t else (0,)
                 groups.setdefault((tuple(fp.shape), angles), []).append((camera, fp))

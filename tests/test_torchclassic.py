@@ -137,6 +137,8 @@ def test_batched_pce_matches_the_numpy_scores(probes, spectra):
                 for threshold in (10.0, 60.0):
                     assert (g.pce > threshold) == (ref.pce > threshold)
                 above += ref.pce > 10
+        on_device = torchclassic.score_many(torch.from_numpy(w), cameras, spectra, device="cpu")  # no transfer
+        assert on_device == torchclassic.score_many(w, cameras, spectra, device="cpu")
     assert above >= 1  # the decisions compared include a match, not only non-matches
 
 
