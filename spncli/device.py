@@ -40,7 +40,6 @@ __all__ = [
     "classic_residual",
     "grey_residual",
     "postprocess",
-    "fingerprint_accumulator",
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -166,13 +165,3 @@ def postprocess(x, params, device: str = "cpu"):
     t = torchclassic.to_device(x, torch_device(device))
     return torchclassic.to_numpy(torchclassic.postprocess(t, params))
 
-
-def fingerprint_accumulator(params, device: str = "cpu"):
-    """The ML fingerprint accumulator for the resolved ``device``."""
-    if device == "cpu":
-        from .fingerprint import FingerprintAccumulator
-
-        return FingerprintAccumulator(params)
-    from .torchclassic import TorchFingerprintAccumulator
-
-    return TorchFingerprintAccumulator(params, torch_device(device))

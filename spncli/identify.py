@@ -30,6 +30,7 @@ from .evidence import (
     not_regular_reason,
     unsupported_reason,
 )
+from .fingerprint import FingerprintAccumulator
 from .geometry import alignment_note, centre_crop, crop_geometry
 from .pce import FingerprintSpectrum, MatchScore, ResidualSpectrum, correlation_surface, score
 from .provenance import tool_info, utc_now
@@ -367,7 +368,12 @@ def build_fingerprint(
     """
     started = utc_now()
     resolved = devices.resolve_device(device)
-    acc = devices.fingerprint_accumulator(params, resolved)
+    if resolved == "cpu":
+        acc = FingerprintAccumulator(params)
+    else:  # the same estimator with the running sums on the device
+        from .torchclassic import TorchFingerprintAccumulator
+
+        acc = TorchFingerprintAccumulator(params, devices.torch_device(resolved))
     sources, qualities, exif_seen = [], [], []
     first = None
     for path in paths:

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from spncli import device as devices  # noqa: E402
-from spncli import pce, torchclassic, wavelet  # noqa: E402
+from spncli import pce, torchclassic  # noqa: E402
 from spncli.evidence import load_image  # noqa: E402
 from spncli.fingerprint import FingerprintAccumulator  # noqa: E402
 from spncli.identify import Matcher, MatchSettings, build_fingerprint, cropped_pixels  # noqa: E402
