@@ -115,7 +115,7 @@ def resolve_device(request: str) -> str:
         return "cuda"
     in_worker = _worker_gpu()
     if in_worker is not None:
-        return "cuda" if in_worker and cuda_usable() else "cpu"
+        return "cuda" if in_worker and gpu_present() and cuda_usable() else "cpu"
     return "cuda" if gpu_present() and cuda_usable() else "cpu"
 
 

@@ -191,6 +191,7 @@ def test_a_dask_worker_declaring_a_gpu_resolves_auto_to_cuda(monkeypatch):
         def __init__(self, resources):
             self.state = type("State", (), {"total_resources": resources})()
 
+    monkeypatch.setattr(devices, "gpu_present", lambda: True)
     monkeypatch.setattr(devices, "cuda_usable", lambda: True)
     for resources, expected in (({"GPU": 1}, "cuda"), ({}, "cpu")):
         monkeypatch.setattr(distributed, "get_worker", lambda r=resources: Worker(r))
