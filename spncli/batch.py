@@ -6,7 +6,10 @@ cluster. The job (its settings, and the restoration network when asked for)
 is scattered to the workers once, never per image; a match job carries the
 database's path and SHA-256, not the fingerprints, and each worker reads and
 transforms them within its memory budget (:mod:`spncli.spectra`);
-restoration tasks ask for a ``GPU`` resource where workers declare one. A
+restoration tasks, and classic ones run with ``--device cuda``, ask for a
+``GPU`` resource where workers declare one; with ``--device auto`` every
+worker takes classic tasks and those that declare a ``GPU`` run them on it
+(:func:`spncli.device.resolve_device`). A
 bounded number of tasks is in flight, so memory stays flat on folders of any
 size, and results are handed back as they complete.
 

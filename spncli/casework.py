@@ -298,7 +298,8 @@ def _run(case, matcher, evidence, parameters, client, done, asked, stop, *, db, 
         if stopping():
             raise _Stop
         job = MatchJob(matcher, frozenset(done), parameters["max_pixels"])
-        execute(paths, job, on_result=handle, client=client, gpu=matcher.restorer is not None)
+        gpu = matcher.restorer is not None or matcher.device == "cuda"
+        execute(paths, job, on_result=handle, client=client, gpu=gpu)
     except _Stop:
         status = "interrupted"
     errors = case.settle_errors()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import device as devices
 from .conditioning import NoQuantizationTables
 from .evidence import (
     DEFAULT_MAX_PIXELS,
@@ -34,7 +35,7 @@ from .geometry import alignment_note, centre_crop, crop_geometry
 from .pce import FingerprintSpectrum, MatchScore, ResidualSpectrum, correlation_surface, score
 from .provenance import tool_info, utc_now
 from .jpegdomain import RESIDUAL_KINDS, AwareSettings, NoCoefficients, coefficients_of, compression_aware_residual
-from .residual import ResidualParams, extract_residual, grey_residual, postprocess
+from .residual import ResidualParams
 from .store import Fingerprint
 
 __all__ = [
@@ -221,6 +222,7 @@ def residual_with_info(
     kind: str = "classic",
     aware: AwareSettings = AwareSettings(),
     data: bytes | None = None,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, dict]:
     """Noise residual of an evidence image and what it is (``residual_kind``, Wiener, fallback).
 
@@ -229,7 +231,9 @@ def residual_with_info(
     the full frame, filters it on the file's own 8x8 grid, then crops; a
     non-JPEG input, or a JPEG without usable luma coefficients (CMYK), falls
     back to the classic residual and says why under ``fallback``. ``data``
-    may pass the file's bytes when already in memory.
+    may pass the file's bytes when already in memory. ``device`` is a
+    resolved device (:func:`spncli.device.resolve_device`): ``"cpu"`` is the
+    numpy reference path, ``"cuda"`` the torch one.
 
     Raises
     ------
@@ -248,9 +252,9 @@ def residual_with_info(
         except NoCoefficients as exc:
             fallback = f"{exc}: classic residual"
         else:
-            grey = grey_residual(ev.pixels, params)
+            grey = devices.grey_residual(ev.pixels, params, device)
             return compression_aware_residual(grey, coefficients, crop=crop, params=params, settings=aware)
-    w = extract_residual(cropped_pixels(ev, crop), params)
+    w = devices.classic_residual(cropped_pixels(ev, crop), params, device)
     return w, {"residual_kind": "classic", "wiener_applied": params.wiener_dft, "fallback": fallback}
 
 
@@ -323,6 +327,7 @@ def build_fingerprint(
     on_error: Callable[[str, str], None] = lambda path, reason: None,
     on_progress: Callable[[str], None] = lambda path: None,
     on_warning: Callable[[str], None] = lambda message: None,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, dict]:
     """Estimate a camera fingerprint from images, one at a time.
 
@@ -343,6 +348,8 @@ def build_fingerprint(
         Called with a file that failed (and the reason), a file that is done,
         or a warning about the fingerprint as a whole (fewer than
         :data:`RECOMMENDED_IMAGES` images).
+    device : str
+        ``--device`` request (auto, cpu, cuda), resolved here and recorded under ``compute``.
 
     Returns
     -------
@@ -360,7 +367,13 @@ def build_fingerprint(
         a fingerprint with non-finite values.
     """
     started = utc_now()
-    acc = FingerprintAccumulator(params)
+    resolved = devices.resolve_device(device)
+    if resolved == "cpu":
+        acc = FingerprintAccumulator(params)
+    else:  # the same estimator with the running sums on the device
+        from .torchclassic import TorchFingerprintAccumulator
+
+        acc = TorchFingerprintAccumulator(params, devices.torch_device(resolved))
     sources, qualities, exif_seen = [], [], []
     first = None
     for path in paths:
@@ -415,6 +428,7 @@ def build_fingerprint(
         "saturated_fraction_mean": float(np.mean(acc.saturated_fraction)),
         "estimator": "ML: sum(W*I)/sum(I^2) per channel, saturated pixels weight 0 (Chen et al. 2008)",
         "residual_params": params.as_dict(),
+        "compute": devices.compute_record(device, resolved),
         "seed": None,
         "deterministic": True,
         "started_utc": started,
@@ -521,14 +535,20 @@ class Matcher:
     restorer : spncli.restoration.Restorer or None
         When given, images are scored with the classic and the restored
         residual both, and decided by :func:`two_test_decision`.
+    device : str
+        ``--device`` request (auto, cpu, cuda), resolved where the images are
+        scored (:func:`spncli.device.resolve_device`: a Dask worker that
+        declares a GPU uses it); the classic residual and the PCEs then run
+        through :mod:`spncli.torchclassic`. Each record says ``device`` and ``backend``.
     """
 
-    def __init__(self, fingerprints: Iterable[Fingerprint], settings: MatchSettings, restorer=None):
+    def __init__(self, fingerprints: Iterable[Fingerprint], settings: MatchSettings, restorer=None, device="cpu"):
         if restorer is not None and settings.residual != "classic":
             raise ValueError("restoration refines the classic residual: use --residual classic with --restore")
         self.settings = settings
         self.restorer = restorer
         self.tails = None  # spncli.calibration.EmpiricalTail: records then carry the empirical tail
+        self.device = devices.check_device(device) if device != devices.TORCH_CPU else device
         self.cameras = []
         self.spectra = {}
         self.frames = {}  # each fingerprint's source frame, for the alignment note
@@ -543,7 +563,7 @@ class Matcher:
 
     @classmethod
     def from_database(cls, store, names: Iterable[str], settings: MatchSettings, restorer=None, *,
-                      db_sha256: str, memory: int) -> Matcher:  # fmt: skip
+                      db_sha256: str, memory: int, device: str = "cpu") -> Matcher:  # fmt: skip
         """A Matcher whose fingerprints stay in the database: for worker processes.
 
         Only each camera's K SHA-256 and source frame are read here (seals
@@ -564,10 +584,12 @@ class Matcher:
             SHA-256 of the database's index when the run began (``store.file_sha256()``).
         memory : int
             Bytes of fingerprint transforms each process keeps at most.
+        device : str
+            As for the constructor.
         """
         from .spectra import DatabaseSpectra
 
-        self = cls((), settings, restorer)
+        self = cls((), settings, restorer, device)
         self.spectra = DatabaseSpectra(str(Path(store.path).absolute()), db_sha256, settings.crop, memory)
         for camera in names:
             k_sha, meta, shape = store.header(camera)
@@ -583,18 +605,19 @@ class Matcher:
         (``residual_kind``, ``wiener_applied``, ``fallback``).
         """
         s = self.settings
+        device = devices.resolve_device(self.device)
         crop = None
         if s.crop is not None:  # crop to what the image allows in its own orientation
             crop = (min(s.crop[0], ev.shape[0]), min(s.crop[1], ev.shape[1]))
         if self.restorer is None:
-            w, info = residual_with_info(ev, s.params, crop, kind=s.residual, aware=s.aware)
+            w, info = residual_with_info(ev, s.params, crop, kind=s.residual, aware=s.aware, device=device)
             return w, False, info
         pixels = cropped_pixels(ev, crop)
-        grey = grey_residual(pixels, s.params)
+        grey = devices.grey_residual(pixels, s.params, device)
         try:
             w, info = self.restorer.restore(ev, pixels, grey=grey, params=s.params)
         except NoQuantizationTables as exc:  # the classic residual alone, and the record says why
-            w = postprocess(grey, s.params)
+            w = devices.postprocess(grey, s.params, device)
             return w, False, {
                 "residual_kind": "classic",
                 "wiener_applied": s.params.wiener_dft,
@@ -608,7 +631,7 @@ class Matcher:
             "fallback": None,
             "network_applied": info["network_applied"],
             "weights_sha256": info["weights_sha256"],
-            "classic_residual": postprocess(grey, s.params),
+            "classic_residual": devices.postprocess(grey, s.params, device),
         }
 
     def match(self, ev: Evidence, *, surfaces: bool = False, residual=None) -> list[dict]:
@@ -621,12 +644,20 @@ class Matcher:
         s = self.settings
         w, restored, info = self.residual(ev) if residual is None else residual
         records = []
+        device = devices.resolve_device(self.device)
+        compute = {"device": device, "backend": devices.backend_name(device)}
         probe = ResidualSpectrum(w)  # the residual's transform, once for every camera and rotation
         classic_probe = ResidualSpectrum(info["classic_residual"]) if restored else None
+        batched = batched_classic = None
+        if device != "cpu":  # every camera at once on the device (surfaces, for matches only, on the host)
+            batched = self._score_on(device, w, ev)
+            batched_classic = self._score_on(device, info["classic_residual"], ev) if restored else None
         for camera, fp_sha in self.cameras:
             spectrum = self.spectra[camera]
             turned = frame_turned(ev.shape, self.frames[camera])
-            m: MatchScore = score(probe, spectrum, max_shift=s.max_shift, rotations=s.rotations, turned=turned)
+            m: MatchScore = batched[camera] if batched is not None else score(
+                probe, spectrum, max_shift=s.max_shift, rotations=s.rotations, turned=turned
+            )
             record = {
                 "image": ev.path,
                 "sha256": ev.sha256,
@@ -652,10 +683,13 @@ class Matcher:
                 "fingerprint_sha256": fp_sha,
                 "alignment": alignment_note(ev.shape, self.frames[camera], s.max_shift),
                 "warnings": list(self.warnings.get(camera, ())),
+                **compute,
             }
             used = probe
             if restored:  # both residuals scored; the decision takes both (two_test_decision)
-                mc = score(classic_probe, spectrum, max_shift=s.max_shift, rotations=s.rotations, turned=turned)
+                mc = batched_classic[camera] if batched_classic is not None else score(
+                    classic_probe, spectrum, max_shift=s.max_shift, rotations=s.rotations, turned=turned
+                )
                 both = two_test_decision(mc, m, s.threshold)
                 if both["decided_by"] == "classic":
                     m, used = mc, classic_probe
@@ -676,3 +710,13 @@ class Matcher:
                 record["_surface"] = correlation_surface(used, spectrum, m)
             records.append(record)
         return records
+
+    def _score_on(self, device: str, w: np.ndarray, ev: Evidence) -> dict[str, MatchScore]:
+        """Every camera's score of residual ``w`` on a torch device (:func:`spncli.torchclassic.score_many`)."""
+        from .torchclassic import score_many
+
+        s = self.settings
+        cameras = [c for c, _ in self.cameras]
+        turned = {c: frame_turned(ev.shape, self.frames[c]) for c in cameras}
+        return score_many(w, cameras, self.spectra, turned, device=devices.torch_device(device),
+                          max_shift=s.max_shift, rotations=s.rotations)  # fmt: skip

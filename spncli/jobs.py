@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .device import DeviceUnavailable, compute_record, resolve_device
 from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, decode, load_image, read_bytes
 from .identify import Matcher, cropped_pixels, residual_with_info
 from .jpegdomain import AwareSettings
@@ -85,7 +86,7 @@ class MatchJob:
             records = self.matcher.match(ev, surfaces=self.artifacts, residual=residual)
         except EvidenceError as exc:
             return {"path": path, "error": exc.reason}
-        except StoreError as exc:  # a worker reads the fingerprints itself: a damaged or changed database
+        except (StoreError, DeviceUnavailable) as exc:  # a worker's own database read, or its device
             return {"path": path, "error": str(exc)}
         surfaces = {r["camera"]: r.pop("_surface") for r in records if "_surface" in r}
         for r in records:
@@ -108,7 +109,9 @@ class ExtractJob:
 
     ``kind="compression-aware"`` asks for :mod:`spncli.jpegdomain`'s residual;
     a non-JPEG input then falls back to the classic one, and the provenance
-    says which (``residual_kind``, ``fallback``).
+    says which (``residual_kind``, ``fallback``). ``device`` is the
+    ``--device`` request, resolved where the job runs (a Dask worker that
+    declares a GPU uses it); the provenance records it under ``compute``.
     """
 
     out: Path
@@ -118,11 +121,16 @@ class ExtractJob:
     max_pixels: int = DEFAULT_MAX_PIXELS
     kind: str = "classic"
     aware: AwareSettings = AwareSettings()
+    device: str = "cpu"
 
     def __call__(self, path: str) -> dict:
         try:
+            device = resolve_device(self.device)
+        except ValueError as exc:
+            return {"path": path, "error": str(exc)}
+        try:
             ev = load_image(path, max_pixels=self.max_pixels)
-            w, info = residual_with_info(ev, self.params, self.crop, kind=self.kind, aware=self.aware)
+            w, info = residual_with_info(ev, self.params, self.crop, kind=self.kind, aware=self.aware, device=device)
         except EvidenceError as exc:
             return {"path": path, "error": exc.reason}
         aware = info["residual_kind"] == "compression-aware"
@@ -142,6 +150,7 @@ class ExtractJob:
                 "input": ev.provenance(),
                 "crop": list(self.crop) if self.crop else None,
                 "params": self.params.as_dict(),
+                "compute": compute_record(self.device, device),
             },
             self.preview,
         )

@@ -8,6 +8,7 @@ import math
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -77,6 +78,30 @@ def finite(name: str, *, positive: bool = False):
         return value
 
     return check
+
+
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="auto, cpu or cuda. cpu: the numpy reference path; cuda: the classic pipeline (and any restoration) "
+        "through torch on a CUDA GPU; auto: cuda where one is usable (in Dask workers: those declaring a GPU "
+        "resource), else cpu. Outputs record the device and backend.",
+    ),
+]
+
+
+def device_option(request: str, *, here: bool = True) -> str:
+    """Check ``--device``; with ``here`` (work in this process) also that cuda is usable. One line on failure."""
+    from ..device import check_device, resolve_device
+
+    try:
+        check_device(request)
+        if here:
+            resolve_device(request)
+    except ValueError as exc:
+        die(f"--device: {exc}")
+    return request
 
 
 def crop_option(text: str | None):

@@ -14,7 +14,7 @@ from ..provenance import OutputInsideEvidence, check_output_location
 from ..residual import ResidualParams
 from . import State, app
 from ._batch import SchedulerOption, WorkersOption, run_jobs
-from ._common import EXIT_SOME_FAILED, crop_option, die, err
+from ._common import EXIT_SOME_FAILED, DeviceOption, crop_option, device_option, die, err
 
 
 ResidualOption = Annotated[
@@ -42,25 +42,27 @@ def extract(
     preview: Annotated[bool, typer.Option(help="Also write an 8-bit PNG preview of each residual.")] = False,
     sigma: Annotated[float, typer.Option(help="Noise std of the wavelet denoiser (0..255 scale).")] = 5.0,
     residual: ResidualOption = "classic",
+    device: DeviceOption = "auto",
     workers: WorkersOption = None,
     scheduler: SchedulerOption = None,
 ):
     """Extract the Lukáš-Fridrich-Goljan noise residual of each image.
 
     Writes NAME-SHA8.residual.npy (float32, rows x cols) and NAME-SHA8.residual.json
-    (input SHA-256, parameters, residual_kind, tool version, time) per image; with
+    (input SHA-256, parameters, residual_kind, device and backend, tool version, time) per image; with
     --residual compression-aware the stem ends .ca-residual.
     """
     size = crop_option(crop)
     kind = check_residual_kind(residual)
+    device_option(device, here=not (workers or scheduler))
     try:
         params = ResidualParams(sigma=sigma)
         check_output_location(out, images)
     except (ValueError, OutputInsideEvidence) as exc:
         die(str(exc))
-    job = ExtractJob(out.absolute(), params, size, preview, State.max_pixels, kind=kind)
+    job = ExtractJob(out.absolute(), params, size, preview, State.max_pixels, kind=kind, device=device)
     paths = [p.absolute() for p in gather_inputs(images)]
-    done, failed = run_jobs(paths, job, workers=workers, scheduler=scheduler, label="extract")
+    done, failed = run_jobs(paths, job, workers=workers, scheduler=scheduler, label="extract", gpu=device == "cuda")
     err.print(f"{done} residual(s) written to {out}, {failed} failed")
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)

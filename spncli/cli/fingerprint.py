@@ -13,7 +13,7 @@ from ..provenance import OutputInsideEvidence, check_output_location
 from ..residual import ResidualParams
 from ..store import FingerprintStore, StoreError, check_camera_id
 from . import State, app
-from ._common import EXIT_SOME_FAILED, crop_option, die, fail_line, finite, note, warn
+from ._common import EXIT_SOME_FAILED, DeviceOption, crop_option, device_option, die, fail_line, finite, note, warn
 
 @app.command()
 def fingerprint(
@@ -42,6 +42,7 @@ def fingerprint(
             callback=finite("--leak-threshold"),
         ),
     ] = 60.0,
+    device: DeviceOption = "auto",
 ):
     """Estimate the maximum-likelihood PRNU fingerprint of a camera and add it to the database.
 
@@ -61,6 +62,7 @@ def fingerprint(
     warning on every later match against either camera (spn db leaks lists them).
     """
     size = crop_option(crop)
+    device_option(device)
     store = FingerprintStore(db)
     try:
         check_camera_id(camera)
@@ -88,6 +90,7 @@ def fingerprint(
             on_error=on_error,
             on_progress=lambda p: note(f"added {p}"),
             on_warning=warn,
+            device=device,
         )
         screen = Screener(store, camera, k, threshold=leak_threshold)
         digest = store.add(camera, k, meta, replace=replace, screen=screen)

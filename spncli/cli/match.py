@@ -20,9 +20,12 @@ from ..spectra import parse_bytes
 from ..store import FingerprintStore, StoreError
 from . import State, app
 from ._batch import BatchProgress, run_jobs
-from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, error_line, fail_line, finite, note, render, warn
+from ._common import (
+    EXIT_SOME_FAILED, DeviceOption, Format, crop_option, device_option, die, err, error_line, fail_line, finite, note,
+    render, warn,
+)
 from .extract import ResidualOption, check_residual_kind
-from .restore import DeviceOption, ModelOption, open_restorer
+from .restore import ModelOption, open_restorer
 
 COLUMNS = [
     "image",
@@ -59,6 +62,8 @@ COLUMNS = [
     "max_shift",
     "fingerprint_sha256",
     "db_sha256",
+    "device",
+    "backend",
     "tool_version",
 ]
 TABLE_COLUMNS = [
@@ -173,6 +178,7 @@ def match(
     """
     size = crop_option(crop)
     kind = check_residual_kind(residual)
+    device_option(device, here=not (case is not None or workers or scheduler))
     if restore and kind != "classic":
         die("--restore refines the classic residual: use --residual classic with --restore")
     if pool:
@@ -202,9 +208,10 @@ def match(
         restorer = open_restorer(model, device) if restore else None
         if case is not None or workers or scheduler:
             # worker processes read the fingerprints from the database; this process never transforms one
-            matcher = Matcher.from_database(store, names, settings, restorer, db_sha256=db_sha, memory=memory)
+            matcher = Matcher.from_database(store, names, settings, restorer, db_sha256=db_sha, memory=memory,
+                                            device=device)  # fmt: skip
         else:  # in-process: one fingerprint in memory at a time, only its transform is kept
-            matcher = Matcher((store.load(n) for n in names), settings, restorer)
+            matcher = Matcher((store.load(n) for n in names), settings, restorer, device)
         matcher.tails, refused = tails_for(store, settings, restored=restorer is not None)
         if refused:  # the scores stand; their empirical tails are null and say why
             error_line(refused)
@@ -245,7 +252,7 @@ def _match_plain(images, matcher, *, db_sha, workers, scheduler, format, size) -
     job = MatchJob(matcher, max_pixels=State.max_pixels, artifacts=False)
     paths = list(gather_inputs(images))
     _, failed = run_jobs(paths, job, workers=workers, scheduler=scheduler, label="match",
-                         gpu=matcher.restorer is not None, on_result=on_result)  # fmt: skip
+                         gpu=matcher.restorer is not None or matcher.device == "cuda", on_result=on_result)  # fmt: skip
     if format is not Format.json:  # JSON was streamed above
         render_matches(sorted(rows, key=lambda r: (r["image"], r["camera"])), format, matcher.settings.threshold)
     err.print(f"{len(rows)} score(s), {failed} file(s) failed")
