@@ -53,7 +53,7 @@ CSV_COLUMNS = [
     "image", "sha256", "size_bytes", "jpeg_quality", "camera", "pce", "ncc", "decision", "threshold",
     "rotation", "restored", "peak_row", "peak_col", "n_shifts", "p_fa", "rows", "cols", "fingerprint_sha256",
     "residual_kind", "wiener_applied", "pce_classic", "pce_restored", "decision_classic", "decision_restored",
-    "residuals_disagree", "network_applied", "weights_sha256", "alignment", "warnings",
+    "residuals_disagree", "network_applied", "weights_sha256", "alignment", "warnings", "device", "backend",
 ]  # fmt: skip
 GENESIS = "0" * 64
 AUDIT = "audit.jsonl"
