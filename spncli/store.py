@@ -20,6 +20,17 @@ against its name when it is read. The camera files are opened by this module
 from the index's names (checked, inside ``<db>.d``, never a symbolic link);
 HDF5's own link resolution is never used for reading.
 
+The pre-screen index (:mod:`spncli.prescreen`) is one append-only file,
+``<db>.d/prescreen.sig``: each camera added appends one record, the signs of
+its fingerprint packed one bit per pixel (1/32 of the fingerprint), with the
+camera file it was made from and a SHA-256 over the record. The index's
+attribute ``prescreen_bytes`` says how much of it is committed: the index
+rename commits the record with the camera, a killed writer's tail is ignored
+and truncated by the next writer, and a record whose camera file the index
+no longer names (a removed or replaced camera) is not used. Appending keeps
+adding a camera O(that camera); cameras without a valid record (older
+databases, a damaged record) are reported and scored exactly.
+
 Older single-file databases (``spn-db/1``, ``spn-db/2``, cameras stored
 inside the file) are read as before; adding to one keeps its cameras and
 adds links beside them.
@@ -48,6 +59,7 @@ import json
 import os
 import re
 import stat
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +83,8 @@ __all__ = [
 FORMAT = "spn-db/3"
 READABLE_FORMATS = ("spn-db/1", "spn-db/2", FORMAT)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SIGNS = "prescreen.sig"
+_SIG_MAGIC = b"SPNSIG1\n"
 _FILE = re.compile(r"^(?P<camera>[A-Za-z0-9][A-Za-z0-9._-]{0,127})"  # a camera's file: <id>.<its SHA-256>.h5
                    r"\.(?P<sha>[0-9a-f]{64})\.h5$")
 
@@ -273,25 +287,78 @@ class FingerprintStore:
             k, stored, meta, _shape = self._entry(f, camera, pixels=True)
         return Fingerprint(camera, k, stored, meta)
 
+    def sign_digests(self, names=None) -> tuple[dict, list[str]]:
+        """The pre-screen digests of the cameras (``names``, default all) and the cameras without one.
+
+        A record is used only when its SHA-256 verifies and it was made from the
+        camera file the index names now. Returns ``({camera: SignDigest}, [cameras
+        without a valid record])``; the caller scores the latter exactly.
+        """
+        from .prescreen import SignDigest
+
+        with self._open_read() as f:
+            committed = int(f.attrs.get("prescreen_bytes", 0))
+            current = {}
+            if "cameras" in f:
+                group = f["cameras"]  # kept: the link proxy needs its group open
+                links = group.id.links
+                for n in group.keys():
+                    if links.get_info(n.encode()).type == h5py.h5l.TYPE_EXTERNAL:
+                        current[n] = links.get_val(n.encode())[0].decode("utf-8", "replace").rpartition("/")[2]
+        wanted = set(current if names is None else names)
+        digests = {}
+        path = self.folder / SIGNS
+        if committed and not self.folder.is_symlink() and not path.is_symlink() and path.is_file():
+            with open(path, "rb") as fh:
+                data = fh.read(committed)
+            for head, words in _sign_records(data):
+                camera = head.get("camera")
+                if camera in wanted and current.get(camera) == head.get("file"):
+                    digests[camera] = SignDigest(tuple(head["shape"]), tuple(head["region"]), words)
+        return digests, sorted(wanted - set(digests))
+
+    def _append_signs(self, camera: str, file_name: str, k: np.ndarray, committed: int) -> int:
+        """Append one camera's sign record after the committed bytes (fsync); return the new committed length."""
+        from .prescreen import sign_digest
+
+        d = sign_digest(k)
+        head = json.dumps({"camera": camera, "file": file_name, "shape": list(d.shape), "region": list(d.region),
+                           "words": int(d.words.size)}).encode()  # fmt: skip
+        body = struct.pack("<I", len(head)) + head + d.words.astype("<u8", copy=False).tobytes()
+        record = _SIG_MAGIC + body + hashlib.sha256(body).digest()
+        path = self.folder / SIGNS
+        if path.is_symlink():
+            raise StoreError(f"{path}: a symbolic link, not followed; nothing was stored")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "r+b") as fh:
+            fh.truncate(committed)  # a killed writer's uncommitted tail
+            fh.seek(committed)
+            fh.write(record)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return committed + len(record)
+
     def file_sha256(self) -> str:
         """SHA-256 of the database's index as it is now: it names every camera file by its SHA-256."""
         self._check_file()
         return file_sha256(self.path)
 
     # -- writing ---------------------------------------------------------
-    def _index_entries(self) -> dict[str, tuple[bytes, bytes] | None]:
-        """Each camera of the current index: its link (file, path inside), or None when stored in the index."""
+    def _index_entries(self) -> tuple[dict[str, tuple[bytes, bytes] | None], int]:
+        """Each camera of the current index (its link: file, path inside; None when stored in the index),
+        and the committed length of the pre-screen records."""
         if not self.path.exists():
-            return {}
+            return {}, 0
         with self._open_read() as f:
+            committed = int(f.attrs.get("prescreen_bytes", 0))
             if "cameras" not in f:
-                return {}
+                return {}, committed
             group = f["cameras"]
             links, external = group.id.links, h5py.h5l.TYPE_EXTERNAL
             return {
                 n: links.get_val(n.encode()) if links.get_info(n.encode()).type == external else None
                 for n in group.keys()
-            }
+            }, committed
 
     def _collect(self, keep: set[str]) -> None:
         """Delete camera files and temporaries not in ``keep`` (a killed writer's, a removed camera's).
@@ -355,11 +422,12 @@ class FingerprintStore:
                 # temporaries exist only while a writer holds the lock: any now are from a killed writer
                 for stale in self.path.parent.glob(f".{self.path.name}.*.tmp.h5"):
                     stale.unlink(missing_ok=True)
-                entries = self._index_entries()
+                entries, committed = self._index_entries()
                 held = set(entries)
                 with atomic_path(self.path, suffix=".h5") as tmp:
                     with h5py.File(tmp, "w", locking=False) as new:
                         new.attrs["format"] = FORMAT
+                        new.attrs["prescreen_bytes"] = committed
                         cams = new.create_group("cameras")
                         links = cams.id.links
                         inline = [name for name in sorted(held - drop) if entries[name] is None]
@@ -410,6 +478,7 @@ class FingerprintStore:
             if camera in held and not replace:
                 raise StoreError(f"{self.path}: camera {camera!r} exists already (use --replace to overwrite it)")
             name = self._write_camera(camera, k, digest, meta_json)
+            f.attrs["prescreen_bytes"] = self._append_signs(camera, name, k, int(f.attrs["prescreen_bytes"]))
             group = f["cameras"]  # kept: the link proxy needs its group open
             group.id.links.create_external(camera.encode(), f"{self.folder.name}/{name}".encode(), b"/")
         return digest
@@ -419,3 +488,21 @@ class FingerprintStore:
         with self._writing(drop={camera}) as (_f, held):
             if camera not in held:
                 raise StoreError(f"{self.path}: no camera {camera!r} (cameras: {', '.join(sorted(held)) or 'none'})")
+
+
+def _sign_records(data: bytes):
+    """(header dict, uint64 words) of each valid pre-screen record, in order; stops at the first unreadable one."""
+    pos, magic = 0, len(_SIG_MAGIC)
+    while pos + magic + 4 <= len(data) and data[pos : pos + magic] == _SIG_MAGIC:
+        (n_head,) = struct.unpack_from("<I", data, pos + magic)
+        try:
+            head = json.loads(data[pos + magic + 4 : pos + magic + 4 + n_head])
+            n_words = int(head["words"])
+        except (ValueError, KeyError, TypeError):
+            return
+        end = pos + magic + 4 + n_head + 8 * n_words
+        if end + 32 > len(data):
+            return
+        if hashlib.sha256(data[pos + magic : end]).digest() == data[end : end + 32]:
+            yield head, np.frombuffer(data, "<u8", n_words, pos + magic + 4 + n_head).astype(np.uint64, copy=False)
+        pos = end + 32
