@@ -166,7 +166,8 @@ def _match_rows(db, images, *options):
 
     from spncli.cli import app
 
-    res = CliRunner().invoke(app, ["match", *map(str, images), "--db", str(db), "--crop", "1024", "-f", "json", *options])
+    args = ["match", *map(str, images), "--db", str(db), "--crop", "1024", "-f", "json", *options]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     return {(r["image"], r["camera"]): r for r in map(json.loads, res.stdout.splitlines())}
 
