@@ -49,7 +49,7 @@ Fingerprints written by ``spn-db/1`` carry no seal: they are listed but not
 used (rebuild them). A write that fails (disk full) leaves the previous file
 as it was and is reported in one line.
 
-This is the only module that imports h5py.
+This is the only module that imports h5py (on first use).
 """
 
 from __future__ import annotations
@@ -66,10 +66,22 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .provenance import atomic_path
+
+
+class _Deferred:
+    """``h5py``, imported on first use: ``spn extract`` and the pre-screen never open a database file."""
+
+    def __getattr__(self, name):
+        import h5py as module
+
+        globals()["h5py"] = module
+        return getattr(module, name)
+
+
+h5py = _Deferred()
 
 __all__ = [
     "FORMAT",
