@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, decode, load_image, read_bytes
@@ -83,6 +84,7 @@ class MatchJob:
             ev = decode(data, path, max_pixels=self.max_pixels)
             del data
             residual = self.matcher.residual(ev)
+            samples = _release_pixels(ev, keep=self.artifacts)
             matcher, screened, z = _screened(self.matcher, residual[0])
             records = matcher.match(ev, surfaces=self.artifacts, residual=residual)
         except EvidenceError as exc:
@@ -95,7 +97,7 @@ class MatchJob:
             if screened:
                 r |= screened | {"prescreen_z": z.get(r["camera"])}
         preview = detail_png(residual[0]) if surfaces else None
-        thumbnail = thumbnail_jpeg(ev.pixels) if surfaces else None
+        thumbnail = thumbnail_jpeg(samples) if surfaces else None
         return {
             "path": path,
             "sha256": ev.sha256,
@@ -104,6 +106,18 @@ class MatchJob:
             "preview": preview,
             "thumbnail": thumbnail,
         }
+
+
+def _release_pixels(ev, keep: bool) -> np.ndarray | None:
+    """Free the float32 pixels once the residual is known; return them as 8-bit samples if ``keep`` (thumbnail).
+
+    ``ev.pixels`` becomes a zero-byte read-only stand-in of the same shape (``ev.shape`` still
+    holds), so a worker scoring many cameras does not keep 4 bytes per sample (144 MB at 12 MP)
+    while it reads and transforms fingerprints.
+    """
+    samples = cv2.convertScaleAbs(ev.pixels) if keep else None  # 0..255 floats -> uint8, saturated
+    ev.pixels = np.broadcast_to(np.float32(0), ev.pixels.shape)
+    return samples
 
 
 def _screened(matcher: Matcher, w: np.ndarray) -> tuple[Matcher, dict, dict]:
