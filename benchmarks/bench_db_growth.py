@@ -5,7 +5,9 @@ the camera's own file written and fsync'd, a fresh index renamed into place).
 Bytes written are this process's ``write()`` bytes from ``/proc/self/io``
 (``wchar``) around the call, and the size of the files the call created
 (the camera's file plus the new index). Synthetic fingerprints (Gaussian,
-float32); nothing else runs in the process.
+float32); nothing else runs in the process. At the end, the pre-screen records the additions
+appended are read back (:meth:`~spncli.store.FingerprintStore.sign_digests`) and one query
+ranks every camera (:class:`spncli.prescreen.Prescreen`), timed.
 
 Run: python benchmarks/bench_db_growth.py --cameras 200 --size 512
 """
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spncli.store import FingerprintStore
+from spncli.prescreen import Prescreen
+from spncli.store import SIGNS, FingerprintStore
 
 
 def wchar() -> int:
@@ -74,6 +77,25 @@ def main():
         f"{last['seconds'] / first['seconds']:.2f}x its time; median seconds of cameras 1-20 {early:.4f}, of the "
         f"last 20 {late:.4f}; "
         f"total written {sum(r['write_bytes'] for r in rows) / 2**20:.1f} MiB"
+    )
+    names = store.cameras()
+    t0 = time.perf_counter()
+    screen = Prescreen(str(store.path), 10)
+    screen.load(names)
+    t1 = time.perf_counter()
+    source = 7 % len(names)
+    k = np.random.default_rng(0)
+    for _ in range(source + 1):  # the fingerprint of camera `source`, regenerated
+        ks = k.standard_normal((args.size, args.size)).astype(np.float32)
+    w = (0.05 * ks + np.random.default_rng(99).standard_normal(ks.shape)).astype(np.float32)
+    t2 = time.perf_counter()
+    keep, z = screen.select(w, names)
+    t3 = time.perf_counter()
+    print(
+        f"pre-screen records: {(store.folder / SIGNS).stat().st_size / 2**20:.1f} MiB for {len(names)} cameras, "
+        f"read and checked in {t1 - t0:.3f} s; one query over all of them {t3 - t2:.3f} s; "
+        f"source camera ranked first: {max(z, key=z.get) == names[source]} (z {z[names[source]]:.1f}; "
+        f"best {max(z, key=z.get)} {max(z.values()):.1f})"
     )
 
 

@@ -6,7 +6,10 @@ Measures, each in a fresh child process so that its peak memory is its own:
 2. ``spn extract`` of that image as a whole process (wall seconds, peak RSS from ``wait4``);
 3. the reference implementation's process for the same image (``--reference``), run from
    ``../shared/reference/prnu-python`` in its own virtual environment (``--ref-python``);
-4. one 12 MP residual against 50 synthetic cameras, in-process: the scoring loop's seconds, the
+4. ``spn match`` of 4 Dresden images (2000x3008) against 6 cameras as a whole process, and the
+   reference doing the same work in one process (its ``extract_single`` of each image, then its
+   cross-correlation and the zero-shift PCE against each of the same 6 fingerprints);
+5. one 12 MP residual against 50 synthetic cameras, in-process: the scoring loop's seconds, the
    process's resident memory before it and its peak, and the loop's own peak allocation
    (tracemalloc), for a landscape and a portrait probe; the reference's cross-correlation plus
    zero-shift PCE (Goljan et al. 2009, 11x11 exclusion) for ``--ref-pairs`` pairs, extrapolated.
@@ -15,7 +18,10 @@ Images: the Dresden Nikon D70 natural image (2000x3008) and the same content res
 3000x4000 and 6000x8000 (JPEG quality 92); synthetic content when ../shared/data is absent.
 ``--root`` times another checkout of the package (e.g. an export of an older commit) with the same
 script. Timings on a shared machine are noisy: the script reports the best and median of
-``--repeat`` runs.
+``--repeat`` runs, and each process's CPU time (user + system, from ``wait4``) beside its wall time.
+The package's children run with their bytecode cached (``PYTHONPYCACHEPREFIX`` in a temporary
+folder, warmed once), as an installed package has it: a checkout run with
+``PYTHONDONTWRITEBYTECODE=1`` recompiles every module at each start (about 0.15 s).
 
 Run: python benchmarks/bench_throughput.py [--sizes 6,12,48] [--reference] [--ref-sizes 6,12]
 """
@@ -127,13 +133,21 @@ print(json.dumps({"times": times, "pce_first": float(value) if pairs == 1 else N
 """
 
 
+LAST_CPU = [0.0]
+"""CPU seconds (user + system) of the last child :func:`run_child` ran."""
+
+
 def run_child(cmd: list[str], *, cwd: Path | None = None, env: dict | None = None) -> tuple[dict | None, float, float]:
-    """Run a process; return (its last stdout line as JSON or None, wall seconds, peak RSS MiB via wait4)."""
+    """Run a process; return (its last stdout line as JSON or None, wall seconds, peak RSS MiB via wait4).
+
+    The child's CPU seconds are left in ``LAST_CPU[0]``.
+    """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd, env=env, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
+        LAST_CPU[0] = usage.ru_utime + usage.ru_stime
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
@@ -185,25 +199,87 @@ def bench_residuals(args, images: dict[int, Path], env: dict) -> None:
             f"[spn] residual {mp} MP ({shape}) in-process: extract {_stats(r['extract'])}, "
             f"load {_stats(r['load'])}; peak RSS {rss:.0f} MiB"
         )
-        walls, peaks = [], []
+        walls, peaks, cpus = [], [], []
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory() as out:
                 cmd = [sys.executable, "-m", "spncli", "--max-pixels", str(10**9), "extract", str(path), "-o", out]
                 _, wall, peak = run_child(cmd, env=env, cwd=args.root)
             walls.append(wall)
             peaks.append(peak)
-        print(f"[spn] `spn extract` {mp} MP as a process: {_stats(walls)}; peak RSS {max(peaks):.0f} MiB")
+            cpus.append(LAST_CPU[0])
+        print(f"[spn] `spn extract` {mp} MP as a process: {_stats(walls)}; CPU {_stats(cpus)}; "
+              f"peak RSS {max(peaks):.0f} MiB")
         if args.reference and mp in args.ref_sizes:
-            ref_walls, ref_peaks, inner = [], [], []
+            ref_walls, ref_peaks, inner, ref_cpus = [], [], [], []
             for _ in range(args.ref_repeat):
                 r, wall, peak = run_child([args.ref_python, "-c", REFERENCE_CHILD, str(path)], cwd=REFERENCE)
                 ref_walls.append(wall)
                 ref_peaks.append(peak)
+                ref_cpus.append(LAST_CPU[0])
                 inner.append(r["extract"][0])
             print(
                 f"[reference] {mp} MP as a process: {_stats(ref_walls)} (extract_single {_stats(inner)}); "
-                f"peak RSS {max(ref_peaks):.0f} MiB; spn process faster x{min(ref_walls) / min(walls):.1f}"
+                f"CPU {_stats(ref_cpus)}; peak RSS {max(ref_peaks):.0f} MiB; spn process faster "
+                f"x{min(ref_walls) / min(walls):.1f} by wall time, x{min(ref_cpus) / min(cpus):.1f} by CPU time"
             )
+
+
+MATCH_IMAGES = ("Nikon_D70_0_19445", "Nikon_D70_0_19593", "Nikon_D70_1_20543", "Nikon_D70s_0_21853")
+
+REFERENCE_MATCH_CHILD = r"""
+import json, sys, time
+import numpy as np
+from PIL import Image
+import prnu
+folder, images = sys.argv[1], sys.argv[2:]
+ks = [np.load(f"{folder}/k{i}.npy") for i in range(6)]
+out = []
+for path in images:
+    w = prnu.extract_single(np.asarray(Image.open(path)))
+    for k in ks:
+        cc = prnu.crosscorr_2d(k, w)
+        peak = (cc.shape[0] - 1, cc.shape[1] - 1)  # zero shift (see REFERENCE_PCE_CHILD)
+        ri = np.arange(peak[0] - 5, peak[0] + 6) % cc.shape[0]
+        ci = np.arange(peak[1] - 5, peak[1] + 6) % cc.shape[1]
+        near = np.square(cc[np.ix_(ri, ci)].astype(np.float64)).sum()
+        energy = (np.square(cc.astype(np.float64)).sum() - near) / (cc.size - 121)
+        out.append(float(np.sign(cc[peak]) * cc[peak] ** 2 / energy))
+print(json.dumps({"pce": out}))
+"""
+
+
+def bench_match(args, env: dict) -> None:
+    """``spn match`` of 4 Dresden 2000x3008 images against 6 cameras, and the reference's same work."""
+    import numpy as np
+
+    images = [DRESDEN_IMAGE.parent / f"{n}.JPG" for n in MATCH_IMAGES]
+    if not all(p.exists() for p in images):
+        print("[match] skipped: the Dresden images are absent")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(1)
+        ks = [rng.standard_normal((2000, 3008), dtype=np.float32) * np.float32(0.01) for _ in range(6)]
+        for i, k in enumerate(ks):
+            np.save(f"{tmp}/k{i}.npy", k)
+        make = ("import sys, numpy as np; from spncli.store import FingerprintStore; "
+                "s = FingerprintStore(sys.argv[1]); "
+                "[s.add(f'cam{i}', np.load(f'{sys.argv[2]}/k{i}.npy'), {'synthetic': True}) for i in range(6)]")
+        run_child([sys.executable, "-c", make, f"{tmp}/db.h5", tmp], env=env, cwd=args.root)
+        cmd = [sys.executable, "-m", "spncli", "match", *map(str, images), "--db", f"{tmp}/db.h5", "-f", "csv"]
+        walls, cpus, peaks = [], [], []
+        for _ in range(args.repeat):
+            _, wall, peak = run_child(cmd, env=env, cwd=args.root)
+            walls.append(wall)
+            cpus.append(LAST_CPU[0])
+            peaks.append(peak)
+        print(f"[spn] `spn match` 4 images x 6 cameras (2000x3008) as a process: {_stats(walls)}; "
+              f"CPU {_stats(cpus)}; peak RSS {max(peaks):.0f} MiB")
+        if args.reference:
+            _, wall, peak = run_child([args.ref_python, "-c", REFERENCE_MATCH_CHILD, tmp, *map(str, images)],
+                                      cwd=REFERENCE)  # fmt: skip
+            cpu = LAST_CPU[0]
+            print(f"[reference] the same work as one process: {wall:.1f} s, CPU {cpu:.1f} s, peak RSS {peak:.0f} MiB; "
+                  f"spn faster x{wall / min(walls):.1f} by wall time, x{cpu / min(cpus):.1f} by CPU time")
 
 
 def bench_pce(args, env: dict) -> None:
@@ -237,7 +313,7 @@ def main():
     ap.add_argument("--sizes", default="6,12,48", help="megapixel sizes of the residual benchmarks (6, 12, 48)")
     ap.add_argument("--cameras", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: residual, pce")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: residual, match, pce")
     ap.add_argument("--root", type=Path, default=ROOT, help="package checkout to time [default: this one]")
     ap.add_argument("--reference", action="store_true", help="also time the reference implementation")
     ap.add_argument("--ref-python", default="/work/refvenv/bin/python", help="the reference's virtual environment")
@@ -249,11 +325,16 @@ def main():
     sizes = [int(x) for x in args.sizes.split(",") if x]
     skip = set(args.skip.split(","))
     args.root = args.root.resolve()
-    env = {**os.environ, "PYTHONPATH": str(args.root)}  # children run in --root too ("" comes first on sys.path)
+    pycache = tempfile.mkdtemp(prefix="spn-pycache-")  # bytecode cached, as in an installed package
+    env = {**os.environ, "PYTHONPATH": str(args.root), "PYTHONPYCACHEPREFIX": pycache}  # children run in --root
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    run_child([sys.executable, "-m", "spncli", "--help"], env=env, cwd=args.root)  # compiles once
     print(f"package: {args.root}; cpu cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
     if "residual" not in skip:
         with tempfile.TemporaryDirectory() as tmp:
             bench_residuals(args, make_images(Path(tmp), sizes), env)
+    if "match" not in skip:
+        bench_match(args, env)
     if "pce" not in skip:
         bench_pce(args, env)
     print(f"load average at the end {os.getloadavg()[0]:.1f} (2 cores shared: timings are noisy)")

@@ -439,7 +439,9 @@ def read_bytes(path: str | os.PathLike, *, max_bytes: int | None = None) -> byte
             if not stat.S_ISREG(st.st_mode):
                 raise EvidenceError(path, not_regular_reason(st.st_mode))
             _check_size(path, st.st_size, limit)
-            data = f.read(limit + 1)
+            data = f.read(st.st_size + 1)  # not a buffer of ``limit`` bytes
+            if len(data) > st.st_size:  # grew since fstat: read on, up to the bound
+                data += f.read(limit + 1 - len(data))
         _check_size(path, len(data), limit)  # grew while being read
         return data
     except PermissionError:

@@ -11,12 +11,14 @@ file: it returns ``{"path", "error"}``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from .device import DeviceUnavailable, compute_record, resolve_device
@@ -83,7 +85,9 @@ class MatchJob:
             ev = decode(data, path, max_pixels=self.max_pixels)
             del data
             residual = self.matcher.residual(ev)
-            records = self.matcher.match(ev, surfaces=self.artifacts, residual=residual)
+            samples = _release_pixels(ev, keep=self.artifacts)
+            matcher, screened, z = _screened(self.matcher, residual[0])
+            records = matcher.match(ev, surfaces=self.artifacts, residual=residual)
         except EvidenceError as exc:
             return {"path": path, "error": exc.reason}
         except (StoreError, DeviceUnavailable) as exc:  # a worker's own database read, or its device
@@ -91,8 +95,10 @@ class MatchJob:
         surfaces = {r["camera"]: r.pop("_surface") for r in records if "_surface" in r}
         for r in records:
             r["size_bytes"] = ev.size_bytes
+            if screened:
+                r |= screened | {"prescreen_z": z.get(r["camera"])}
         preview = detail_png(residual[0]) if surfaces else None
-        thumbnail = thumbnail_jpeg(ev.pixels) if surfaces else None
+        thumbnail = thumbnail_jpeg(samples) if surfaces else None
         return {
             "path": path,
             "sha256": ev.sha256,
@@ -101,6 +107,41 @@ class MatchJob:
             "preview": preview,
             "thumbnail": thumbnail,
         }
+
+
+def _release_pixels(ev, keep: bool) -> np.ndarray | None:
+    """Free the float32 pixels once the residual is known; return them as 8-bit samples if ``keep`` (thumbnail).
+
+    ``ev.pixels`` becomes a zero-byte read-only stand-in of the same shape (``ev.shape`` still
+    holds), so a worker scoring many cameras does not keep 4 bytes per sample (144 MB at 12 MP)
+    while it reads and transforms fingerprints.
+    """
+    samples = cv2.convertScaleAbs(ev.pixels) if keep else None  # 0..255 floats -> uint8, saturated
+    ev.pixels = np.broadcast_to(np.float32(0), ev.pixels.shape)
+    return samples
+
+
+def _screened(matcher: Matcher, w: np.ndarray) -> tuple[Matcher, dict, dict]:
+    """The matcher restricted to the pre-screen's candidates for residual ``w`` (all cameras without one).
+
+    Returns the matcher to score with, what every record says of the pre-screen (nothing when it is
+    off; else ``prescreen``: the
+    setting; ``prescreen_scored``: cameras scored of those held; ``prescreen_unindexed``: cameras
+    without a digest, scored exactly) and each indexed camera's sign-agreement z.
+    """
+    screen = getattr(matcher, "prescreen", None)
+    if screen is None:
+        return matcher, {}, {}
+    names = [camera for camera, _ in matcher.cameras]
+    keep, z = screen.select(w, names, rotations=matcher.settings.rotations)
+    narrowed = copy.copy(matcher)  # shares the spectra; only the list of cameras scored differs
+    narrowed.cameras = [c for c in matcher.cameras if c[0] in keep]
+    info = {
+        "prescreen": screen.setting,
+        "prescreen_scored": f"{len(narrowed.cameras)} of {len(names)}",
+        "prescreen_unindexed": len(screen.unindexed),
+    }
+    return narrowed, info, z
 
 
 @dataclass

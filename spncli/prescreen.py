@@ -40,7 +40,7 @@ import numpy as np
 
 from .geometry import crop_offsets
 
-__all__ = ["SignDigest", "Candidate", "sign_digest", "PrescreenIndex"]
+__all__ = ["SignDigest", "Candidate", "sign_digest", "PrescreenIndex", "Prescreen", "parse_prescreen"]
 
 _BLOCK_WORDS = 1 << 20
 """64-bit words scored per block (8 MB: temporaries stay small)."""
@@ -274,3 +274,75 @@ def _scores(words: np.ndarray, bits: np.ndarray, valid: np.ndarray) -> np.ndarra
             np.bitwise_and(x, valid, out=x)
         disagree[i : i + step] = np.bitwise_count(x).sum(axis=1, dtype=np.int64)
     return (n_valid - 2.0 * disagree) / math.sqrt(n_valid)
+
+
+def parse_prescreen(text: str) -> int | None | bool:
+    """``--prescreen``: ``off`` (False), ``exact`` (None: every camera scored) or a number of candidates K >= 1.
+
+    Raises
+    ------
+    ValueError
+        Any other value (the message names the allowed ones).
+    """
+    value = text.strip().lower()
+    if value == "off":
+        return False
+    if value == "exact":
+        return None
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise ValueError(f"{text!r} is not allowed: use off, exact, or a number of candidate cameras K >= 1")
+
+
+class Prescreen:
+    """The candidate cameras of each image: the ``top`` by sign agreement, then the exact PCE on them.
+
+    Holds the database's path; the digests are read from the database's
+    pre-screen records (:meth:`spncli.store.FingerprintStore.sign_digests`) on
+    first use in each process, so the object pickles small for worker
+    processes. Cameras without a valid record are always candidates (scored
+    exactly), never left out.
+
+    Parameters
+    ----------
+    db : str
+        The database's path.
+    top : int or None
+        Candidates per image; None scores every camera (exact: the result is
+        the brute-force one, with each camera's pre-screen score recorded).
+    """
+
+    def __init__(self, db: str, top: int | None):
+        self.db, self.top = str(db), top
+        self._index: PrescreenIndex | None = None
+        self.unindexed: list[str] = []
+
+    def __getstate__(self):
+        return {"db": self.db, "top": self.top}
+
+    def __setstate__(self, state):
+        self.__init__(state["db"], state["top"])
+
+    @property
+    def setting(self) -> str:
+        return "exact" if self.top is None else f"top {self.top}"
+
+    def load(self, names) -> PrescreenIndex:
+        """Read the digests of ``names`` (once per process); records which cameras have none."""
+        if self._index is None:
+            from .store import FingerprintStore
+
+            digests, self.unindexed = FingerprintStore(self.db).sign_digests(list(names))
+            index = PrescreenIndex()
+            for camera in names:
+                if camera in digests:
+                    index.add_digest(camera, digests[camera])
+            self._index = index
+        return self._index
+
+    def select(self, residual: np.ndarray, names, *, rotations: bool = True) -> tuple[set[str], dict[str, float]]:
+        """(cameras to score exactly, each indexed camera's z) for one residual."""
+        ranked = self.load(names).query(residual, top=None, rotations=rotations)
+        z = {c.camera: round(c.z, 3) for c in ranked}
+        keep = ranked if self.top is None else ranked[: self.top]
+        return {c.camera for c in keep} | set(self.unindexed), z

@@ -98,7 +98,7 @@ class ResidualParams:
         return d
 
 
-def wiener_shrink(x: np.ndarray, noise_var: float, windows=(3, 5, 7, 9)) -> np.ndarray:
+def wiener_shrink(x: np.ndarray, noise_var: float, windows=(3, 5, 7, 9), *, inplace: bool = False) -> np.ndarray:
     """Noise part of ``x`` under a locally adaptive Wiener model.
 
     The signal variance of each sample is the minimum over ``windows`` of
@@ -110,6 +110,8 @@ def wiener_shrink(x: np.ndarray, noise_var: float, windows=(3, 5, 7, 9)) -> np.n
     x : ndarray, float32, shape (M, N)
     noise_var : float
     windows : sequence of odd int
+    inplace : bool, optional
+        Write the result into ``x`` (float32, C-contiguous), saving one array.
 
     Returns
     -------
@@ -123,6 +125,8 @@ def wiener_shrink(x: np.ndarray, noise_var: float, windows=(3, 5, 7, 9)) -> np.n
     # noise_var / (max(0, local - nv) + nv) == noise_var / max(local, nv)
     np.maximum(local, np.float32(noise_var), out=local)
     np.divide(np.float32(noise_var), local, out=local)
+    if inplace:
+        return np.multiply(x, local, out=x)
     local *= x
     return local
 
@@ -143,12 +147,13 @@ def denoise_noise(channel: np.ndarray, params: ResidualParams) -> np.ndarray:
         approximation band zeroed, transformed back.
     """
     rows, cols = channel.shape
-    x = np.ascontiguousarray(channel, dtype=np.float32)
-    coeffs = wavelet.wavedec2(x, params.wavelet, params.levels)
+    coeffs = wavelet.wavedec2(np.ascontiguousarray(channel, dtype=np.float32), params.wavelet, params.levels)
     nv = params.sigma**2
-    coeffs[0] = np.zeros_like(coeffs[0])
-    coeffs[1:] = [tuple(wiener_shrink(d, nv, params.windows) for d in level) for level in coeffs[1:]]
-    out = wavelet.waverec2(coeffs, params.wavelet)
+    coeffs[0][...] = 0.0
+    for level in coeffs[1:]:  # in place: the coefficients are this function's own arrays
+        for d in level:
+            wiener_shrink(d, nv, params.windows, inplace=True)
+    out = wavelet.waverec2(coeffs, params.wavelet, consume=True)
     return np.ascontiguousarray(out[:rows, :cols], dtype=np.float32)
 
 
@@ -161,13 +166,14 @@ def rgb_to_grey(x: np.ndarray) -> np.ndarray:
     return np.tensordot(x, GREY_WEIGHTS, axes=([2], [0])).astype(np.float32, copy=False)
 
 
-def zero_mean_cfa(x: np.ndarray) -> np.ndarray:
+def zero_mean_cfa(x: np.ndarray, *, copy: bool = True) -> np.ndarray:
     """Remove the column means, then the row means, of each 2x2 sub-lattice [3]_.
 
     Suppresses linear patterns that the colour-filter array and its
-    interpolation leave in every camera of a model. Works in place on a copy.
+    interpolation leave in every camera of a model. Works in place on a copy,
+    or on ``x`` itself (float32) with ``copy=False``.
     """
-    y = np.array(x, dtype=np.float32, copy=True)
+    y = np.array(x, dtype=np.float32, copy=True) if copy or x.dtype != np.float32 else x
     for r in (0, 1):
         for c in (0, 1):
             sub = y[r::2, c::2]
@@ -196,7 +202,9 @@ def _ccs_half_magnitude(ccs: np.ndarray) -> np.ndarray:
 def _ccs_apply_gain(ccs: np.ndarray, gain: np.ndarray) -> None:
     """Multiply a packed CCS spectrum in place by a real gain given on the half plane."""
     m, n = ccs.shape
-    ccs[:, 1 : n - 1] *= np.repeat(gain[:, 1 : n // 2], 2, axis=1)
+    inner = gain[:, 1 : n // 2]
+    ccs[:, 1 : n - 1 : 2] *= inner  # real and imaginary parts, in place (no repeated gain array)
+    ccs[:, 2 : n - 1 : 2] *= inner
     for j, c in ((0, 0), (n // 2, n - 1)):
         g = gain[: m // 2 + 1, j]
         ccs[0, c] *= g[0]
@@ -234,20 +242,26 @@ def wiener_dft(x: np.ndarray, sigma: float, windows=(3, 5, 7, 9)) -> np.ndarray:
         spec = np.fft.rfft2(x.astype(np.float64))
         mag = np.abs(spec).astype(np.float32)
     mag *= np.float32(1.0 / np.sqrt(x.size))
+    gain = wiener_shrink(mag, float(sigma) ** 2, windows)
     with np.errstate(divide="ignore", invalid="ignore"):
-        gain = wiener_shrink(mag, float(sigma) ** 2, windows) / mag
+        np.divide(gain, mag, out=gain)
     gain[~np.isfinite(gain)] = 0.0
+    del mag
     if even:
         _ccs_apply_gain(spec, gain)
-        return cv2.dft(spec, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+        del gain
+        return cv2.dft(spec, dst=spec, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)  # in place
     spec *= gain
     return np.fft.irfft2(spec, s=x.shape).astype(np.float32)
 
 
-def postprocess(x: np.ndarray, params: ResidualParams) -> np.ndarray:
-    """Grey residual or fingerprint -> zero-mean CFA -> Wiener DFT, as ``params`` say."""
+def postprocess(x: np.ndarray, params: ResidualParams, *, inplace: bool = False) -> np.ndarray:
+    """Grey residual or fingerprint -> zero-mean CFA -> Wiener DFT, as ``params`` say.
+
+    With ``inplace`` the zero-mean step overwrites ``x`` (for a caller's own temporary).
+    """
     if params.zero_mean:
-        x = zero_mean_cfa(x)
+        x = zero_mean_cfa(x, copy=not inplace)
     if params.wiener_dft:
         x = wiener_dft(x, float(x.std(ddof=1)), params.windows)
     return np.ascontiguousarray(x, dtype=np.float32)
@@ -285,7 +299,7 @@ def extract_residual(pixels: np.ndarray, params: ResidualParams = ResidualParams
     ndarray, float32, shape (M, N)
         Grey residual after CFA zero-mean and spectral Wiener filtering.
     """
-    return postprocess(grey_residual(pixels, params), params)
+    return postprocess(grey_residual(pixels, params), params, inplace=True)
 
 
 def grey_residual(pixels: np.ndarray, params: ResidualParams = ResidualParams()) -> np.ndarray:
@@ -303,6 +317,8 @@ def grey_residual(pixels: np.ndarray, params: ResidualParams = ResidualParams())
     if pixels.shape[2] == 1:
         return denoise_noise(pixels[:, :, 0], params)
     grey = np.zeros(pixels.shape[:2], np.float32)
-    for weight, w in zip(GREY_WEIGHTS, noise_residual_channels(pixels, params)):
+    for c, weight in enumerate(GREY_WEIGHTS):  # not zip(): its reused tuple would hold the last channel's residual
+        w = denoise_noise(pixels[:, :, c], params)
         cv2.scaleAdd(w, float(weight), grey, dst=grey)
+        del w  # not held while the next channel is computed
     return grey

@@ -12,15 +12,28 @@ Layout (format ``spn-db/3``)::
                             sealed JSON (see :meth:`FingerprintStore.calibration`)
 
 Adding a camera writes that camera's file once (temporary name, fsync,
-rename) and rewrites only the index, whose size grows by one link: the cost
-of a camera no longer depends on how many the database holds (``spn-db/2``
-copied every fingerprint for every addition, O(N^2) bytes for N cameras).
+rename) and rewrites only the index, whose size grows by one link and which
+is copied in one HDF5 call: the cost of a camera does not depend on how many
+the database holds (``spn-db/2`` copied every fingerprint for every addition,
+O(N^2) bytes for N cameras; reading and re-creating the links one by one made
+the 200th camera 2.2 times as slow as the first).
 The index names each camera file with the file's SHA-256, so the SHA-256 of
 the index (:meth:`FingerprintStore.file_sha256`, recorded in case manifests)
 changes whenever any camera changes; a camera file is hashed and checked
 against its name when it is read. The camera files are opened by this module
 from the index's names (checked, inside ``<db>.d``, never a symbolic link);
 HDF5's own link resolution is never used for reading.
+
+The pre-screen index (:mod:`spncli.prescreen`) is one append-only file,
+``<db>.d/prescreen.sig``: each camera added appends one record, the signs of
+its fingerprint packed one bit per pixel (1/32 of the fingerprint), with the
+camera file it was made from and a SHA-256 over the record. The index's
+attribute ``prescreen_bytes`` says how much of it is committed: the index
+rename commits the record with the camera, a killed writer's tail is ignored
+and truncated by the next writer, and a record whose camera file the index
+no longer names (a removed or replaced camera) is not used. Appending keeps
+adding a camera O(that camera); cameras without a valid record (older
+databases, a damaged record) are reported and scored exactly.
 
 Older single-file databases (``spn-db/1``, ``spn-db/2``, cameras stored
 inside the file) are read as before; adding to one keeps its cameras and
@@ -38,7 +51,7 @@ Fingerprints written by ``spn-db/1`` carry no seal: they are listed but not
 used (rebuild them). A write that fails (disk full) leaves the previous file
 as it was and is reported in one line.
 
-This is the only module that imports h5py.
+This is the only module that imports h5py (on first use).
 """
 
 from __future__ import annotations
@@ -50,14 +63,27 @@ import json
 import os
 import re
 import stat
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .provenance import atomic_path, read_regular_file
+
+
+class _Deferred:
+    """``h5py``, imported on first use: ``spn extract`` and the pre-screen never open a database file."""
+
+    def __getattr__(self, name):
+        import h5py as module
+
+        globals()["h5py"] = module
+        return getattr(module, name)
+
+
+h5py = _Deferred()
 
 __all__ = [
     "FORMAT",
@@ -75,6 +101,8 @@ __all__ = [
 FORMAT = "spn-db/3"
 READABLE_FORMATS = ("spn-db/1", "spn-db/2", FORMAT)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SIGNS = "prescreen.sig"
+_SIG_MAGIC = b"SPNSIG1\n"
 _FILE = re.compile(r"^(?P<camera>[A-Za-z0-9][A-Za-z0-9._-]{0,127})"  # a camera's file: <id>.<its SHA-256>.h5
                    r"\.(?P<sha>[0-9a-f]{64})\.h5$")
 
@@ -85,7 +113,7 @@ class StoreError(Exception):
 
 def array_sha256(k: np.ndarray) -> str:
     """SHA-256 of a float32 array's bytes in C order."""
-    return hashlib.sha256(np.ascontiguousarray(k, dtype=np.float32).tobytes()).hexdigest()
+    return hashlib.sha256(memoryview(np.ascontiguousarray(k, dtype=np.float32)).cast("B")).hexdigest()  # no copy
 
 
 def seal_sha256(camera: str, shape, k_sha256: str, meta_json: str) -> str:
@@ -289,26 +317,63 @@ class FingerprintStore:
             k, stored, meta, _shape = self._entry(f, camera, pixels=True)
         return Fingerprint(camera, k, stored, meta)
 
+    def sign_digests(self, names=None) -> tuple[dict, list[str]]:
+        """The pre-screen digests of the cameras (``names``, default all) and the cameras without one.
+
+        A record is used only when its SHA-256 verifies and it was made from the
+        camera file the index names now. Returns ``({camera: SignDigest}, [cameras
+        without a valid record])``; the caller scores the latter exactly.
+        """
+        from .prescreen import SignDigest
+
+        with self._open_read() as f:
+            committed = int(f.attrs.get("prescreen_bytes", 0))
+            current = {}
+            if "cameras" in f:
+                group = f["cameras"]  # kept: the link proxy needs its group open
+                links = group.id.links
+                for n in group.keys():
+                    if links.get_info(n.encode()).type == h5py.h5l.TYPE_EXTERNAL:
+                        current[n] = links.get_val(n.encode())[0].decode("utf-8", "replace").rpartition("/")[2]
+        wanted = set(current if names is None else names)
+        digests = {}
+        path = self.folder / SIGNS
+        if committed and not self.folder.is_symlink() and not path.is_symlink() and path.is_file():
+            with open(path, "rb") as fh:
+                data = fh.read(committed)
+            for head, words in _sign_records(data):
+                camera = head.get("camera")
+                if camera in wanted and current.get(camera) == head.get("file"):
+                    digests[camera] = SignDigest(tuple(head["shape"]), tuple(head["region"]), words)
+        return digests, sorted(wanted - set(digests))
+
+    def _append_signs(self, camera: str, file_name: str, k: np.ndarray, committed: int) -> int:
+        """Append one camera's sign record after the committed bytes (fsync); return the new committed length."""
+        from .prescreen import sign_digest
+
+        d = sign_digest(k)
+        head = json.dumps({"camera": camera, "file": file_name, "shape": list(d.shape), "region": list(d.region),
+                           "words": int(d.words.size)}).encode()  # fmt: skip
+        body = struct.pack("<I", len(head)) + head + d.words.astype("<u8", copy=False).tobytes()
+        record = _SIG_MAGIC + body + hashlib.sha256(body).digest()
+        path = self.folder / SIGNS
+        if path.is_symlink():
+            raise StoreError(f"{path}: a symbolic link, not followed; nothing was stored")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "r+b") as fh:
+            fh.truncate(committed)  # a killed writer's uncommitted tail
+            fh.seek(committed)
+            fh.write(record)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return committed + len(record)
+
     def file_sha256(self) -> str:
         """SHA-256 of the database's index as it is now: it names every camera file by its SHA-256."""
         self._check_file()
         return file_sha256(self.path)
 
     # -- writing ---------------------------------------------------------
-    def _index_entries(self) -> dict[str, tuple[bytes, bytes] | None]:
-        """Each camera of the current index: its link (file, path inside), or None when stored in the index."""
-        if not self.path.exists():
-            return {}
-        with self._open_read() as f:
-            if "cameras" not in f:
-                return {}
-            group = f["cameras"]
-            links, external = group.id.links, h5py.h5l.TYPE_EXTERNAL
-            return {
-                n: links.get_val(n.encode()) if links.get_info(n.encode()).type == external else None
-                for n in group.keys()
-            }
-
     def _collect(self, keep: set[str]) -> None:
         """Delete camera files and temporaries not in ``keep`` (a killed writer's, a removed camera's).
 
@@ -356,12 +421,16 @@ class FingerprintStore:
     def _transaction(self, drop=frozenset()):
         """Lock; write a new index holding the old cameras less ``drop``; rename it into place.
 
-        Yields the new index (open for writing) and the set of camera ids the
-        old one held. The index is written afresh each time, links as links
-        (a copied HDF5 file extended in place grows by a few KiB of unused
-        metadata per change); cameras an older single-file database holds
-        inside it are copied as data. Camera files no index names are deleted
-        afterwards.
+        Yields the new index (open for writing) and the set of ``drop`` ids the
+        old one held. The old index's ``cameras`` group is copied into a fresh
+        file in one HDF5 call (links as links, cameras an older single-file
+        database holds inside it as data; a copied file extended in place would
+        grow by a few KiB of unused metadata per change), so the index costs
+        microseconds per camera. Camera files no index names (a removed
+        camera's, a killed writer's) are deleted afterwards: after a removal,
+        or when a writer's marker (``<db>.d/.writing``) says that the previous
+        writer was killed; otherwise the folder is not listed, and adding a
+        camera does not depend on how many the database holds.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -371,28 +440,37 @@ class FingerprintStore:
                 # temporaries exist only while a writer holds the lock: any now are from a killed writer
                 for stale in self.path.parent.glob(f".{self.path.name}.*.tmp.h5"):
                     stale.unlink(missing_ok=True)
-                entries = self._index_entries()
-                held = set(entries)
+                marker = self.folder / ".writing"
+                killed = marker.exists() and not self.folder.is_symlink()
+                if not self.folder.is_symlink():
+                    self.folder.mkdir(exist_ok=True)
+                    marker.touch()
+                committed = 0
                 with atomic_path(self.path, suffix=".h5") as tmp:
                     with h5py.File(tmp, "w", locking=False) as new:
                         new.attrs["format"] = FORMAT
-                        cams = new.create_group("cameras")
-                        links = cams.id.links
-                        inline = [name for name in sorted(held - drop) if entries[name] is None]
-                        for name in sorted(held - drop):
-                            if entries[name] is not None:  # the low-level call: a fresh index of N links is fast
-                                links.create_external(name.encode(), *entries[name])
-                        if inline:  # cameras an older single-file database holds inside it
+                        if self.path.exists():
                             with self._open_read() as old:
-                                for name in inline:
-                                    old.copy(old["cameras"][name], cams, name=name)
+                                committed = int(old.attrs.get("prescreen_bytes", 0))
+                                if "cameras" in old:
+                                    h5py.h5o.copy(old.id, b"cameras", new.id, b"cameras")
+                        cams = new.require_group("cameras")
+                        new.attrs["prescreen_bytes"] = committed
+                        held = {name for name in drop if name in cams}
+                        for name in held:
+                            del cams[name]
                         yield new, held
-                        keep = {
-                            links.get_val(n.encode())[0].decode("utf-8", "replace").rpartition("/")[2]
-                            for n in cams.keys()
-                            if links.get_info(n.encode()).type == h5py.h5l.TYPE_EXTERNAL
-                        }
-                self._collect(keep)
+                        keep = None
+                        if drop or killed:
+                            links = cams.id.links
+                            keep = {
+                                links.get_val(n.encode())[0].decode("utf-8", "replace").rpartition("/")[2]
+                                for n in cams.keys()
+                                if links.get_info(n.encode()).type == h5py.h5l.TYPE_EXTERNAL
+                            }
+                if keep is not None:
+                    self._collect(keep)
+                marker.unlink(missing_ok=True)
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
@@ -427,21 +505,23 @@ class FingerprintStore:
             raise StoreError(f"{self.path}: fingerprint {camera!r} has non-finite values (NaN or infinity); not stored")
         digest = array_sha256(k)
         meta_json = json.dumps(meta)
-        with self._writing(drop={camera} if replace else frozenset()) as (f, held):
-            if camera in held and not replace:
+        with self._writing(drop={camera} if replace else frozenset()) as (f, _held):
+            if not replace and camera in f["cameras"]:
                 raise StoreError(f"{self.path}: camera {camera!r} exists already (use --replace to overwrite it)")
             if screen is not None:
-                meta_json = json.dumps(meta | {"leak_screen": screen(sorted(held - {camera}))})
+                meta_json = json.dumps(meta | {"leak_screen": screen(sorted(set(f["cameras"].keys()) - {camera}))})
             name = self._write_camera(camera, k, digest, meta_json)
+            f.attrs["prescreen_bytes"] = self._append_signs(camera, name, k, int(f.attrs["prescreen_bytes"]))
             group = f["cameras"]  # kept: the link proxy needs its group open
             group.id.links.create_external(camera.encode(), f"{self.folder.name}/{name}".encode(), b"/")
         return digest
 
     def remove(self, camera: str) -> None:
         """Delete one camera (the index is rewritten without it; its file is deleted)."""
-        with self._writing(drop={camera}) as (_f, held):
+        with self._writing(drop={camera}) as (f, held):
             if camera not in held:
-                raise StoreError(f"{self.path}: no camera {camera!r} (cameras: {', '.join(sorted(held)) or 'none'})")
+                have = ", ".join(sorted(f["cameras"].keys())) or "none"
+                raise StoreError(f"{self.path}: no camera {camera!r} (cameras: {have})")
 
     # -- calibration (spn calibrate) -------------------------------------
     @property
@@ -521,3 +601,22 @@ class FingerprintStore:
                 "the previous one is unchanged"
             ) from None
         return hashlib.sha256(data).hexdigest()
+
+
+
+def _sign_records(data: bytes):
+    """(header dict, uint64 words) of each valid pre-screen record, in order; stops at the first unreadable one."""
+    pos, magic = 0, len(_SIG_MAGIC)
+    while pos + magic + 4 <= len(data) and data[pos : pos + magic] == _SIG_MAGIC:
+        (n_head,) = struct.unpack_from("<I", data, pos + magic)
+        try:
+            head = json.loads(data[pos + magic + 4 : pos + magic + 4 + n_head])
+            n_words = int(head["words"])
+        except (ValueError, KeyError, TypeError):
+            return
+        end = pos + magic + 4 + n_head + 8 * n_words
+        if end + 32 > len(data):
+            return
+        if hashlib.sha256(data[pos + magic : end]).digest() == data[end : end + 32]:
+            yield head, np.frombuffer(data, "<u8", n_words, pos + magic + 4 + n_head).astype(np.uint64, copy=False)
+        pos = end + 32

@@ -44,8 +44,40 @@ def _take(x: np.ndarray, sl: slice, axis: int) -> np.ndarray:
     return x[:, sl] if axis == 1 else x[sl, :]
 
 
+_BLOCK = 1 << 22
+"""Samples filtered at a time: a large plane is filtered in strips across the filtered axis (the
+filters are 1-D, so strips are independent) and the full-resolution temporaries stay small."""
+
+
+def _strips(x: np.ndarray, axis: int) -> list[slice]:
+    """Slices along the axis that is not filtered, each about :data:`_BLOCK` samples."""
+    n = x.shape[1 - axis]
+    step = max(16, _BLOCK // max(x.shape[axis], 1))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _by_strips(fn, arrays, axis: int, out_len: int) -> np.ndarray:
+    """``fn(*arrays)`` computed strip by strip across ``axis`` into one output of ``out_len`` along it."""
+    strips = _strips(arrays[0], axis)
+    if len(strips) == 1:
+        return fn(*arrays)
+    shape = list(arrays[0].shape)
+    shape[axis] = out_len
+    out = np.empty(shape, np.float32)
+    for sl in strips:
+        if axis == 1:
+            out[sl, :] = fn(*(a[sl, :] for a in arrays))
+        else:
+            out[:, sl] = fn(*(np.ascontiguousarray(a[:, sl]) for a in arrays))
+    return out
+
+
 def _analysis(x: np.ndarray, f: np.ndarray, axis: int) -> np.ndarray:
-    """One band along ``axis``: a[k] = Σ_m f[m] x_sym[2k + 1 - m]."""
+    """One band along ``axis``: a[k] = Σ_m f[m] x_sym[2k + 1 - m] (in strips)."""
+    return _by_strips(lambda b: _analysis_strip(b, f, axis), (x,), axis, (x.shape[axis] + len(f) - 1) // 2)
+
+
+def _analysis_strip(x: np.ndarray, f: np.ndarray, axis: int) -> np.ndarray:
     n, length = x.shape[axis], len(f)
     m_out = (n + length - 1) // 2
     anchor = length - 2  # correlation with f reversed: x_sym[j - anchor + i]
@@ -69,11 +101,23 @@ def _analysis(x: np.ndarray, f: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _synthesis(a: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray, axis: int) -> np.ndarray:
-    """Inverse along ``axis``: y[2k + m - L + 2] += a[k] lo[m] + d[k] hi[m] (valid part)."""
+    """Inverse along ``axis`` (in strips); see :func:`_synthesis_strip`."""
+    n_half = a.shape[axis] - len(lo) // 2 + 1
+    return _by_strips(lambda u, v: _synthesis_strip(u, v, lo, hi, axis), (a, d), axis, 2 * n_half)
+
+
+def _synthesis_strip(a: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray, axis: int) -> np.ndarray:
+    """Inverse along ``axis``: y[2k + m - L + 2] += a[k] lo[m] + d[k] hi[m] (valid part).
+
+    Each parity's samples are written into the output as soon as they are known, so at most one
+    half-size temporary is alive besides the output.
+    """
     length = len(lo)
     m = a.shape[axis]
     n_half = m - length // 2 + 1
-    parts = []
+    shape = list(a.shape)
+    shape[axis] = 2 * n_half
+    out = np.empty(shape, np.float32)
     for parity in (0, 1):
         # y[2q + parity] = Σ_o g[L - 2 + parity - 2o] c[q + o],  o = 0 .. L/2 - 1
         total = None
@@ -81,15 +125,12 @@ def _synthesis(a: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray, axi
             taps = np.asarray(g)[length - 2 + parity :: -2][: length // 2]
             y = cv2.filter2D(c, -1, _kernel(taps, axis), anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
             total = y if total is None else cv2.add(total, y, dst=total)
-        parts.append(_take(total, slice(0, n_half), axis))
-    shape = list(a.shape)
-    shape[axis] = 2 * n_half
-    out = np.empty(shape, np.float32)
-    for parity, part in enumerate(parts):
+            del y
         if axis == 1:
-            out[:, parity::2] = part
+            out[:, parity::2] = total[:, :n_half]
         else:
-            out[parity::2, :] = part
+            out[parity::2, :] = total[:n_half, :]
+        del total
     return out
 
 
@@ -117,23 +158,37 @@ def wavedec2(x: np.ndarray, wavelet: str, level: int) -> list:
     """
     dlo, dhi, _, _ = _bank(wavelet)
     a = np.ascontiguousarray(x, dtype=np.float32)
+    del x  # each level's input is released once filtered (when the caller holds no other reference)
     details = []
     for _ in range(level):
         lo, hi = (_analysis(a, f, axis=1) for f in (dlo, dhi))
+        del a
         ll, lh = (_analysis(lo, f, axis=0) for f in (dlo, dhi))
+        del lo
         hl, hh = (_analysis(hi, f, axis=0) for f in (dlo, dhi))
+        del hi
         details.append((lh, hl, hh))  # pywt order: horizontal, vertical, diagonal
         a = ll
     return [a] + details[::-1]
 
 
-def waverec2(coeffs: list, wavelet: str) -> np.ndarray:
-    """Inverse of :func:`wavedec2` (float32); trims like ``pywt.waverec2``."""
+def waverec2(coeffs: list, wavelet: str, *, consume: bool = False) -> np.ndarray:
+    """Inverse of :func:`wavedec2` (float32); trims like ``pywt.waverec2``.
+
+    With ``consume`` the entries of ``coeffs`` are released (set to None) as soon as they are used,
+    so that a caller who owns them does not hold every level until the end.
+    """
     _, _, rlo, rhi = _bank(wavelet)
     a = np.asarray(coeffs[0], dtype=np.float32)
-    for lh, hl, hh in coeffs[1:]:
+    for i in range(1, len(coeffs)):
+        lh, hl, hh = coeffs[i]
+        if consume:
+            coeffs[i - 1] = coeffs[i] = None
         a = a[: lh.shape[0], : lh.shape[1]]  # odd sizes: drop the extra sample
         lo = _synthesis(a, lh, rlo, rhi, axis=0)
+        del a, lh
         hi = _synthesis(hl, hh, rlo, rhi, axis=0)
+        del hl, hh
         a = _synthesis(lo, hi, rlo, rhi, axis=1)
+        del lo, hi
     return a

@@ -100,3 +100,97 @@ def test_real_fingerprints_rank_the_source_camera_first(dresden_pair, dresden):
         assert above <= {c.camera for c in ranked[:2]}
     # the Praktica units are unrelated to the Nikon images: their scores stay in the noise
     assert all(abs(c.z) < 4 for c in index.query(probes["Nikon_D70s_0"], top=None) if "Praktica" in c.camera)
+
+
+# -- the database's pre-screen records and `spn match --prescreen` -------------------------------------------------
+
+
+def _k(seed: int, shape=(96, 128)) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def test_store_keeps_one_checked_record_per_camera(tmp_path):
+    from spncli.prescreen import Prescreen
+    from spncli.store import SIGNS, FingerprintStore
+
+    store = FingerprintStore(tmp_path / "db.h5")
+    for i in range(3):
+        store.add(f"cam{i}", _k(i), {})
+    signs = store.folder / SIGNS
+    size = signs.stat().st_size
+    digests, missing = store.sign_digests()
+    assert sorted(digests) == ["cam0", "cam1", "cam2"] and missing == []
+    np.testing.assert_array_equal(digests["cam1"].words, sign_digest(_k(1)).words)
+    store.add("cam1", _k(11), {}, replace=True)  # the old record stays in the file, unused
+    digests, _ = store.sign_digests()
+    np.testing.assert_array_equal(digests["cam1"].words, sign_digest(_k(11)).words)
+    store.remove("cam2")
+    assert sorted(store.sign_digests()[0]) == ["cam0", "cam1"]
+    # a killed writer's uncommitted tail is ignored, then truncated by the next writer
+    grown = signs.stat().st_size
+    with open(signs, "ab") as fh:
+        fh.write(b"SPNSIG1\n" + b"\xff" * 1000)
+    assert sorted(store.sign_digests()[0]) == ["cam0", "cam1"]
+    store.add("cam3", _k(3), {})
+    assert signs.stat().st_size == grown + (grown - size)  # one record more, of the same size as the last
+    # a damaged record: that camera has none, and a pre-screen scores it exactly instead of leaving it out
+    data = bytearray(signs.read_bytes())
+    data[-40] ^= 0xFF  # inside cam3's sign words
+    signs.write_bytes(bytes(data))
+    digests, missing = store.sign_digests()
+    assert missing == ["cam3"] and sorted(digests) == ["cam0", "cam1"]
+    screen = Prescreen(str(store.path), 1)
+    keep, z = screen.select(_k(0), ["cam0", "cam1", "cam3"])
+    assert keep == {"cam0", "cam3"} and set(z) == {"cam0", "cam1"} and screen.unindexed == ["cam3"]
+
+
+@pytest.fixture(scope="module")
+def dresden_small_db(dresden, tmp_path_factory):
+    """Three Dresden cameras, fingerprints from 4 flats each, centre 1024x1024, through the CLI."""
+    from typer.testing import CliRunner
+
+    from spncli.cli import app
+
+    db = tmp_path_factory.mktemp("prescreen") / "db.h5"
+    for cam in ("Nikon_D70_0", "Nikon_D70s_0", "Nikon_D200_1"):
+        flats = [str(p) for p in sorted((dresden / "ff-jpg").glob(f"{cam}_*.JPG"))[:4]]
+        res = CliRunner().invoke(app, ["fingerprint", *flats, "-c", cam, "--db", str(db), "--crop", "1024"])
+        assert res.exit_code == 0, res.output
+    return db
+
+
+def _match_rows(db, images, *options):
+    import json
+
+    from typer.testing import CliRunner
+
+    from spncli.cli import app
+
+    args = ["match", *map(str, images), "--db", str(db), "--crop", "1024", "-f", "json", *options]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return {(r["image"], r["camera"]): r for r in map(json.loads, res.stdout.splitlines())}
+
+
+def test_match_prescreen_exact_is_brute_force_and_top_k_finds_the_camera(dresden_small_db, dresden):
+    names = ["Nikon_D200_1_17226", "Nikon_D70_0_19445", "Nikon_D70s_0_21853", "Nikon_D70_1_20543"]
+    images = [dresden / "nat-jpg" / f"{n}.JPG" for n in names]
+    brute = _match_rows(dresden_small_db, images)
+    exact = _match_rows(dresden_small_db, images, "--prescreen", "exact")
+    assert brute.keys() == exact.keys() and len(brute) == 4 * 3
+    for key, row in brute.items():
+        assert "prescreen" not in row
+        assert {k: v for k, v in exact[key].items() if not k.startswith("prescreen")} == row
+        assert exact[key]["prescreen"] == "exact" and exact[key]["prescreen_scored"] == "3 of 3"
+    top1 = _match_rows(dresden_small_db, images, "--prescreen", "1")
+    assert len(top1) == 4 and all(r["prescreen_scored"] == "1 of 3" for r in top1.values())
+    matched = [key for key, row in brute.items() if row["pce"] > 60]
+    assert len(matched) >= 2  # D200_1 and D70s_0 match at this size
+    for key in matched:
+        assert top1[key]["pce"] == brute[key]["pce"]  # the true camera ranked first, scored exactly
+    from typer.testing import CliRunner
+
+    from spncli.cli import app
+
+    res = CliRunner().invoke(app, ["match", str(images[0]), "--db", str(dresden_small_db), "--prescreen", "0"])
+    assert res.exit_code == 2 and "off, exact" in res.output

@@ -106,3 +106,17 @@ def test_kill_mid_write_keeps_every_earlier_camera(tmp_path):
     np.testing.assert_array_equal(store.load("before-1").k, _k(1, (1500, 2000)))
     store.add("after", _k(9), {})  # the next writer cleans the killed writer's temporary
     assert not list(tmp_path.glob(".db.h5.*.tmp*"))
+
+
+def test_a_killed_writers_files_are_collected_by_the_next(tmp_path):
+    """Adding does not list the folder unless the writers' marker says that the last writer was killed."""
+    store = FingerprintStore(tmp_path / "db.h5")
+    store.add("a", _k(1), {})
+    orphan = store.folder / ("b." + "0" * 64 + ".h5")  # a camera file that no index names
+    orphan.write_bytes(b"x")
+    store.add("c", _k(2), {})
+    assert orphan.exists()  # the last writer finished: the folder was not listed
+    (store.folder / ".writing").touch()  # as a writer killed between its camera file and its index leaves it
+    store.add("d", _k(3), {})
+    assert not orphan.exists() and not (store.folder / ".writing").exists()
+    assert store.cameras() == ["a", "c", "d"] and all(store.load(n).camera == n for n in "acd")

@@ -15,6 +15,7 @@ from ..casework import CaseError, run_case
 from ..identify import Matcher, MatchSettings, gather_inputs
 from ..jobs import MatchJob
 from ..leaks import match_warnings
+from ..prescreen import Prescreen, parse_prescreen
 from ..residual import ResidualParams
 from ..spectra import parse_bytes
 from ..store import FingerprintStore, StoreError
@@ -64,6 +65,10 @@ COLUMNS = [
     "db_sha256",
     "device",
     "backend",
+    "prescreen",
+    "prescreen_scored",
+    "prescreen_unindexed",
+    "prescreen_z",
     "tool_version",
 ]
 TABLE_COLUMNS = [
@@ -139,6 +144,14 @@ def match(
             "read and transformed per image. Workers read the fingerprints from --db themselves."
         ),
     ] = "1536M",
+    prescreen: Annotated[
+        str,
+        typer.Option(
+            help="off; K: rank the cameras by sign agreement with each residual (the database's pre-screen index) "
+            "and compute the exact PCE for the K best only; exact: every camera scored, the ranks recorded. "
+            "Rows say which, and how many cameras were scored.",
+        ),
+    ] = "off",
     examiner: Annotated[str | None, typer.Option(help="Examiner's name for the audit trail.")] = None,
     case_id: Annotated[str | None, typer.Option("--case-id", help="Case identifier for the audit trail.")] = None,
     pool: Annotated[
@@ -190,6 +203,12 @@ def match(
                    case_id=case_id, format=format)  # fmt: skip
         return
     try:
+        top = parse_prescreen(prescreen)
+    except ValueError as exc:
+        die(f"--prescreen: {exc}")
+    if top is not False and max_shift:
+        die("--prescreen ranks cameras at zero shift: use --max-shift 0 with --prescreen, or --prescreen off")
+    try:
         store = FingerprintStore(db)
         names = store.select(camera)
         db_sha = store.file_sha256()
@@ -216,6 +235,15 @@ def match(
         if refused:  # the scores stand; their empirical tails are null and say why
             error_line(refused)
         matcher.warnings = match_warnings(store, names)
+        if top is not False:
+            matcher.prescreen = Prescreen(str(Path(db).absolute()), top)
+            matcher.prescreen.load(names)  # here first: a damaged index is one error line, not one per image
+            if top is not None:
+                note(f"--prescreen {top}: exact PCE for the {min(top, len(names))} camera(s) of {len(names)} that rank "
+                     "best by sign agreement with each image; the others are not scored (rows say how many were)")
+            if matcher.prescreen.unindexed:
+                note(f"--prescreen: {len(matcher.prescreen.unindexed)} camera(s) have no pre-screen record "
+                     "(added by an older spn); they are scored exactly")  # fmt: skip
     except StoreError as exc:
         die(str(exc))
     for cam, lines in matcher.warnings.items():
