@@ -620,6 +620,9 @@ def pool_section(case: Case) -> str:
                 f"<td>{'' if best is None else f'{best:.1f}'}</td><td>{_e(verdict)}</td></tr>"
             )
         out.append("</table>")
+        for r in rows:
+            for line in r.get("warnings") or ():  # leak safeguards (spncli.leaks), as for single images
+                out.append(f"<p class='leak' style='color:#9a3412;font-weight:600'>Warning — {_e(line)}</p>")
         if rows:
             out.append(pce_scale_svg(rows[0]["pce"], threshold).replace("this image", "the pooled probe"))
             out.append(

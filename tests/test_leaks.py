@@ -118,6 +118,25 @@ def test_the_report_shows_the_warning_for_a_match(planted_db, planted, tmp_path)
     assert any("correlates with the fingerprint of A" in r["warnings"] for r in rows if r["camera"] == "B")
 
 
+def test_a_pooled_probe_against_a_flagged_camera_carries_the_warning(planted_db, planted, runner, tmp_path):
+    db, _outputs, _files = planted_db
+    evidence = tmp_path / "ev"
+    evidence.mkdir()
+    for cam in ("A", "C"):
+        (evidence / f"probe_{cam}.jpg").write_bytes((planted / f"probe_{cam}.jpg").read_bytes())
+    case = tmp_path / "case"
+    args = ["match", "--pool", str(evidence), "--db", str(db)]
+    res = _ok(runner.invoke(app, [*args, "-f", "json", "--case", str(case)]))
+    rows = {r["camera"]: r for r in map(json.loads, res.stdout.splitlines())}
+    assert "of A correlates with the fingerprint of B" in rows["A"]["warnings"][0] and rows["C"]["warnings"] == []
+    assert "warning: matches against B: leak" in res.stderr
+    record = json.loads((case / "pool" / "pool-001.json").read_text())
+    assert {r["camera"]: len(r["warnings"]) for r in record["pooled"]} == {"A": 1, "B": 1, "C": 0}
+    table = _ok(runner.invoke(app, [*args, "-c", "B"])).stdout
+    assert "(leak warning)" in table
+    assert "Warning — leak: the fingerprint of B correlates with the fingerprint of A" in build_report(case)
+
+
 def test_a_replaced_camera_drops_the_old_flag():
     """A screen entry counts only while the other camera still has the fingerprint it was compared with."""
     meta_b = {"leak_screen": {"compared": [{"camera": "A", "fingerprint_sha256": "old", "pce": 99.0, "flagged": True}]}}
