@@ -140,3 +140,44 @@ def test_weightings(weak_probes):
     assert min(weighted["pce"], plain["pce"]) > weighted["best_single_pce"]
     with pytest.raises(ValueError, match="variance, none"):
         pool_match(evidences, matcher, weighting="equal")
+
+
+def test_a_pooled_result_left_by_a_killed_run_is_discarded_not_adopted(weak_probes, pool_db, runner, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    """A run killed after writing pool/pool-001.json but before its end entry: the next run removes that file
+    (named with its SHA-256 in its start entry) instead of recording it as if a completed run had made it."""
+    import hashlib
+
+    paths, _ = weak_probes
+    db, _ = pool_db
+    case = tmp_path / "case"
+    args = ["match", "--pool", *map(str, paths[:3]), "--db", str(db), "--case", str(case)]
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # stands for SIGKILL after the file was written, before the end entry
+
+    monkeypatch.setattr("spncli.casefile.Case.audit", _kill_on("pool-completed", killed))
+    runner.invoke(app, args)
+    monkeypatch.undo()
+    left = (case / "pool" / "pool-001.json").read_bytes()
+    assert runner.invoke(app, ["case", "verify", str(case)]).exit_code == 1  # the open run is named
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    entries = [json.loads(line) for line in (case / "audit.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in entries] == ["pool-start", "pool-start", "pool-completed"]
+    assert entries[1]["discarded"] == {"pool/pool-001.json": hashlib.sha256(left).hexdigest()}
+    assert entries[2]["written"] == ["pool/pool-001.json"] and sorted(entries[2]["files"]) == ["pool/pool-001.json"]
+    assert runner.invoke(app, ["case", "verify", str(case)]).exit_code == 0
+
+
+def _kill_on(event, action):
+    from spncli.casefile import Case
+
+    original = Case.audit
+
+    def audit(self, name, **fields):
+        if name == event:
+            action()
+        return original(self, name, **fields)
+
+    return audit
