@@ -180,8 +180,16 @@ class FingerprintStore:
         return self.path.with_name(self.path.name + ".d")
 
     # -- reading ---------------------------------------------------------
+    def _check_not_link(self) -> None:
+        """A database named through a symbolic link is refused: its camera files are found beside the name given,
+        and a writer's rename would replace the link with a new index naming files that are not there."""
+        if self.path.is_symlink():
+            raise StoreError(f"{self.path}: a symbolic link, not followed; name the database itself "
+                             f"({os.path.realpath(self.path)})")  # fmt: skip
+
     def _check_file(self) -> None:
         """The database must be a regular file: a FIFO or device in its place would hang or mislead a read."""
+        self._check_not_link()
         if not self.path.exists():
             raise StoreError(f"{self.path}: no such database (create it with 'spn fingerprint')")
         if not stat.S_ISREG(os.stat(self.path).st_mode):
@@ -395,6 +403,7 @@ class FingerprintStore:
         inside it are copied as data. Camera files no index names are deleted
         afterwards.
         """
+        self._check_not_link()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
         with open(lock_path, "a") as lock:
