@@ -89,7 +89,7 @@ def fingerprint(
             on_progress=lambda p: note(f"added {p}"),
             on_warning=warn,
         )
-        screen = Screener(store, camera, k, threshold=leak_threshold)
+        screen = Screener(store, camera, k, threshold=leak_threshold, sources=[s["sha256"] for s in meta["sources"]])
         digest = store.add(camera, k, meta, replace=replace, screen=screen)
     except (FingerprintRefused, StoreError) as exc:
         die(str(exc), EXIT_SOME_FAILED)
