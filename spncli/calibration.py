@@ -195,6 +195,7 @@ def labelled_backgrounds(
     cameras: Iterable[str],
     labels: dict[str, str] | None = None,
     on_error: Callable[[str, str], None] = lambda path, reason: None,
+    on_other: Callable[[Path], None] = lambda path: None,
 ) -> list[tuple[Path, str | None]]:
     """Each background image with the camera that took it (None: declared from none of ``cameras``).
 
@@ -204,14 +205,14 @@ def labelled_backgrounds(
     (``BACKGROUND/<camera-id>/...``); it must be one of ``cameras`` or
     :data:`OTHER`. Refused entries (links out of a folder, FIFOs, unsupported
     formats) and images without an allowed label go to ``on_error`` and are
-    not used.
+    not used; files in a folder that are not images go to ``on_other``.
     """
     known = set(cameras)
     allowed = ", ".join(sorted(known | {OTHER}))
     out: list[tuple[Path, str | None]] = []
     for root in paths:
         root = Path(root)
-        for path, reason in walk_inputs([root]):
+        for path, reason in walk_inputs([root], on_other=on_other):
             if reason is not None:
                 on_error(str(path), reason)
                 continue

@@ -318,3 +318,21 @@ def test_cluster_fingerprints_are_leak_screened_and_a_run_killed_after_storing_t
     _ok(runner.invoke(app, ["case", "verify", str(case)]))
     res = runner.invoke(app, ["cluster", str(src), "--case", str(tmp_path / "other"), "--to-db", str(db)])
     assert res.exit_code == 1 and "exists already" in res.output
+
+
+def test_files_that_are_not_images_are_counted_not_skipped_silently(synth_folder, runner, tmp_path):
+    """cluster, match --pool and calibrate say how many files of the walked folders are not images."""
+    src, _ = synth_folder
+    folder = tmp_path / "seized"
+    folder.mkdir()
+    for p in sorted(src.iterdir())[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "array.npy").write_bytes(b"\x93NUMPY")
+    db = tmp_path / "db.h5"
+    FingerprintStore(db).add("cam", np.full((128, 192), 1e-3, np.float32), {})
+    line = "2 file(s) in the folders are not images (no image name or signature): not read"
+    for args in (["cluster", str(folder)], ["match", "--pool", str(folder), "--db", str(db)],
+                 ["calibrate", "--db", str(db), str(folder), "--qualities", "none"]):  # fmt: skip
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0 and line in res.stderr, (args, res.output)

@@ -15,7 +15,7 @@ from ..leaks import match_warnings
 from ..pooling import WEIGHTINGS, pool_match
 from ..store import FingerprintStore, StoreError
 from . import State
-from ._common import EXIT_SOME_FAILED, Format, die, err, fail_line, render, warn
+from ._common import EXIT_SOME_FAILED, Format, die, err, fail_line, note_not_images, render, warn
 
 POOL_COLUMNS = ["camera", "pce", "p_fa", "verdict", "n_images", "best_single_pce", "rotation"]
 CSV_COLUMNS = [
@@ -39,13 +39,14 @@ def _pooled(images, matcher: Matcher, *, singles: bool, weighting: str) -> tuple
 
     Raises ``ValueError`` (:class:`spncli.pooling.PoolSizeError` naming files and sizes) when nothing can be pooled.
     """
-    evidences, failed = [], []
-    for path in gather_inputs(images):
+    evidences, failed, others = [], [], []
+    for path in gather_inputs(images, on_other=others.append):
         try:
             evidences.append(load_image(path, max_pixels=State.max_pixels))
         except EvidenceError as exc:
             fail_line(exc.path, exc.reason)
             failed.append({"path": exc.path, "reason": exc.reason})
+    note_not_images(others)
     if not evidences:
         raise ValueError("no usable image to pool")
     try:

@@ -19,7 +19,7 @@ from ..plots import similarity_png
 from ..provenance import OutputInsideEvidence, atomic_write_json, check_output_location
 from ..store import FingerprintStore, StoreError, check_camera_id
 from . import State, app
-from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, render, warn
+from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, note_not_images, render, warn
 
 CLUSTER_COLUMNS = ["cluster", "size", "image", "rotation", "member_z", "jpeg_quality", "sha256"]
 CLUSTER_CAPTION = (
@@ -201,13 +201,15 @@ def cluster(
 
 def _cluster(inputs, settings: ClusterSettings, store) -> tuple[ClusterResult, int]:
     """Cluster the inputs (and store the cluster fingerprints); the result and the number of failures."""
+    others = []
     result = cluster_images(
-        gather_inputs(inputs),
+        gather_inputs(inputs, on_other=others.append),
         settings,
         max_pixels=State.max_pixels,
         on_error=fail_line,
         on_progress=lambda p: err.print(f"residual {p}"),
     )
+    note_not_images(others)
     failed = len(result.failed)
     if store is not None:
         failed += store(result)
