@@ -382,8 +382,9 @@ def calibrate(
             band = band_of(variant.quality.quality if variant.quality else None)
             for record in matcher.match(variant):
                 if record["camera"] in against:
-                    null[record["camera"]].setdefault(band, _Null([])).add(record, str(path), ev.sha256, q)
-        images.append({"path": str(path), "sha256": ev.sha256, "label": label,
+                    null[record["camera"]].setdefault(band, _Null([])).add(record, os.path.abspath(path), ev.sha256,
+                                                                           q)  # fmt: skip
+        images.append({"path": os.path.abspath(path), "sha256": ev.sha256, "label": label,
                        "jpeg_quality": ev.quality.quality if ev.quality else None})  # fmt: skip
         on_progress(str(path))
     if not images:
@@ -420,7 +421,7 @@ def calibrate(
                 "region": f"the analysed region widened to the frame's {MCU}x{MCU} grid, re-compressed in place",
             } if qualities else None,
             "leave_one_camera_out": leave_one_camera_out,
-            "labels": {"path": str(labels_file), "sha256": labels_sha} if labels_file else None,
+            "labels": {"path": os.path.abspath(labels_file), "sha256": labels_sha} if labels_file else None,
             "seed": None,
             "deterministic": True,
         },

@@ -304,7 +304,7 @@ def _check_source(ev: Evidence, first: Evidence | None, allow_mixed: bool) -> No
 
 def _source_record(path, ev: Evidence) -> dict:
     return {
-        "path": str(path),
+        "path": os.path.abspath(path),  # absolute when recorded: a relative path names nothing later
         "name": Path(path).name,
         "sha256": ev.sha256,
         "jpeg_quality": ev.quality.quality if ev.quality else None,

@@ -48,10 +48,14 @@ def format_probability(p: float | None) -> str:
 
 
 def normalized_path(path: str | os.PathLike | None) -> str:
-    """Absolute path with ``.`` and ``..`` removed lexically (links are not followed: the path named is kept)."""
+    """The path with ``.`` and ``..`` removed lexically (links are not followed: the path named is kept).
+
+    A relative path (recorded by an older version) stays relative: the folder it was relative to is not
+    known here, and joining it to the folder the report is made in would name another file.
+    """
     if path is None:
         return ""
-    return os.path.normpath(os.path.abspath(os.fspath(path)))
+    return os.path.normpath(os.fspath(path))
 
 
 def surface_png(surface: np.ndarray, scale: int = 6) -> bytes:

@@ -181,3 +181,34 @@ def _kill_on(event, action):
         return original(self, name, **fields)
 
     return audit
+
+
+def test_relative_paths_are_recorded_absolute(weak_probes, pool_db, runner, tmp_path, monkeypatch):
+    """Images named relative to the working folder: the pool and cluster case files, the fingerprint's sources and
+    the calibration record absolute paths, so spn case verify re-hashes them from any folder, and the report
+    never joins a recorded relative path to the folder it is made in."""
+    from spncli.report import normalized_path
+
+    paths, _ = weak_probes
+    db, _ = pool_db
+    names = [p.name for p in paths]
+    monkeypatch.chdir(paths[0].parent)
+    pool, clustered = tmp_path / "pool-case", tmp_path / "cluster-case"
+    assert runner.invoke(app, ["match", "--pool", *names, "--db", str(db), "--case", str(pool)]).exit_code == 0
+    assert runner.invoke(app, ["cluster", *names, "--case", str(clustered)]).exit_code == 0
+    fp_db = tmp_path / "fp.h5"
+    assert runner.invoke(app, ["fingerprint", *names, "-c", "probes", "--db", str(fp_db)]).exit_code == 0
+    res = runner.invoke(app, ["calibrate", "--db", str(db), *names, "--qualities", "none"])
+    assert res.exit_code == 0, res.output
+    monkeypatch.chdir(tmp_path)
+    expected = [str(p) for p in paths]
+    assert [im["path"] for im in json.loads((pool / "pool" / "pool-001.json").read_text())["inputs"]] == expected
+    assert sorted(im["path"] for im in json.loads((clustered / "cluster" / "clusters.json").read_text())["inputs"]) \
+        == expected  # fmt: skip
+    assert [s["path"] for s in FingerprintStore(fp_db).meta("probes")["sources"]] == expected
+    doc, _ = FingerprintStore(db).calibration()
+    assert [im["path"] for im in doc["background"]["images"]] == expected
+    for case in (pool, clustered):
+        res = runner.invoke(app, ["case", "verify", str(case)])
+        assert res.exit_code == 0, res.output
+    assert normalized_path("seized/../a.jpg") == "a.jpg" and normalized_path("/e/w/../s/./a.jpg") == "/e/s/a.jpg"
