@@ -195,6 +195,7 @@ def labelled_backgrounds(
     cameras: Iterable[str],
     labels: dict[str, str] | None = None,
     on_error: Callable[[str, str], None] = lambda path, reason: None,
+    on_other: Callable[[Path], None] = lambda path: None,
 ) -> list[tuple[Path, str | None]]:
     """Each background image with the camera that took it (None: declared from none of ``cameras``).
 
@@ -204,14 +205,14 @@ def labelled_backgrounds(
     (``BACKGROUND/<camera-id>/...``); it must be one of ``cameras`` or
     :data:`OTHER`. Refused entries (links out of a folder, FIFOs, unsupported
     formats) and images without an allowed label go to ``on_error`` and are
-    not used.
+    not used; files in a folder that are not images go to ``on_other``.
     """
     known = set(cameras)
     allowed = ", ".join(sorted(known | {OTHER}))
     out: list[tuple[Path, str | None]] = []
     for root in paths:
         root = Path(root)
-        for path, reason in walk_inputs([root]):
+        for path, reason in walk_inputs([root], on_other=on_other):
             if reason is not None:
                 on_error(str(path), reason)
                 continue
@@ -381,8 +382,9 @@ def calibrate(
             band = band_of(variant.quality.quality if variant.quality else None)
             for record in matcher.match(variant):
                 if record["camera"] in against:
-                    null[record["camera"]].setdefault(band, _Null([])).add(record, str(path), ev.sha256, q)
-        images.append({"path": str(path), "sha256": ev.sha256, "label": label,
+                    null[record["camera"]].setdefault(band, _Null([])).add(record, os.path.abspath(path), ev.sha256,
+                                                                           q)  # fmt: skip
+        images.append({"path": os.path.abspath(path), "sha256": ev.sha256, "label": label,
                        "jpeg_quality": ev.quality.quality if ev.quality else None})  # fmt: skip
         on_progress(str(path))
     if not images:
@@ -419,7 +421,7 @@ def calibrate(
                 "region": f"the analysed region widened to the frame's {MCU}x{MCU} grid, re-compressed in place",
             } if qualities else None,
             "leave_one_camera_out": leave_one_camera_out,
-            "labels": {"path": str(labels_file), "sha256": labels_sha} if labels_file else None,
+            "labels": {"path": os.path.abspath(labels_file), "sha256": labels_sha} if labels_file else None,
             "seed": None,
             "deterministic": True,
         },

@@ -6,7 +6,9 @@ into a case (the match batch has its own, :func:`spncli.casework.run_case`):
 1. the case folder is checked as for a match (not a link, not inside the evidence, not holding it),
    created if new, and its lock held for the whole run (a second run fails at once, naming the holder);
 2. a case that changed since its audit trail recorded it is refused, as is one whose last match run
-   has no end entry (resume that first); a clustering or pooling run that was killed is simply run again;
+   has no end entry (resume that first); a clustering or pooling run that was killed is simply run again:
+   the files it left under ``cluster/`` or ``pool/`` (never recorded as completed) are removed first and
+   named, with their SHA-256, in the new start entry (``discarded``), so no later run adopts them;
 3. a ``<kind>-start`` audit entry records the parameters and the evidence given; the analysis runs; its
    files are written atomically into ``cluster/`` or ``pool/`` (a JSON record whose ``inputs`` list every
    image with its SHA-256, so ``spn case verify`` re-hashes them, and pictures);
@@ -66,6 +68,24 @@ def _check_state(case: Case, kind: str) -> None:
                         "first one: use a new case folder for another")  # fmt: skip
 
 
+def _discard_killed_outputs(case: Case) -> dict[str, str]:
+    """Remove the analysis files a killed clustering or pooling run left (not recorded by any run end); their SHA-256.
+
+    Called under the case lock after :func:`_check_state`: the last run is then complete, or a killed
+    ``cluster``/``pool`` run whose outputs were never audited as completed.
+    """
+    entries = case.base_entries()
+    if entries is None or case._last_run_open(entries) is None:
+        return {}
+    recorded, _ = case.recorded_files(entries)
+    discarded = {}
+    for rel, info in case.files().items():
+        if rel.startswith(ANALYSES) and rel not in recorded:
+            discarded[rel] = info["sha256"]
+            (case.root / rel).unlink()
+    return discarded
+
+
 def next_pool_name(case: Case) -> str:
     """``pool/pool-NNN.json``: the next free number in the case."""
     folder = case.root / "pool"
@@ -114,7 +134,9 @@ def run_analysis(
     given = [str(Path(p).absolute()) for p in evidence]
     with case.lock():
         _check_state(case, kind)
-        case.audit(f"{kind}-start", parameters=parameters, evidence=given, examiner=examiner, case_id=case_id)
+        discarded = _discard_killed_outputs(case)
+        case.audit(f"{kind}-start", parameters=parameters, evidence=given, examiner=examiner, case_id=case_id,
+                   **({"discarded": discarded} if discarded else {}))  # fmt: skip
         try:
             made = compute(case)
         except ValueError as exc:

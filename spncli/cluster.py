@@ -560,7 +560,7 @@ def _residual_matrix(shaped, size, settings, max_pixels, folder, fail, on_progre
         x[len(images)] = (np.rot90(w, rotation // 90) if rotation else w).ravel()
         images.append(
             {
-                "path": str(path),
+                "path": os.path.abspath(path),  # absolute when recorded: a relative path names nothing later
                 "sha256": ev.sha256,
                 "rows": int(ev.shape[0]),
                 "cols": int(ev.shape[1]),

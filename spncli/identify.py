@@ -159,7 +159,9 @@ def walk_inputs(
                     on_other(f)
 
 
-def gather_inputs(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
+def gather_inputs(
+    paths: Iterable[str | os.PathLike], *, on_other: Callable[[Path], None] = lambda path: None
+) -> Iterator[Path]:
     """The paths of :func:`walk_inputs`, refused ones included, so that each gets its error line.
 
     A refused entry's reason is found again by the reader
@@ -167,7 +169,7 @@ def gather_inputs(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
     without opening them; :func:`spncli.evidence.decode` refuses unsupported
     formats by signature), so every caller's per-file error path reports it.
     """
-    for path, _reason in walk_inputs(paths):
+    for path, _reason in walk_inputs(paths, on_other=on_other):
         yield path
 
 
@@ -306,7 +308,7 @@ def _check_source(ev: Evidence, first: Evidence | None, allow_mixed: bool) -> No
 
 def _source_record(path, ev: Evidence) -> dict:
     return {
-        "path": str(path),
+        "path": os.path.abspath(path),  # absolute when recorded: a relative path names nothing later
         "name": Path(path).name,
         "sha256": ev.sha256,
         "jpeg_quality": ev.quality.quality if ev.quality else None,

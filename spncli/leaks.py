@@ -312,9 +312,11 @@ def database_flags(headers: dict[str, tuple[str, dict]]) -> dict[str, dict]:
             out[cam]["compared"].add(other)
             out[other]["compared"].add(cam)
             if entry.get("flagged"):
-                pce = entry.get("pce")
-                out[cam]["pairs"].append({"camera": other, "pce": pce, "recorded_by": cam})
-                out[other]["pairs"].append({"camera": cam, "pce": pce, "recorded_by": cam})
+                pair = {"pce": entry.get("pce"), "recorded_by": cam}
+                if entry.get("shared_sources"):
+                    pair["shared_sources"] = entry["shared_sources"]
+                out[cam]["pairs"].append({"camera": other} | pair)
+                out[other]["pairs"].append({"camera": cam} | pair)
     for cam, flags in out.items():
         flags["unscreened"] = sorted(set(headers) - {cam} - flags.pop("compared"))
         flags["pairs"].sort(key=lambda p: p["camera"])
@@ -330,8 +332,14 @@ def warnings_for(camera: str, flags: dict) -> list[str]:
     """Warning lines for matches against ``camera`` (empty when it carries no flag)."""
     lines = [
         f"leak: the fingerprint of {camera} correlates with the fingerprint of {p['camera']} (PCE {p['pce']:.1f} "
-        "between the fingerprints): they share a non-unique component, so a match with either camera may "
-        "come from it, not from the sensor"
+        + (
+            f"between the fingerprints): they were estimated from {p['shared_sources']} of the same image(s) "
+            "(same SHA-256): one sensor stored under two ids, or images reused; the two are not independent "
+            "references"
+            if p.get("shared_sources")
+            else "between the fingerprints): they share a non-unique component, so a match with either camera may "
+            "come from it, not from the sensor"
+        )
         for p in flags.get("pairs", [])
     ]
     periodic = flags.get("periodic") or {}
@@ -353,8 +361,9 @@ class Screener:
     read is listed under ``failed``. The screen made is kept in ``result``.
     """
 
-    def __init__(self, store, camera: str, k: np.ndarray, *, threshold: float = 60.0):
+    def __init__(self, store, camera: str, k: np.ndarray, *, threshold: float = 60.0, sources: Iterable[str] = ()):
         self.store, self.camera, self.k, self.threshold = store, camera, k, threshold
+        self.sources = set(sources)  # SHA-256 of the new fingerprint's images: a pair sharing some is named so
         self.result: dict | None = None
 
     def _load(self, other: str) -> tuple[np.ndarray, str]:
@@ -363,6 +372,10 @@ class Screener:
 
     def __call__(self, others: list[str]) -> dict:
         self.result = screen(self.camera, self.k, others, self._load, threshold=self.threshold)
+        for entry in self.result["compared"]:
+            if entry["flagged"] and self.sources:
+                theirs = {s.get("sha256") for s in self.store.meta(entry["camera"]).get("sources") or ()}
+                entry["shared_sources"] = len(self.sources & theirs)
         return self.result
 
 
@@ -376,7 +389,8 @@ def screen_summary(camera: str, rec: dict) -> tuple[str, list[str]]:
         + (f", highest PCE {best['pce']:.1f} ({best['camera']})" if best else "")
         + f"; {periodic.get('n_peaks', 0)} periodic spectral peak(s), {periodic.get('energy', 0):.3%} of its energy"
     )
-    pairs = [{"camera": e["camera"], "pce": e["pce"]} for e in compared if e.get("flagged")]
+    pairs = [{"camera": e["camera"], "pce": e["pce"], "shared_sources": e.get("shared_sources")} for e in compared
+             if e.get("flagged")]  # fmt: skip
     lines = warnings_for(camera, {"pairs": pairs, "periodic": periodic})
     lines = [w + f" (recorded; matches against {camera} and the other camera carry this warning)" if w.startswith(
         "leak:") else w for w in lines]  # fmt: skip

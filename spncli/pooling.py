@@ -30,6 +30,7 @@ References
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -151,7 +152,7 @@ def pool_match(
     single = [matcher.match(ev) for ev in evidences] if singles else None
     images = [
         {
-            "path": ev.path,
+            "path": os.path.abspath(ev.path),  # absolute when recorded: spn case verify re-hashes it from anywhere
             "sha256": ev.sha256,
             "rows": int(ev.shape[0]),
             "cols": int(ev.shape[1]),

@@ -48,10 +48,14 @@ def format_probability(p: float | None) -> str:
 
 
 def normalized_path(path: str | os.PathLike | None) -> str:
-    """Absolute path with ``.`` and ``..`` removed lexically (links are not followed: the path named is kept)."""
+    """The path with ``.`` and ``..`` removed lexically (links are not followed: the path named is kept).
+
+    A relative path (recorded by an older version) stays relative: the folder it was relative to is not
+    known here, and joining it to the folder the report is made in would name another file.
+    """
     if path is None:
         return ""
-    return os.path.normpath(os.path.abspath(os.fspath(path)))
+    return os.path.normpath(os.fspath(path))
 
 
 def surface_png(surface: np.ndarray, scale: int = 6) -> bytes:
@@ -620,6 +624,9 @@ def pool_section(case: Case) -> str:
                 f"<td>{'' if best is None else f'{best:.1f}'}</td><td>{_e(verdict)}</td></tr>"
             )
         out.append("</table>")
+        for r in rows:
+            for line in r.get("warnings") or ():  # leak safeguards (spncli.leaks), as for single images
+                out.append(f"<p class='leak' style='color:#9a3412;font-weight:600'>Warning — {_e(line)}</p>")
         if rows:
             out.append(pce_scale_svg(rows[0]["pce"], threshold).replace("this image", "the pooled probe"))
             out.append(

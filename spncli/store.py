@@ -155,6 +155,38 @@ def calibration_seal(doc: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def calibration_shape_error(doc: dict) -> str | None:
+    """What makes a calibration document unusable though its seal matches (the seal is a checksum anyone can
+    recompute, not a signature); None when ``spn match`` and ``spn report`` can read every field they use."""
+    params, cameras = doc.get("parameters"), doc.get("cameras")
+    if not isinstance(params, dict) or not isinstance(params.get("scoring"), dict):
+        return "no 'parameters.scoring' record"
+    if not _finite_number(params.get("threshold")):
+        return "'parameters.threshold' is not a finite number"
+    if not isinstance(doc.get("background"), dict) or not isinstance(doc["background"].get("count"), int):
+        return "no 'background.count'"
+    if not isinstance(cameras, dict):
+        return "'cameras' is not a mapping of camera to entry"
+    for camera, entry in cameras.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("fingerprint_sha256"), str):
+            return f"camera {camera!r}: no fingerprint_sha256"
+        if not isinstance(entry.get("bands"), dict):
+            return f"camera {camera!r}: 'bands' is not a mapping of band to samples"
+        for band, b in entry["bands"].items():
+            pce = b.get("pce") if isinstance(b, dict) else None
+            if not isinstance(pce, list) or not all(_finite_number(x) for x in pce):
+                return f"camera {camera!r} band {band!r}: 'pce' is not a list of finite numbers"
+            if b.get("count") != len(pce) or not isinstance(b.get("n_shifts"), int) or b["n_shifts"] < 1:
+                return f"camera {camera!r} band {band!r}: 'count' or 'n_shifts' disagrees with its samples"
+            if any(x > y for x, y in zip(pce, pce[1:])):
+                return f"camera {camera!r} band {band!r}: the null PCEs are not sorted"
+    return None
+
+
+def _finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes."""
     h = hashlib.sha256()
@@ -176,8 +208,16 @@ class FingerprintStore:
         return self.path.with_name(self.path.name + ".d")
 
     # -- reading ---------------------------------------------------------
+    def _check_not_link(self) -> None:
+        """A database named through a symbolic link is refused: its camera files are found beside the name given,
+        and a writer's rename would replace the link with a new index naming files that are not there."""
+        if self.path.is_symlink():
+            raise StoreError(f"{self.path}: a symbolic link, not followed; name the database itself "
+                             f"({os.path.realpath(self.path)})")  # fmt: skip
+
     def _check_file(self) -> None:
         """The database must be a regular file: a FIFO or device in its place would hang or mislead a read."""
+        self._check_not_link()
         if not self.path.exists():
             raise StoreError(f"{self.path}: no such database (create it with 'spn fingerprint')")
         if not stat.S_ISREG(os.stat(self.path).st_mode):
@@ -432,6 +472,7 @@ class FingerprintStore:
         writer was killed; otherwise the folder is not listed, and adding a
         camera does not depend on how many the database holds.
         """
+        self._check_not_link()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
         with open(lock_path, "a") as lock:
@@ -539,8 +580,9 @@ class FingerprintStore:
         Raises
         ------
         StoreError
-            The file is a link or not a regular file, is not JSON, has another format, or its seal
-            does not match its content (changed after it was written).
+            The file is a link or not a regular file, is not JSON, has another format, its seal
+            does not match its content (changed after it was written), or it lacks a field a match
+            reads (see :func:`calibration_shape_error`).
         """
         self._check_file()
         path = self.calibration_path
@@ -565,6 +607,9 @@ class FingerprintStore:
                 f"{path}: calibration is corrupted (its content differs from its seal: changed after it was "
                 "written); it was not used (run spn calibrate again)"
             )
+        if (shape := calibration_shape_error(doc)) is not None:
+            raise StoreError(f"{path}: not a usable spn calibration ({shape}); it was not used (run spn calibrate "
+                             "again)")  # fmt: skip
         return doc, hashlib.sha256(data).hexdigest()
 
     def store_calibration(self, doc: dict) -> str:

@@ -26,7 +26,7 @@ from spncli.evidence import load_image
 from spncli.geometry import crop_offsets
 from spncli.identify import MatchSettings
 from spncli.report import _calibration_section
-from spncli.store import FingerprintStore, StoreError
+from spncli.store import FingerprintStore, StoreError, calibration_seal
 
 from .conftest import camera_of
 
@@ -153,6 +153,37 @@ def test_tampered_calibration_is_refused(lab, runner, dresden, tmp_path):
     assert "calibration is corrupted" in res.stderr
 
 
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda d: d.pop("parameters"), "parameters.scoring"),
+        (lambda d: d["cameras"]["Nikon_D70_0"].update(bands=5), "'bands' is not a mapping"),
+        (lambda d: d["cameras"]["Nikon_D70_0"]["bands"]["q1-49"].update(pce=None), "not a list of finite numbers"),
+        (lambda d: d["cameras"]["Nikon_D70_0"]["bands"]["q1-49"]["pce"].reverse(), "not sorted"),
+        (lambda d: d.update(cameras=[]), "'cameras' is not a mapping"),
+    ],
+)
+def test_resealed_damaged_calibration_is_refused_in_one_line(lab, runner, dresden, tmp_path, damage, reason):
+    """The seal is a checksum anyone can recompute: a resealed document missing a field, or with unsorted samples
+    (a wrong empirical tail), is refused with one line; the match goes on without it, no traceback."""
+    db = _copy_db(lab, tmp_path / "t")
+    path = FingerprintStore(db).calibration_path
+    doc = json.loads(path.read_text())
+    damage(doc)
+    doc["seal"] = calibration_seal(doc)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="not a usable spn calibration"):
+        FingerprintStore(db).calibration()
+    res = runner.invoke(app, ["calibrate", "--db", str(db), "--show", "-f", "json"])
+    assert res.exit_code == 1 and reason in res.output and "Traceback" not in res.output, res.output
+    nat = dresden / "nat-jpg" / "Nikon_D70_0_19445.JPG"
+    res = runner.invoke(app, ["match", str(nat), "--db", str(db), "--crop", "256", "-f", "json"])
+    assert res.exit_code == 0, res.output
+    rows = _json(res.stdout)
+    assert len(rows) == 4 and all(r["p_fa_empirical"] is None for r in rows)
+    assert all(r["calibration_note"].startswith("calibration refused") for r in rows)
+
+
 def test_match_rows_carry_the_empirical_tail(lab, runner, dresden):
     images = [dresden / "nat-jpg" / n for n in ("Nikon_D70_1_20891.JPG", "Nikon_D70s_0_21853.JPG")]
     res = runner.invoke(app, ["match", *map(str, images), "--db", str(lab["db"]), "--crop", "256", "-f", "json"])
@@ -245,7 +276,7 @@ def test_cli_calibrate_json_and_help(lab, runner, tmp_path):
 def test_calibration_write_is_atomic_and_cleans_a_killed_writers_temporary(tmp_path, monkeypatch):
     store = FingerprintStore(tmp_path / "db.h5")
     store.add("cam", np.full((32, 32), 1e-3, np.float32), {"camera": "cam"})
-    doc = {"parameters": {"threshold": 60.0}, "cameras": {}, "background": {"count": 0}}
+    doc = {"parameters": {"threshold": 60.0, "scoring": {}}, "cameras": {}, "background": {"count": 0}}
     first = store.store_calibration(doc)
     stale = store.folder / ".calibration.json.killed.tmp"  # what a writer killed before its rename leaves
     stale.write_text("{")

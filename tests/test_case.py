@@ -140,12 +140,16 @@ def test_batch_case_folder_resume_and_verify(db, evidence, tmp_path):
 
 def _reference_csv(folder: Path, db: Path, case: Path) -> bytes:
     """results.csv of an uninterrupted run, made in-process (the same job and commit path, no cluster to start)."""
+    from spncli.calibration import tails_for
     from spncli.casework import run_case
     from spncli.identify import Matcher, MatchSettings
+    from spncli.leaks import match_warnings
     from spncli.store import FingerprintStore
 
     store = FingerprintStore(db)
     matcher = Matcher((store.load(n) for n in store.cameras()), MatchSettings())
+    matcher.tails, _ = tails_for(store, matcher.settings)  # as spn match sets them: the rows say why no tail
+    matcher.warnings = match_warnings(store, store.cameras())
     run_case([folder], case, matcher, db=db, db_sha=store.file_sha256(), cluster=False, handle_signals=False)
     return _csv(case)
 

@@ -288,3 +288,51 @@ def test_failed_clustering_is_audited_and_the_case_still_verifies(synth_folder, 
     events = [json.loads(line)["event"] for line in (case / "audit.jsonl").read_text().splitlines()]
     assert events == ["cluster-start", "cluster-failed"] and not (case / "cluster").exists()
     _ok(runner.invoke(app, ["case", "verify", str(case)]))
+
+
+def test_cluster_fingerprints_are_leak_screened_and_a_run_killed_after_storing_them_runs_again(
+    synth_folder, runner, tmp_path, monkeypatch
+):
+    """--to-db fingerprints get the leak screen of spn fingerprint; a run killed after storing them (before the
+    case recorded them) is simply made again: this case's fingerprints of the same members are kept, another
+    case's clustering into the same database is still refused."""
+    src, _ = synth_folder
+    db, case = tmp_path / "db" / "c.h5", tmp_path / "case"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for SIGKILL between storing the fingerprints and writing the case files
+
+    monkeypatch.setattr("spncli.cli.cluster.cluster_files", killed)
+    runner.invoke(app, ["cluster", str(src), "--case", str(case), "--to-db", str(db)])
+    monkeypatch.undo()
+    store = FingerprintStore(db)
+    stored = {c: store.header(c)[0] for c in store.cameras()}
+    assert len(stored) == 5 and not (case / "cluster").exists()
+    screens = [store.meta(c)["leak_screen"] for c in sorted(stored)]
+    assert [len(s["compared"]) for s in screens] == [0, 1, 2, 3, 4]
+    assert all(not e["flagged"] for s in screens for e in s["compared"])  # five different cameras
+    res = _ok(runner.invoke(app, ["cluster", str(src), "--case", str(case), "--to-db", str(db)]))
+    assert res.stderr.count("kept cluster-") == 5
+    record = json.loads((case / "cluster" / "clusters.json").read_text())
+    assert {c["fingerprint_camera"]: c["fingerprint_sha256"] for c in record["clusters"]} == stored
+    _ok(runner.invoke(app, ["case", "verify", str(case)]))
+    res = runner.invoke(app, ["cluster", str(src), "--case", str(tmp_path / "other"), "--to-db", str(db)])
+    assert res.exit_code == 1 and "exists already" in res.output
+
+
+def test_files_that_are_not_images_are_counted_not_skipped_silently(synth_folder, runner, tmp_path):
+    """cluster, match --pool and calibrate say how many files of the walked folders are not images."""
+    src, _ = synth_folder
+    folder = tmp_path / "seized"
+    folder.mkdir()
+    for p in sorted(src.iterdir())[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "array.npy").write_bytes(b"\x93NUMPY")
+    db = tmp_path / "db.h5"
+    FingerprintStore(db).add("cam", np.full((128, 192), 1e-3, np.float32), {})
+    line = "2 file(s) in the folders are not images (no image name or signature): not read"
+    for args in (["cluster", str(folder)], ["match", "--pool", str(folder), "--db", str(db)],
+                 ["calibrate", "--db", str(db), str(folder), "--qualities", "none"]):  # fmt: skip
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0 and line in res.stderr, (args, res.output)

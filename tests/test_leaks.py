@@ -118,6 +118,42 @@ def test_the_report_shows_the_warning_for_a_match(planted_db, planted, tmp_path)
     assert any("correlates with the fingerprint of A" in r["warnings"] for r in rows if r["camera"] == "B")
 
 
+def test_a_pooled_probe_against_a_flagged_camera_carries_the_warning(planted_db, planted, runner, tmp_path):
+    db, _outputs, _files = planted_db
+    evidence = tmp_path / "ev"
+    evidence.mkdir()
+    for cam in ("A", "C"):
+        (evidence / f"probe_{cam}.jpg").write_bytes((planted / f"probe_{cam}.jpg").read_bytes())
+    case = tmp_path / "case"
+    args = ["match", "--pool", str(evidence), "--db", str(db)]
+    res = _ok(runner.invoke(app, [*args, "-f", "json", "--case", str(case)]))
+    rows = {r["camera"]: r for r in map(json.loads, res.stdout.splitlines())}
+    assert "of A correlates with the fingerprint of B" in rows["A"]["warnings"][0] and rows["C"]["warnings"] == []
+    assert "warning: matches against B: leak" in res.stderr
+    record = json.loads((case / "pool" / "pool-001.json").read_text())
+    assert {r["camera"]: len(r["warnings"]) for r in record["pooled"]} == {"A": 1, "B": 1, "C": 0}
+    table = _ok(runner.invoke(app, [*args, "-c", "B"])).stdout
+    assert "(leak warning)" in table
+    assert "Warning — leak: the fingerprint of B correlates with the fingerprint of A" in build_report(case)
+
+
+def test_a_second_fingerprint_of_the_same_images_is_named_as_such_not_as_an_artifact(planted, runner, tmp_path):
+    """Flagged pairs whose fingerprints share source images (one sensor under two ids) say so; B against A, whose
+    images differ, keeps the non-unique-component wording."""
+    db = tmp_path / "db.h5"
+    for cam, folder in (("A", "A"), ("A-again", "A"), ("B", "B")):
+        _ok(runner.invoke(app, ["fingerprint", str(planted / folder), "--camera", cam, "--db", str(db)]))
+    flags, _ = store_flags(FingerprintStore(db))
+    again = {p["camera"]: p for p in flags["A-again"]["pairs"]}
+    assert again["A"]["shared_sources"] == 6 and "shared_sources" not in again["B"]
+    res = _ok(runner.invoke(app, ["match", str(planted / "probe_A.jpg"), "--db", str(db), "-f", "json"]))
+    rows = {r["camera"]: r for r in map(json.loads, res.stdout.splitlines())}
+    same = [w for w in rows["A"]["warnings"] if "A-again" in w]
+    assert len(same) == 1 and "estimated from 6 of the same image(s)" in same[0]
+    other = [w for w in rows["A"]["warnings"] if "fingerprint of B" in w]
+    assert len(other) == 1 and "non-unique component" in other[0]
+
+
 def test_a_replaced_camera_drops_the_old_flag():
     """A screen entry counts only while the other camera still has the fingerprint it was compared with."""
     meta_b = {"leak_screen": {"compared": [{"camera": "A", "fingerprint_sha256": "old", "pce": 99.0, "flagged": True}]}}

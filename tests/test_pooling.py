@@ -140,3 +140,75 @@ def test_weightings(weak_probes):
     assert min(weighted["pce"], plain["pce"]) > weighted["best_single_pce"]
     with pytest.raises(ValueError, match="variance, none"):
         pool_match(evidences, matcher, weighting="equal")
+
+
+def test_a_pooled_result_left_by_a_killed_run_is_discarded_not_adopted(weak_probes, pool_db, runner, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    """A run killed after writing pool/pool-001.json but before its end entry: the next run removes that file
+    (named with its SHA-256 in its start entry) instead of recording it as if a completed run had made it."""
+    import hashlib
+
+    paths, _ = weak_probes
+    db, _ = pool_db
+    case = tmp_path / "case"
+    args = ["match", "--pool", *map(str, paths[:3]), "--db", str(db), "--case", str(case)]
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # stands for SIGKILL after the file was written, before the end entry
+
+    monkeypatch.setattr("spncli.casefile.Case.audit", _kill_on("pool-completed", killed))
+    runner.invoke(app, args)
+    monkeypatch.undo()
+    left = (case / "pool" / "pool-001.json").read_bytes()
+    assert runner.invoke(app, ["case", "verify", str(case)]).exit_code == 1  # the open run is named
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    entries = [json.loads(line) for line in (case / "audit.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in entries] == ["pool-start", "pool-start", "pool-completed"]
+    assert entries[1]["discarded"] == {"pool/pool-001.json": hashlib.sha256(left).hexdigest()}
+    assert entries[2]["written"] == ["pool/pool-001.json"] and sorted(entries[2]["files"]) == ["pool/pool-001.json"]
+    assert runner.invoke(app, ["case", "verify", str(case)]).exit_code == 0
+
+
+def _kill_on(event, action):
+    from spncli.casefile import Case
+
+    original = Case.audit
+
+    def audit(self, name, **fields):
+        if name == event:
+            action()
+        return original(self, name, **fields)
+
+    return audit
+
+
+def test_relative_paths_are_recorded_absolute(weak_probes, pool_db, runner, tmp_path, monkeypatch):
+    """Images named relative to the working folder: the pool and cluster case files, the fingerprint's sources and
+    the calibration record absolute paths, so spn case verify re-hashes them from any folder, and the report
+    never joins a recorded relative path to the folder it is made in."""
+    from spncli.report import normalized_path
+
+    paths, _ = weak_probes
+    db, _ = pool_db
+    names = [p.name for p in paths]
+    monkeypatch.chdir(paths[0].parent)
+    pool, clustered = tmp_path / "pool-case", tmp_path / "cluster-case"
+    assert runner.invoke(app, ["match", "--pool", *names, "--db", str(db), "--case", str(pool)]).exit_code == 0
+    assert runner.invoke(app, ["cluster", *names, "--case", str(clustered)]).exit_code == 0
+    fp_db = tmp_path / "fp.h5"
+    assert runner.invoke(app, ["fingerprint", *names, "-c", "probes", "--db", str(fp_db)]).exit_code == 0
+    res = runner.invoke(app, ["calibrate", "--db", str(db), *names, "--qualities", "none"])
+    assert res.exit_code == 0, res.output
+    monkeypatch.chdir(tmp_path)
+    expected = [str(p) for p in paths]
+    assert [im["path"] for im in json.loads((pool / "pool" / "pool-001.json").read_text())["inputs"]] == expected
+    assert sorted(im["path"] for im in json.loads((clustered / "cluster" / "clusters.json").read_text())["inputs"]) \
+        == expected  # fmt: skip
+    assert [s["path"] for s in FingerprintStore(fp_db).meta("probes")["sources"]] == expected
+    doc, _ = FingerprintStore(db).calibration()
+    assert [im["path"] for im in doc["background"]["images"]] == expected
+    for case in (pool, clustered):
+        res = runner.invoke(app, ["case", "verify", str(case)])
+        assert res.exit_code == 0, res.output
+    assert normalized_path("seized/../a.jpg") == "a.jpg" and normalized_path("/e/w/../s/./a.jpg") == "/e/s/a.jpg"

@@ -65,6 +65,20 @@ def test_not_a_database(tmp_path):
         FingerprintStore(tmp_path / "absent.h5").cameras()
 
 
+def test_a_database_named_through_a_link_is_refused_and_left_alone(tmp_path):
+    """A writer used to rename a new index over the link: a database naming files that are not beside it."""
+    real = FingerprintStore(tmp_path / "real" / "db.h5")
+    real.add("cam", _k(1), {})
+    link = tmp_path / "elsewhere" / "db.h5"
+    link.parent.mkdir()
+    link.symlink_to(real.path)
+    for action in (lambda s: s.cameras(), lambda s: s.add("other", _k(2), {}), lambda s: s.calibration()):
+        with pytest.raises(StoreError, match="a symbolic link, not followed"):
+            action(FingerprintStore(link))
+    assert link.is_symlink() and not (tmp_path / "elsewhere" / "db.h5.d").exists()
+    assert real.cameras() == ["cam"] and real.load("cam").camera == "cam"
+
+
 _WRITER = textwrap.dedent(
     """
     import sys, numpy as np

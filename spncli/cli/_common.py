@@ -63,6 +63,12 @@ def note(message: str) -> None:
     err.print(printable(message), markup=False, highlight=False)
 
 
+def note_not_images(others: list) -> None:
+    """Say how many files the walked folders held that are not images (nothing is skipped silently)."""
+    if others:
+        note(f"{len(others)} file(s) in the folders are not images (no image name or signature): not read")
+
+
 def warn(message: str) -> None:
     """One ``warning:`` line on stderr."""
     err.print("[bold yellow]warning[/]: " + escape(printable(message)), markup=True, highlight=False)

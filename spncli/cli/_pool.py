@@ -11,15 +11,16 @@ from ..caseanalysis import next_pool_name, pool_files, run_analysis
 from ..casefile import CaseError
 from ..evidence import EvidenceError, load_image
 from ..identify import Matcher, MatchSettings, gather_inputs
+from ..leaks import match_warnings
 from ..pooling import WEIGHTINGS, pool_match
 from ..store import FingerprintStore, StoreError
 from . import State
-from ._common import EXIT_SOME_FAILED, Format, die, err, fail_line, render
+from ._common import EXIT_SOME_FAILED, Format, die, err, fail_line, note_not_images, render, warn
 
 POOL_COLUMNS = ["camera", "pce", "p_fa", "verdict", "n_images", "best_single_pce", "rotation"]
 CSV_COLUMNS = [
     "camera", "pce", "ncc", "p_fa", "decision", "threshold", "n_images", "best_single_pce", "rotation", "rows", "cols",
-    "weighting", "pooled_images", "fingerprint_sha256", "db_sha256", "tool_version",
+    "weighting", "pooled_images", "warnings", "fingerprint_sha256", "db_sha256", "tool_version",
 ]  # fmt: skip
 
 
@@ -38,13 +39,14 @@ def _pooled(images, matcher: Matcher, *, singles: bool, weighting: str) -> tuple
 
     Raises ``ValueError`` (:class:`spncli.pooling.PoolSizeError` naming files and sizes) when nothing can be pooled.
     """
-    evidences, failed = [], []
-    for path in gather_inputs(images):
+    evidences, failed, others = [], [], []
+    for path in gather_inputs(images, on_other=others.append):
         try:
             evidences.append(load_image(path, max_pixels=State.max_pixels))
         except EvidenceError as exc:
             fail_line(exc.path, exc.reason)
             failed.append({"path": exc.path, "reason": exc.reason})
+    note_not_images(others)
     if not evidences:
         raise ValueError("no usable image to pool")
     try:
@@ -61,9 +63,17 @@ def match_pool(images, db: Path, settings: MatchSettings, *, camera, singles: bo
         names = store.select(camera)
         db_sha = store.file_sha256()
         matcher = Matcher((store.load(n) for n in names), settings)
+        leaks = match_warnings(store, names)  # a pooled probe against a flagged camera carries its warning too
     except StoreError as exc:
         die(str(exc))
+    for cam, lines in leaks.items():
+        for line in lines:
+            warn(f"matches against {cam}: {line}")
     extra = {"db": str(db), "db_sha256": db_sha, "tool_version": __version__}
+
+    def annotated(records: list[dict]) -> list[dict]:
+        return [r | extra | {"warnings": list(leaks.get(r["camera"], ()))} for r in records]
+
     made, head = {}, None
     try:
         if case is None:
@@ -73,14 +83,14 @@ def match_pool(images, db: Path, settings: MatchSettings, *, camera, singles: bo
             def compute(c):
                 made["records"], made["failed"] = _pooled(images, matcher, singles=singles, weighting=weighting)
                 made["name"] = next_pool_name(c)
-                return pool_files(made["name"], [r | extra for r in made["records"]], made["failed"])
+                return pool_files(made["name"], annotated(made["records"]), made["failed"])
 
             parameters = settings.as_dict() | {"weighting": weighting, "singles": singles, "database": str(db),
                                                "database_sha256": db_sha, "cameras": names}  # fmt: skip
             head = run_analysis(case, images, "pool", parameters, compute, examiner=examiner, case_id=case_id)
     except (ValueError, CaseError) as exc:
         die(str(exc), EXIT_SOME_FAILED)
-    records = [r | extra | ({"case": str(case), "case_file": made["name"]} if head else {}) for r in made["records"]]
+    records = [r | ({"case": str(case), "case_file": made["name"]} if head else {}) for r in annotated(made["records"])]
     _render(records, format, settings.threshold, singles)
     n = records[0]["n_images"] if records else 0
     err.print(f"{n} image(s) pooled, {len(records)} camera(s) scored, {len(made['failed'])} file(s) failed")
@@ -97,12 +107,14 @@ def _render(records: list[dict], format: Format, threshold: float, singles: bool
         return
     pooled = "; ".join(f"{im['path']} (SHA-256 {im['sha256']})" for im in records[0]["images"]) if records else ""
     if format is Format.csv:
-        render([r | {"pooled_images": pooled} for r in records], format, CSV_COLUMNS)
+        render([r | {"pooled_images": pooled, "warnings": "; ".join(r["warnings"])} for r in records], format,
+               CSV_COLUMNS)
         return
     view = [
         r
         | {
-            "verdict": f"{'consistent' if r['decision'] == 'consistent' else 'not consistent'} with {r['camera']}",
+            "verdict": f"{'consistent' if r['decision'] == 'consistent' else 'not consistent'} with {r['camera']}"
+            + (" (leak warning)" if r["warnings"] else ""),
             "p_fa": r["p_fa"] if r["p_fa"] > 0 else "< 1e-300",  # below the smallest double
         }
         for r in records

@@ -23,7 +23,9 @@ from ..identify import MatchSettings
 from ..residual import ResidualParams
 from ..store import FingerprintStore, StoreError
 from . import State, app
-from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, finite, note, render, warn
+from ._common import (
+    EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, finite, note, note_not_images, render, warn,
+)  # fmt: skip
 
 COLUMNS = [
     "camera", "band", "count", "median", "p99", "max", "above_threshold", "tail_at_threshold", "p_fa_at_threshold",
@@ -150,8 +152,10 @@ def calibrate(
     except ValueError as exc:
         die(str(exc))
     try:
+        others = []
         items = labelled_backgrounds(background, leave_one_camera_out=leave_one_camera_out, cameras=store.select(),
-                                     labels=label_map, on_error=on_error)  # fmt: skip
+                                     labels=label_map, on_error=on_error, on_other=others.append)  # fmt: skip
+        note_not_images(others)
         doc = measure(
             store, items, settings=settings, qualities=quals, leave_one_camera_out=leave_one_camera_out,
             labels_file=labels, max_pixels=State.max_pixels, max_bytes=State.max_bytes, on_error=on_error,

@@ -14,11 +14,12 @@ from ..casefile import CaseError
 from ..cluster import ClusterResult, ClusterSettings, cluster_fingerprint, cluster_images
 from ..evidence import EvidenceError
 from ..identify import gather_inputs
+from ..leaks import Screener, screen_summary
 from ..plots import similarity_png
 from ..provenance import OutputInsideEvidence, atomic_write_json, check_output_location
 from ..store import FingerprintStore, StoreError, check_camera_id
 from . import State, app
-from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, render
+from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, note_not_images, render, warn
 
 CLUSTER_COLUMNS = ["cluster", "size", "image", "rotation", "member_z", "jpeg_quality", "sha256"]
 CLUSTER_CAPTION = (
@@ -43,10 +44,23 @@ def _emit_json(record: dict) -> None:
     sys.stdout.flush()
 
 
-def _store_clusters(result, db: Path, prefix: str, min_size: int, replace: bool, case: Path | None = None) -> int:
-    """Store one fingerprint per cluster of ``min_size`` or more; return the number of failures.
+def _stored_by_this_run(store: FingerprintStore, camera: str, result, c: dict, case: Path | None) -> str | None:
+    """K's SHA-256 of ``camera`` when it is this cluster's fingerprint stored for this case by a run that was killed
+    before the case recorded it (same case, same member SHA-256s); None otherwise."""
+    if case is None or not store.path.exists() or camera not in store.cameras():
+        return None
+    sha, meta, _shape = store.header(camera)
+    members = sorted(result.images[i]["sha256"] for i in c["members"])
+    same = meta.get("case") == str(case.absolute()) and sorted(s["sha256"] for s in meta.get("sources", [])) == members
+    return sha if same else None
 
-    A database that cannot be written raises ``ValueError`` (with --case: the run ends with a failed entry)."""
+
+def _store_clusters(result, db: Path, prefix: str, min_size: int, replace: bool, case: Path | None = None) -> int:
+    """Store one fingerprint per cluster of ``min_size`` or more, each leak-screened; return the number of failures.
+
+    A fingerprint this case's earlier, killed run stored for the same members is kept, so that the run can simply be
+    made again. A database that cannot be written raises ``ValueError`` (with --case: the run ends with a failed
+    entry)."""
     try:
         store, failed = FingerprintStore(db), 0
     except StoreError as exc:
@@ -57,11 +71,20 @@ def _store_clusters(result, db: Path, prefix: str, min_size: int, replace: bool,
         camera = f"{prefix}{c['id']:02d}"
         try:
             check_camera_id(camera)
+            if not replace and (kept := _stored_by_this_run(store, camera, result, c, case)) is not None:
+                c["fingerprint_camera"], c["fingerprint_sha256"] = camera, kept
+                err.print(f"kept {camera}: stored for these {c['size']} image(s) by this case's interrupted run")
+                continue
             k, meta = cluster_fingerprint(result, c, max_pixels=State.max_pixels)
             c["fingerprint_camera"] = camera
             origin = {"camera": camera, "case": str(case.absolute()) if case else None}
-            c["fingerprint_sha256"] = store.add(camera, k, meta | origin, replace=replace)
+            screen = Screener(store, camera, k, sources=[s["sha256"] for s in meta["sources"]])
+            c["fingerprint_sha256"] = store.add(camera, k, meta | origin, replace=replace, screen=screen)
             err.print(f"stored {camera}: {c['size']} image(s), {meta['cols']}x{meta['rows']}, in {db}")
+            summary, warnings = screen_summary(camera, screen.result)
+            err.print(summary)
+            for line in warnings:
+                warn(line)
         except EvidenceError as exc:
             fail_line(exc.path, exc.reason)
             failed += 1
@@ -178,13 +201,15 @@ def cluster(
 
 def _cluster(inputs, settings: ClusterSettings, store) -> tuple[ClusterResult, int]:
     """Cluster the inputs (and store the cluster fingerprints); the result and the number of failures."""
+    others = []
     result = cluster_images(
-        gather_inputs(inputs),
+        gather_inputs(inputs, on_other=others.append),
         settings,
         max_pixels=State.max_pixels,
         on_error=fail_line,
         on_progress=lambda p: err.print(f"residual {p}"),
     )
+    note_not_images(others)
     failed = len(result.failed)
     if store is not None:
         failed += store(result)

@@ -13,7 +13,9 @@ from ..provenance import OutputInsideEvidence, check_output_location
 from ..residual import ResidualParams
 from ..store import FingerprintStore, StoreError, check_camera_id
 from . import State, app
-from ._common import EXIT_SOME_FAILED, DeviceOption, crop_option, device_option, die, fail_line, finite, note, warn
+from ._common import (
+    EXIT_SOME_FAILED, DeviceOption, crop_option, device_option, die, fail_line, finite, note, note_not_images, warn
+)
 
 @app.command()
 def fingerprint(
@@ -92,14 +94,13 @@ def fingerprint(
             on_warning=warn,
             device=device,
         )
-        screen = Screener(store, camera, k, threshold=leak_threshold)
+        screen = Screener(store, camera, k, threshold=leak_threshold, sources=[s["sha256"] for s in meta["sources"]])
         digest = store.add(camera, k, meta, replace=replace, screen=screen)
     except (FingerprintRefused, StoreError) as exc:
         die(str(exc), EXIT_SOME_FAILED)
     except Exception as exc:  # a defect, not bad evidence: say so, without a traceback
         die(f"internal error (please report): {type(exc).__name__}: {exc}; nothing stored", EXIT_SOME_FAILED)
-    if others:
-        note(f"{len(others)} file(s) in the folders are not images (no image name or signature): not read")
+    note_not_images(others)
     note(
         f"camera {camera}: fingerprint of {meta['image_count']} image(s), {meta['cols']}x{meta['rows']}, "
         f"sha256 {digest[:16]}..., stored in {db}; {len(failed)} file(s) failed"
