@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from spncli import jpegdomain as jd
@@ -38,7 +37,7 @@ from spncli.degrade import DegradeSettings, encode
 from spncli.evidence import decode, load_image
 from spncli.fingerprint import FingerprintAccumulator
 from spncli.geometry import centre_crop, crop_offsets
-from spncli.pce import FingerprintSpectrum, pce_at, score
+from spncli.pce import FingerprintSpectrum, ResidualSpectrum, score
 from spncli.provenance import tool_info, utc_now
 from spncli.residual import ResidualParams, grey_residual, postprocess, zero_mean_cfa
 
@@ -56,28 +55,9 @@ def unit_of(path: Path) -> str:
 
 
 def fast_pces(residual: np.ndarray, spectra: dict[str, FingerprintSpectrum]) -> dict[str, float]:
-    """PCE at zero shift against every fingerprint, as `pce.score` with max_shift=0, one forward DFT per size."""
-    out = {}
-    groups: dict[tuple, list[str]] = {}
-    for cam, spec in spectra.items():
-        groups.setdefault(spec.shape, []).append(cam)
-    for shape, cams in groups.items():
-        if (residual.shape[0] > residual.shape[1]) != (shape[0] > shape[1]):
-            out |= {c: score(residual, spectra[c]).pce for c in cams}  # orientation differs: the library path
-            continue
-        h, w = min(residual.shape[0], shape[0]), min(residual.shape[1], shape[1])
-        r, c = crop_offsets(residual.shape, (h, w))
-        padded = np.zeros(shape, np.float32)
-        padded[:h, :w] = residual[r : r + h, c : c + w]
-        spec_w = cv2.dft(padded)
-        peak = crop_offsets(shape, (h, w))
-        for cam in cams:
-            cc = cv2.dft(
-                cv2.mulSpectrums(spectra[cam].spectrum, spec_w, 0, conjB=True),
-                flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE,
-            )
-            out[cam] = pce_at(cc, peak)
-    return out
+    """PCE at zero shift against every fingerprint (`pce.score`, max_shift=0): one residual transform per shape."""
+    probe = ResidualSpectrum(residual)
+    return {cam: score(probe, spec).pce for cam, spec in spectra.items()}
 
 
 def fingerprints(flats: dict[str, list[Path]], cache: Path) -> dict[str, np.ndarray]:
