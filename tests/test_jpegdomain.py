@@ -65,6 +65,13 @@ def test_colour_420_luma_coefficients_and_weights():
     assert wq.max() == 1.0 and np.all(wq2 <= wq + 1e-7)
     with pytest.raises(ValueError, match="binary, inverse-q"):
         jd.survival_weights(lc, "soft")
+    soft = jd.survival_weights(lc, "inverse-q", zeroed=0.25)  # the zeroed coefficients keep a quarter
+    np.testing.assert_array_equal(soft[kept], wq[kept])
+    assert np.all(soft[~kept] == np.float32(0.25))
+    with pytest.raises(ValueError, match="0..1"):
+        jd.survival_weights(lc, "binary", zeroed=1.5)
+    with pytest.raises(ValueError, match="zeroed_weight"):
+        jd.AwareSettings(zeroed_weight=-0.1)
 
 
 def test_block_dct_is_orthonormal_and_invertible():
