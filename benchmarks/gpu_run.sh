@@ -16,7 +16,7 @@
 # Before the run, on the CPU machine (the GPU machine has no network and no ../shared):
 #   ../shared/gpu/wheels.sh .gpu/wheels jpeglib pillow-heif        # PyWavelets, piexif, jpeglib, pillow-heif
 #   mkdir -p .gpu/data && cp -r ../shared/data/cbsd68 ../shared/data/praktica-fingerprints .gpu/data/
-#   (.gpu is listed in .git/info/exclude; carry it: run(carry=[".gpu"]))
+#   (.gpu/ is ignored by .gitignore; carry it along: run(carry=[".gpu"]), 64 MiB at most)
 # Then on the GPU machine:   bash benchmarks/gpu_run.sh            ($OUT set by the machine)
 # Smoke test on a CPU (a few steps, small image, nothing installed):
 #   OUT=/tmp/gpu-smoke SPN_GPU_SMOKE=1 PY=/work/venv/bin/python bash benchmarks/gpu_run.sh

@@ -13,8 +13,9 @@ Selection split: units ``_0`` -- the weighting and the per-image Wiener criterio
     PYTHONPATH=. python benchmarks/restoration_protocol.py --out /tmp/protocol --cache /tmp/protocol-cache
 
 Per-probe scores are cached (JSON Lines) so that a re-run only recomputes the tables
-(``--cached-only``: tables from what is cached, nothing computed). About 30 minutes on 2 shared cores
-for the 112 probes (28 images x 4 qualities), fingerprints about 2 minutes.
+(``--cached-only``: tables from what is cached, nothing computed); a cached probe that lacks a variant
+(a filter added to FILTERS) gets only that variant computed. About 30 minutes on 2 shared cores for
+the 112 probes (28 images x 4 qualities) from scratch, fingerprints about 2 minutes.
 
 The centre-1024 columns of classic, classic without Wiener and the shipped compression-aware default
 are what ``spn eval PROBES --db DB --crop 1024 --aware`` prints for probes written by ``spn degrade``.

@@ -1,8 +1,13 @@
 """Ship a training run's weights with their model card (JSON for the tool, Markdown for people).
 
 Run: python models/build_card.py RUN_DIR EVAL_JSON [--weights best|ema] [--name spn-restore-v1]
+       [--table "LABEL=EVAL_JSON" ...] [--recipe "COMMAND" ...]
 RUN_DIR is an `spn train` folder (log.jsonl, best.pt, ema.pt); EVAL_JSON is the eval.json that
-`spn eval --out` wrote for those weights. Writes models/NAME.pt, models/NAME.json, models/NAME.md.
+`spn eval --out` wrote for those weights. Each --table adds a four-row table (classic, classic without
+Wiener, compression-aware, restored; one column per quality) from another `spn eval --aware --out` run,
+under its LABEL (say which split, which scope, which probes: "report split _1, centre 1024, natural");
+each --recipe records an exact command that built the database, the probes or an evaluation. No figure
+in the card is typed by hand. Writes models/NAME.pt, models/NAME.json, models/NAME.md.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from spncli.evaluation import COLUMNS
+from spncli.evaluation import COLUMNS, METHODS
 from spncli.restoration import write_model_card
 
 HERE = Path(__file__).resolve().parent
@@ -26,6 +31,45 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+METHOD_LABELS = {
+    "classic": "classic",
+    "classic_nowiener": "classic, no Wiener",
+    "aware": "compression-aware",
+    "restored": "restored",
+}
+
+
+def four_rows(rows: list[dict]) -> str:
+    """One row per residual, one column per quality: median matching PCE / TPR / non-matching above threshold.
+
+    ``rows`` are `spn eval --aware` rows (``ALL_COLUMNS``); a method it did not score shows "-".
+    """
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    head = "| residual | " + " | ".join(f"{r['quality']} median / TPR / FP" for r in rows) + " |"
+    lines = [head, "|" + "---|" * (len(rows) + 1)]
+    for m in METHODS:
+        cells = [
+            f"{fmt(r.get(f'{m}_median'), '.1f')} / {fmt(r.get(f'{m}_tpr'), '.2f')} / {fmt(r.get(f'{m}_fp'), 'd')}"
+            for r in rows
+        ]
+        lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(cells) + " |")
+    n = rows[0] if rows else {}
+    lines.append(f"\n{n.get('matching_pairs', 0)} matching, {n.get('non_matching_pairs', 0)} non-matching pairs "
+                 "per quality.")  # fmt: skip
+    return "\n".join(lines)
+
+
+def labelled_tables(specs: list[str]) -> list[tuple[str, dict]]:
+    """``LABEL=EVAL_JSON`` -> (label, eval record), in the order given."""
+    out = []
+    for spec in specs:
+        label, sep, path = spec.rpartition("=")
+        if not sep or not label:
+            raise SystemExit(f"--table {spec!r}: expected LABEL=EVAL_JSON")
+        out.append((label, json.loads(Path(path).read_text())))
+    return out
 
 
 def main():
@@ -41,6 +85,8 @@ def main():
     ap.add_argument("--network-max-quality", type=int, default=100, help="apply the network at or below this")
     ap.add_argument("--ablation", type=Path, default=None, help="eval.json of the zero-correction (policy-only) path")
     ap.add_argument("--full-network", type=Path, default=None, help="eval.json with the network at every quality")
+    ap.add_argument("--table", action="append", default=[], help="LABEL=EVAL_JSON: a four-row table (repeatable)")
+    ap.add_argument("--recipe", action="append", default=[], help="an exact command behind the tables (repeatable)")
     ap.add_argument("--hardware", default=f"{platform.processor() or platform.machine()}, 2 CPU cores, no GPU")
     args = ap.parse_args()
     log = [json.loads(x) for x in (args.run / "log.jsonl").read_text().splitlines()]
@@ -84,6 +130,12 @@ def main():
             "matching pairs counted for the _1 units only, non-matching pairs for all",
         },
     }
+    tables = labelled_tables(args.table)
+    fields["evaluation"]["tables"] = [
+        {"label": label, "rows": ev["rows"], "settings": ev.get("settings"), "db_sha256": ev.get("db_sha256")}
+        for label, ev in tables
+    ]
+    fields["evaluation"]["commands"] = args.recipe
     if args.ablation:
         fields["evaluation"]["ablation_policy_only"] = json.loads(args.ablation.read_text())["rows"]
     card_path = write_model_card(
@@ -141,6 +193,10 @@ def main():
         "matching PCE compared with the policy alone; see the ablation).",
         "",
     ]
+    for label, ev in tables:
+        md += [f"## {label}", "", four_rows(ev["rows"]), ""]
+    if args.recipe:
+        md += ["## Exact commands behind these tables", ""] + [f"    {c}" for c in args.recipe] + [""]
     if "ablation_policy_only" in fields["evaluation"]:
         md += [
             "## Ablation: the quality policy alone (no network correction at any quality)",
