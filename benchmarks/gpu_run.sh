@@ -11,7 +11,7 @@
 #      the v1 generator on the classic residual. It does not yet train on the compression-aware residual.
 #   5. if benchmarks/gpu_classic.py exists: python benchmarks/gpu_classic.py --out $OUT/classic
 # Writes into $OUT (at most 5 files of its own, so that the 8 files that come back leave room for
-# gpu_classic.py): gpu_run.log, figures.json, ema.pt, train_log.jsonl, training.png.
+# gpu_classic.py): gpu_run.log, figures.json, ema.pt, train_log.jsonl, training.png (loss curves, OpenCV).
 #
 # Before the run, on the CPU machine (the GPU machine has no network and no ../shared):
 #   ../shared/gpu/wheels.sh .gpu/wheels jpeglib pillow-heif        # PyWavelets, piexif, jpeglib, pillow-heif
@@ -193,19 +193,20 @@ fig = {
     "stages": [json.loads(l) for l in (work / "stages.jsonl").read_text().splitlines()],
 }
 (out / "figures.json").write_text(json.dumps(fig, indent=1))
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    if points:
-        f, ax = plt.subplots(1, 3, figsize=(12, 3.2))
-        for a, key in zip(ax, ("corr", "l1", "d")):
-            a.plot([p["step"] for p in points], [p[key] for p in points])
-            a.set_title(key); a.set_xlabel("step")
-        f.suptitle(f"spn train on {(fig['environment'] or {}).get('gpu', 'cpu')}: {fig['training']['steps_done']} steps")
-        f.tight_layout(); f.savefig(out / "training.png", dpi=90)
-except ImportError:
-    print("matplotlib absent: no training.png")
+if points:  # loss curves drawn with OpenCV (matplotlib is not on every machine)
+    import cv2, numpy as np
+    panels = []
+    for key in ("corr", "l1", "d"):
+        img = np.full((240, 360, 3), 255, np.uint8)
+        xs = np.array([p["step"] for p in points], float); ys = np.array([p[key] for p in points], float)
+        x = 30 + 320 * (xs - xs.min()) / max(np.ptp(xs), 1); y = 210 - 180 * (ys - ys.min()) / max(np.ptp(ys), 1e-12)
+        cv2.polylines(img, [np.stack([x, y], 1).astype(np.int32)], False, (200, 60, 0), 2)
+        cv2.putText(img, f"{key}: {ys.min():.4g}..{ys.max():.4g}", (30, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+        cv2.putText(img, f"steps {int(xs.min())}..{int(xs.max())}", (30, 232), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+        panels.append(img)
+    cv2.imwrite(str(out / "training.png"), np.hstack(panels))
+else:
+    print("no logged training step (the log has a line every 50 steps): no training.png")
 print(json.dumps({k: v for k, v in fig.items() if k != "training"} | {"training_steps": fig["training"]["steps_done"]}))
 EOF
 rm -rf "$WORK"
