@@ -78,6 +78,8 @@ class MatchJob:
         if is_residual_file(path):  # a residual saved by spn extract / spn restore, with its provenance
             try:
                 saved = load_residual_file(path)
+                if (path, saved.sha256) in self.skip:  # a case holds it already (rows name the source's SHA-256)
+                    return {"path": path, "sha256": saved.sha256, "skipped": True}
                 records = match_saved(self.matcher, saved)
             except EvidenceError as exc:
                 return {"path": path, "error": exc.reason}
