@@ -13,8 +13,9 @@ Selection split: units ``_0`` -- the weighting and the per-image Wiener criterio
     PYTHONPATH=. python benchmarks/restoration_protocol.py --out /tmp/protocol --cache /tmp/protocol-cache
 
 Per-probe scores are cached (JSON Lines) so that a re-run only recomputes the tables
-(``--cached-only``: tables from what is cached, nothing computed). About 30 minutes on 2 shared cores
-for the 112 probes (28 images x 4 qualities), fingerprints about 2 minutes.
+(``--cached-only``: tables from what is cached, nothing computed); a cached probe that lacks a variant
+(a filter added to FILTERS) gets only that variant computed. About 30 minutes on 2 shared cores for
+the 112 probes (28 images x 4 qualities) from scratch, fingerprints about 2 minutes.
 
 The centre-1024 columns of classic, classic without Wiener and the shipped compression-aware default
 are what ``spn eval PROBES --db DB --crop 1024 --aware`` prints for probes written by ``spn degrade``.
@@ -30,7 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from spncli import jpegdomain as jd
@@ -38,7 +38,7 @@ from spncli.degrade import DegradeSettings, encode
 from spncli.evidence import decode, load_image
 from spncli.fingerprint import FingerprintAccumulator
 from spncli.geometry import centre_crop, crop_offsets
-from spncli.pce import FingerprintSpectrum, pce_at, score
+from spncli.pce import FingerprintSpectrum, ResidualSpectrum, score
 from spncli.provenance import tool_info, utc_now
 from spncli.residual import ResidualParams, grey_residual, postprocess, zero_mean_cfa
 
@@ -49,6 +49,13 @@ SCOPES = ("centre", "full")
 THRESHOLD = 60.0
 PARAMS = ResidualParams()
 DEFAULT = jd.AwareSettings()
+FILTERS = {"binary": ("binary", 0.0), "inverse-q": ("inverse-q", 0.0), "binary+z0.25": ("binary", 0.25)}
+"""The DCT-domain filters compared: name -> (weighting, weight of the coefficients the file zeroed).
+Weight 0 is the pure mask of the issue's measurement; 0.25 keeps a little of what the denoiser leaks there."""
+
+
+def filter_name(weighting: str, zeroed: float) -> str:
+    return next(k for k, v in FILTERS.items() if v == (weighting, zeroed))
 
 
 def unit_of(path: Path) -> str:
@@ -56,28 +63,9 @@ def unit_of(path: Path) -> str:
 
 
 def fast_pces(residual: np.ndarray, spectra: dict[str, FingerprintSpectrum]) -> dict[str, float]:
-    """PCE at zero shift against every fingerprint, as `pce.score` with max_shift=0, one forward DFT per size."""
-    out = {}
-    groups: dict[tuple, list[str]] = {}
-    for cam, spec in spectra.items():
-        groups.setdefault(spec.shape, []).append(cam)
-    for shape, cams in groups.items():
-        if (residual.shape[0] > residual.shape[1]) != (shape[0] > shape[1]):
-            out |= {c: score(residual, spectra[c]).pce for c in cams}  # orientation differs: the library path
-            continue
-        h, w = min(residual.shape[0], shape[0]), min(residual.shape[1], shape[1])
-        r, c = crop_offsets(residual.shape, (h, w))
-        padded = np.zeros(shape, np.float32)
-        padded[:h, :w] = residual[r : r + h, c : c + w]
-        spec_w = cv2.dft(padded)
-        peak = crop_offsets(shape, (h, w))
-        for cam in cams:
-            cc = cv2.dft(
-                cv2.mulSpectrums(spectra[cam].spectrum, spec_w, 0, conjB=True),
-                flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE,
-            )
-            out[cam] = pce_at(cc, peak)
-    return out
+    """PCE at zero shift against every fingerprint (`pce.score`, max_shift=0): one residual transform per shape."""
+    probe = ResidualSpectrum(residual)
+    return {cam: score(probe, spec).pce for cam, spec in spectra.items()}
 
 
 def fingerprints(flats: dict[str, list[Path]], cache: Path) -> dict[str, np.ndarray]:
@@ -98,42 +86,54 @@ def fingerprints(flats: dict[str, list[Path]], cache: Path) -> dict[str, np.ndar
     return out
 
 
-def probe_record(pixels, name, q, crop, spectra, check=False) -> dict:
-    """All residual variants of one re-compressed probe, scored in both scopes."""
+def probe_record(pixels, name, q, crop, spectra, check=False, have: dict | None = None) -> dict:
+    """All residual variants of one re-compressed probe, scored in both scopes.
+
+    ``have``: a cached record of the same probe; only the variants it lacks are computed (the probe is
+    re-encoded bit-exactly, which its SHA-256 confirms).
+    """
     data = encode(pixels, DegradeSettings(q, "jpeg", "420"))
+    sha = hashlib.sha256(data).hexdigest()
+    if have is not None and have["sha256"] != sha:
+        raise RuntimeError(f"{name} q{q}: re-encoded probe differs from the cached one; use a fresh --cache")
     ev = decode(data, f"{name}.q{q}.420.jpg")
     lc = jd.read_luma_coefficients(data)
     g_full = grey_residual(ev.pixels, PARAMS)
-    g_centre = grey_residual(np.ascontiguousarray(centre_crop(ev.pixels, crop)), PARAMS)
-    rec = {"image": name, "quality": q, "sha256": hashlib.sha256(data).hexdigest(), "pce": {}, "criteria": {}}
+    rec = have or {"image": name, "quality": q, "sha256": sha, "pce": {}, "criteria": {}}
     residuals = {s: {} for s in SCOPES}
-    for scope, g in (("centre", g_centre), ("full", g_full)):
-        residuals[scope]["classic"] = postprocess(g, PARAMS)
-        residuals[scope]["classic-nowiener"] = zero_mean_cfa(g)
-        rec["criteria"][scope] = {"classic": jd.wiener_criterion(residuals[scope]["classic-nowiener"], PARAMS)[0]}
+    if "classic" not in rec["pce"].get("centre", {}):
+        g_centre = grey_residual(np.ascontiguousarray(centre_crop(ev.pixels, crop)), PARAMS)
+        for scope, g in (("centre", g_centre), ("full", g_full)):
+            residuals[scope]["classic"] = postprocess(g, PARAMS)
+            residuals[scope]["classic-nowiener"] = zero_mean_cfa(g)
+            nowiener = residuals[scope]["classic-nowiener"]
+            rec["criteria"].setdefault(scope, {})["classic"] = jd.wiener_criterion(nowiener, PARAMS)[0]
     (rows, cols), r0, c0 = g_full.shape, *crop_offsets(g_full.shape, crop)
-    for weighting in jd.WEIGHTINGS:
-        f = jd.filter_residual(g_full, lc, weighting)  # once per weighting; the crop comes after (as the library does)
+    for name_, (weighting, zeroed) in FILTERS.items():
+        if f"ca-{name_}-wiener" in rec["pce"].get("centre", {}):
+            continue
+        f = jd.filter_residual(g_full, lc, weighting, zeroed)  # once per filter; the crop comes after (as the library does)
         for scope, x, region in (
             ("centre", centre_crop(f, crop), (r0, c0, r0 + crop[0], c0 + crop[1])),
             ("full", f, (0, 0, rows, cols)),
         ):
             x = zero_mean_cfa(x)
             kept, filtered = jd.wiener_criterion(x, PARAMS)
-            residuals[scope][f"ca-{weighting}-wiener"] = filtered
-            residuals[scope][f"ca-{weighting}-nowiener"] = x
-            rec["criteria"][scope][weighting] = kept
+            residuals[scope][f"ca-{name_}-wiener"] = filtered
+            residuals[scope][f"ca-{name_}-nowiener"] = x
+            rec["criteria"].setdefault(scope, {})[name_] = kept
             rec["criteria"][scope]["surviving"] = lc.surviving_fraction(region)
-    if check:  # the shortcuts above equal the library's paths
-        lib, _ = jd.compression_aware_residual(g_full, lc, crop=crop, settings=jd.AwareSettings("binary", "always"))
+    if check and "ca-binary-wiener" in residuals["centre"]:  # the shortcuts above equal the library's paths
+        always = jd.AwareSettings(weighting="binary", wiener="always")
+        lib, _ = jd.compression_aware_residual(g_full, lc, crop=crop, settings=always)
         assert np.allclose(lib, residuals["centre"]["ca-binary-wiener"], atol=1e-5), "library path differs"
-        cam = next(iter(spectra["full"]))
-        ref = score(residuals["full"]["classic"], spectra["full"][cam]).pce
-        got = fast_pces(residuals["full"]["classic"], {cam: spectra["full"][cam]})[cam]
-        assert abs(ref - got) <= 1e-3 * max(1.0, abs(ref)), f"fast PCE {got} != score {ref}"
     for scope in SCOPES:
-        rec["pce"][scope] = {v: fast_pces(r, spectra[scope]) for v, r in residuals[scope].items()}
+        rec["pce"].setdefault(scope, {}).update({v: fast_pces(r, spectra[scope]) for v, r in residuals[scope].items()})
     return rec
+
+
+def complete(rec: dict) -> bool:
+    return all(f"ca-{n}-wiener" in rec["pce"]["centre"] for n in FILTERS)
 
 
 def collect(args) -> tuple[list[dict], dict]:
@@ -163,16 +163,16 @@ def collect(args) -> tuple[list[dict], dict]:
             done[(r["image"], r["quality"])] = r
     records = []
     for path, kind in probes:
-        todo = [q for q in args.qualities if (path.name, q) not in done]
+        todo = [q for q in args.qualities if not complete(done.get((path.name, q), {"pce": {"centre": {}}}))]
         if todo and args.cached_only:
             continue
         pixels = load_image(path).pixels if todo else None
         for q in args.qualities:
-            if (path.name, q) not in done:
+            if q in todo:
                 t = time.perf_counter()
-                r = probe_record(pixels, path.name, q, crop, spectra, check=not done)
+                r = probe_record(pixels, path.name, q, crop, spectra, check=not done, have=done.get((path.name, q)))
                 r |= {"unit": unit_of(path), "kind": kind}
-                with open(jsonl, "a") as f:
+                with open(jsonl, "a") as f:  # the last line of a probe wins when read back
                     f.write(json.dumps(r) + "\n")
                 done[(path.name, q)] = r
                 print(f"{path.name} q{q} {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
@@ -209,7 +209,7 @@ def select(records: list[dict], units: list[str]) -> dict:
     """Best (weighting, criterion, direction, threshold) on ``units``: objective on matching pairs, no false alarm."""
     sel = [r for r in records if r["unit"] in units]
     table = []
-    for weighting in jd.WEIGHTINGS:
+    for weighting in FILTERS:
         for crit in CRITERIA:
             key = weighting if crit == "kept" else crit
             values = sorted({r["criteria"][s][key] for r in sel for s in SCOPES})
@@ -239,11 +239,11 @@ def select(records: list[dict], units: list[str]) -> dict:
         "objective": best[4],
         "per_weighting_best": {
             f"{w}/{c}": max((t for t in table if t[0] == w and t[1] == c), key=lambda t: t[4])[2:]
-            for w in jd.WEIGHTINGS
+            for w in FILTERS
             for c in CRITERIA
         },
-        "always_wiener": {w: fixed(w, -1.0) for w in jd.WEIGHTINGS},
-        "never_wiener": {w: fixed(w, 1.0001) for w in jd.WEIGHTINGS},
+        "always_wiener": {w: fixed(w, -1.0) for w in FILTERS},
+        "never_wiener": {w: fixed(w, 1.0001) for w in FILTERS},
         "objective_definition": "mean log10 of matching PCE clipped to [1, 1000], both scopes, all qualities, "
         "natural and flat-field probes; -1 if any non-matching pair exceeds 60",
     }
@@ -252,15 +252,17 @@ def select(records: list[dict], units: list[str]) -> dict:
 ROWS = [
     ("classic", lambda r, s, c, p: r["pce"][s]["classic"][c]),
     ("classic, no Wiener", lambda r, s, c, p: r["pce"][s]["classic-nowiener"][c]),
-    ("CA binary", lambda r, s, c, p: r["pce"][s]["ca-binary-nowiener"][c]),
-    ("CA binary + Wiener", lambda r, s, c, p: r["pce"][s]["ca-binary-wiener"][c]),
-    ("CA 1/q", lambda r, s, c, p: r["pce"][s]["ca-inverse-q-nowiener"][c]),
-    ("CA 1/q + Wiener", lambda r, s, c, p: r["pce"][s]["ca-inverse-q-wiener"][c]),
-    ("CA 1/q^2", lambda r, s, c, p: r["pce"][s]["ca-inverse-q2-nowiener"][c]),
+    *[
+        (f"CA {name}{' + Wiener' if w else ''}", lambda r, s, c, p, v=f"ca-{name}-{'wiener' if w else 'nowiener'}": (
+            r["pce"][s][v][c]))
+        for name in FILTERS
+        for w in (False, True)
+    ],
     (
         "CA shipped default",
         lambda r, s, c, p: policy_pce(
-            r, s, c, DEFAULT.weighting, "above", DEFAULT.wiener_above, DEFAULT.criterion
+            r, s, c, filter_name(DEFAULT.weighting, DEFAULT.zeroed_weight), "above", DEFAULT.wiener_above,
+            DEFAULT.criterion
         ),
     ),
     (

@@ -27,6 +27,7 @@ from .identify import Matcher, cropped_pixels, residual_with_info
 from .jpegdomain import AwareSettings
 from .plots import detail_png, preview_png, thumbnail_jpeg
 from .provenance import atomic_write_bytes, atomic_write_json, tool_info, utc_now
+from .residualfile import is_residual_file, load_residual_file, match_saved
 from .residual import ResidualParams
 from .store import StoreError
 
@@ -77,6 +78,18 @@ class MatchJob:
 
     def __call__(self, path: str) -> dict:
         """``{"path", "error"}``, ``{"path", "sha256", "skipped": True}``, or the records (and artifacts)."""
+        if is_residual_file(path):  # a residual saved by spn extract / spn restore, with its provenance
+            try:
+                saved = load_residual_file(path)
+                if (path, saved.sha256) in self.skip:  # a case holds it already (rows name the source's SHA-256)
+                    return {"path": path, "sha256": saved.sha256, "skipped": True}
+                records = match_saved(self.matcher, saved)
+            except EvidenceError as exc:
+                return {"path": path, "error": exc.reason}
+            for r in records:
+                r["size_bytes"] = saved.size_bytes
+            return {"path": path, "sha256": saved.sha256, "records": records, "surfaces": {}, "preview": None,
+                    "thumbnail": None}  # fmt: skip
         try:
             data = read_bytes(path)
             sha = hashlib.sha256(data).hexdigest()
@@ -234,6 +247,7 @@ class RestoreJob:
             restored,
             {
                 "kind": "restored sensor noise (quality-conditioned GAN)",
+                "residual_kind": "restored",
                 "input": ev.provenance(),
                 "crop": list(self.crop) if self.crop else None,
                 "restoration": info,

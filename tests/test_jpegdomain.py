@@ -65,6 +65,13 @@ def test_colour_420_luma_coefficients_and_weights():
     assert wq.max() == 1.0 and np.all(wq2 <= wq + 1e-7)
     with pytest.raises(ValueError, match="binary, inverse-q"):
         jd.survival_weights(lc, "soft")
+    soft = jd.survival_weights(lc, "inverse-q", zeroed=0.25)  # the zeroed coefficients keep a quarter
+    np.testing.assert_array_equal(soft[kept], wq[kept])
+    assert np.all(soft[~kept] == np.float32(0.25))
+    with pytest.raises(ValueError, match="0..1"):
+        jd.survival_weights(lc, "binary", zeroed=1.5)
+    with pytest.raises(ValueError, match="zeroed_weight"):
+        jd.AwareSettings(zeroed_weight=-0.1)
 
 
 def test_block_dct_is_orthonormal_and_invertible():
@@ -230,3 +237,64 @@ def test_cli_extract_and_match_say_which_residual(runner, synth_case, tmp_path):
         assert (r["pce"] > 60) == own
     res = runner.invoke(app, ["match", str(png), "--db", str(db), "--residual", "wavelet"])
     assert res.exit_code != 0 and "classic, compression-aware" in res.output
+
+
+# ---------------------------------------------------------------- saved residuals matched later
+
+
+def test_saved_residuals_match_like_their_images_and_bad_ones_are_one_line(runner, synth_case, tmp_path):
+    """spn extract's .npy with its provenance scores as the image does; without valid provenance: one error line."""
+    db = tmp_path / "cams.h5"
+    for cam, folder in synth_case["flats"].items():
+        assert runner.invoke(app, ["fingerprint", str(folder), "-c", cam, "--db", str(db)]).exit_code == 0
+    probe = synth_case["probes"]["CAM-A"][0]
+    out = tmp_path / "res"
+    for kind in ("classic", "compression-aware"):
+        res = runner.invoke(app, ["extract", str(probe), "-o", str(out), "--residual", kind, "--crop", "192x256"])
+        assert res.exit_code == 0, res.output
+    saved = sorted(out.glob("*.npy"))
+    assert len(saved) == 2
+    direct = {}
+    for kind in ("classic", "compression-aware"):
+        args = ["match", str(probe), "--db", str(db), "-f", "json", "--crop", "192x256", "--residual", kind]
+        res = runner.invoke(app, args)
+        direct[kind] = {r["camera"]: r["pce"] for r in map(json.loads, res.stdout.splitlines())}
+    res = runner.invoke(app, ["match", *map(str, saved), "--db", str(db), "-f", "json", "--crop", "192x256"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(rows) == 4
+    source = json.loads(saved[0].with_suffix(".json").read_text())["input"]["sha256"]
+    for r in rows:
+        assert r["sha256"] == source and r["residual_file"].endswith(".npy") and len(r["residual_file_sha256"]) == 64
+        assert r["pce"] == pytest.approx(direct[r["residual_kind"]][r["camera"]], abs=1e-3)
+        assert (r["pce"] > 60) == (r["camera"] == "CAM-A")
+    # a crop that disagrees, a changed array, no provenance, a provenance without the source's hash
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    changed, orphan, nohash = (bad / f"{n}.npy" for n in ("changed", "orphan", "nohash"))
+    for f in (changed, orphan, nohash):
+        f.write_bytes(saved[0].read_bytes())
+    prov = json.loads(saved[0].with_suffix(".json").read_text())
+    changed.with_suffix(".json").write_text(json.dumps(prov | {"files": {"array": "changed.npy"}}))
+    changed.write_bytes(saved[0].read_bytes()[:-4] + b"\0\0\0\0")
+    nohash.with_suffix(".json").write_text(json.dumps(prov | {"input": {}, "files": {"array": "nohash.npy"}}))
+    args = ["match", str(saved[0]), str(changed), str(orphan), str(nohash), "--db", str(db), "-f", "csv"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 4, res.stderr
+    assert "centre crop of 192x256" in errors[0] and "--crop 192x256" in errors[0]
+    assert "changed.npy" in errors[1] and "array_sha256 differs" in errors[1]
+    assert "orphan.npy" in errors[2] and "no valid provenance orphan.json" in errors[2]
+    assert "nohash.npy" in errors[3] and "SHA-256 of the source" in errors[3]
+
+
+def test_out_is_refused_inside_any_evidence_folder_on_the_command_line(runner, synth_case, tmp_path):
+    """extract, restore and degrade: an --out inside the second evidence folder (or a file's folder) is refused."""
+    first = synth_case["probes"]["CAM-A"][0]
+    other = synth_case["flats"]["CAM-B"]
+    for cmd in ("extract", "restore", "degrade"):
+        for inside in (other / "sub", first.parent / "x"):
+            res = runner.invoke(app, [cmd, str(first), str(other), "--out", str(inside)])
+            assert res.exit_code == 2 and "inside the evidence" in res.output, (cmd, res.output)
+            assert not inside.exists()

@@ -349,3 +349,32 @@ def test_inference_never_imports_training_code():
     assert "spncli.restoration" in mods and "spncli.training" not in mods and "spncli.camerasim" not in mods, mods
     root = Path(__file__).resolve().parents[1]
     assert "spncli.cli" not in (root / "models" / "build_card.py").read_text()
+
+
+def test_card_tables_come_from_eval_outputs(tmp_path):
+    """models/build_card.py --tables-only: four rows per table, re-summarised per split from spn eval pairs."""
+    import importlib.util
+    import json
+
+    from spncli.evaluation import PairScore, summarize
+
+    spec = importlib.util.spec_from_file_location("build_card", Path(__file__).parents[1] / "models" / "build_card.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    pairs = []
+    for unit, pce in (("CAM_0", 80.0), ("CAM_1", 20.0)):
+        for cam in ("CAM_0", "CAM_1"):
+            own = cam == unit
+            pairs.append(PairScore(f"{unit}.q30.jpg", "q30", unit, cam, pce if own else 1.0, pce + 5 if own else 2.0,
+                                   pce - 5 if own else 0.5, pce * 2 if own else 3.0, "compression-aware"))  # fmt: skip
+    ev = {"rows": summarize(pairs, 60.0, lambda c: c.endswith("_1")), "pairs": [p.__dict__ for p in pairs],
+          "settings": {"units": "_1"}, "db_sha256": "d" * 64}  # fmt: skip
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(ev))
+    tables = card.labelled_tables([f"selection _0={path}#_0", f"report _1={path}"])
+    md = "\n".join(card.tables_markdown(tables, ["spn eval PROBES --db DB --aware --out X"]))
+    assert "| classic | 80.0 / 1.00 / 0 |" in md and "| compression-aware | 160.0 / 1.00 / 0 |" in md  # _0
+    assert "| classic | 20.0 / 0.00 / 0 |" in md and "| restored | 25.0 / 0.00 / 0 |" in md  # _1, as spn eval wrote
+    assert md.count("| classic, no Wiener |") == 2 and "    spn eval PROBES" in md
+    with pytest.raises(SystemExit, match="LABEL=EVAL_JSON"):
+        card.labelled_tables([str(path)])

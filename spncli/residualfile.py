@@ -1,0 +1,233 @@
+"""Residuals saved by ``spn extract`` / ``spn restore``, read back for matching with their provenance.
+
+``spn extract`` and ``spn restore`` write ``STEM.npy`` (float32, rows x cols)
+and, last, ``STEM.json``: the SHA-256 of the source image, the crop, the
+residual kind, the array's own SHA-256 and shape. A saved residual is
+evidence derived from evidence: it is matched only when that provenance is
+beside it and agrees with the array, so every match row can name the source
+image's SHA-256 and the residual kind it scored, exactly as when the image
+itself is matched. Anything else is refused with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .evidence import EvidenceError, read_bytes
+
+__all__ = ["SAVED_KINDS", "SavedQuality", "SavedResidual", "is_residual_file", "load_residual_file", "match_saved"]
+
+SAVED_KINDS = ("classic", "compression-aware", "restored")
+"""Residual kinds a saved residual may carry (``restored``: ``spn restore``'s output)."""
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MAX_JSON = 4 << 20
+
+
+@dataclass(frozen=True)
+class SavedQuality:
+    """The source JPEG's quality as the provenance recorded it (what match rows show)."""
+
+    quality: int | None
+
+
+@dataclass(frozen=True)
+class SavedResidual:
+    """A saved residual whose provenance was checked; quacks like :class:`spncli.evidence.Evidence` for matching.
+
+    Attributes
+    ----------
+    path : str
+        The ``.npy`` file as given.
+    sha256 : str
+        SHA-256 of the *source image* (what match rows record under ``sha256``).
+    shape : (int, int)
+        The source image's full frame (rows, cols), for orientation.
+    residual : ndarray, float32
+        The saved array.
+    kind : str
+        One of :data:`SAVED_KINDS`.
+    crop : (int, int) or None
+        The centre crop the residual was computed for (None: full frame).
+    file_sha256 : str
+        SHA-256 of the ``.npy`` file.
+    provenance : dict
+        The JSON beside it.
+    """
+
+    path: str
+    sha256: str
+    shape: tuple[int, int]
+    residual: np.ndarray = field(repr=False)
+    kind: str
+    crop: tuple[int, int] | None
+    file_sha256: str
+    provenance: dict = field(repr=False)
+    size_bytes: int = 0
+    quality: SavedQuality | None = None
+    pixels: None = None  # no image: no thumbnail
+
+    def info(self) -> dict:
+        """What a match row records about the residual (the Matcher's residual ``info``)."""
+        rinfo = self.provenance.get("residual_info") or {}
+        restoration = self.provenance.get("restoration") or {}
+        wiener = rinfo.get("wiener_applied", restoration.get("wiener_dft"))
+        if wiener is None:
+            wiener = (self.provenance.get("params") or {}).get("wiener_dft")
+        return {"residual_kind": self.kind, "wiener_applied": wiener, "fallback": rinfo.get("fallback")}
+
+    def row_fields(self) -> dict:
+        """Extra fields of every match row of this residual."""
+        restoration = self.provenance.get("restoration") or {}
+        out = {
+            "restored": self.kind == "restored",
+            "residual_file": self.path,
+            "residual_file_sha256": self.file_sha256,
+            "residual_crop": list(self.crop) if self.crop else None,
+        }
+        if self.kind == "restored":
+            out |= {
+                "network_applied": restoration.get("network_applied"),
+                "weights_sha256": restoration.get("weights_sha256"),
+            }
+        return out
+
+
+def is_residual_file(path) -> bool:
+    """Whether a path names a saved residual (by its ``.npy`` suffix)."""
+    return str(path).lower().endswith(".npy")
+
+
+def _kind_of(prov: dict) -> str | None:
+    kind = prov.get("residual_kind")
+    if kind is None and isinstance(prov.get("restoration"), dict):
+        kind = "restored"  # spn restore's record: a restored residual
+    return kind
+
+
+def _crop_of(value) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
+        return int(value[0]), int(value[1])
+    raise ValueError(f"crop {value!r} is not [rows, cols]")
+
+
+def load_residual_file(path) -> SavedResidual:
+    """Read a saved residual and check it against the provenance JSON beside it.
+
+    Parameters
+    ----------
+    path : path-like
+        ``STEM.npy``; ``STEM.json`` must be in the same folder.
+
+    Returns
+    -------
+    SavedResidual
+
+    Raises
+    ------
+    EvidenceError
+        One line naming the file: no provenance beside it, provenance
+        unreadable or incomplete (source SHA-256, residual kind, shape,
+        array SHA-256), array changed since it was written, not a 2-D
+        float32 array, non-finite values.
+    """
+    path = str(path)
+    data = read_bytes(path)
+    file_sha = hashlib.sha256(data).hexdigest()
+    side = Path(path).with_suffix(".json")
+    how = "(spn extract and spn restore write it as STEM.json beside STEM.npy)"
+    try:
+        prov = json.loads(read_bytes(side, max_bytes=_MAX_JSON).decode("utf-8"))
+    except EvidenceError as exc:
+        raise EvidenceError(path, f"no valid provenance {side.name} beside it: {exc.reason} {how}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EvidenceError(path, f"provenance {side.name} is not JSON ({exc}) {how}") from None
+    if not isinstance(prov, dict):
+        raise EvidenceError(path, f"provenance {side.name} is not a JSON object {how}")
+    source = prov.get("input") if isinstance(prov.get("input"), dict) else {}
+    kind = _kind_of(prov)
+    problems = []
+    if not isinstance(source.get("sha256"), str) or not _HEX64.fullmatch(source["sha256"]):
+        problems.append("no SHA-256 of the source image (input.sha256)")
+    if kind not in SAVED_KINDS:
+        problems.append(f"residual kind {kind!r} is not one of {', '.join(SAVED_KINDS)}")
+    if prov.get("array_sha256") != file_sha:
+        problems.append("array_sha256 differs from the file's SHA-256 (changed since written, or another file's)")
+    if (prov.get("files") or {}).get("array") not in (None, Path(path).name):
+        problems.append(f"it names another array ({(prov.get('files') or {}).get('array')!r})")
+    try:
+        crop = _crop_of(prov.get("crop"))
+        frame = (int(source["rows"]), int(source["cols"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        problems.append(f"crop or source frame unreadable ({exc})")
+        crop, frame = None, (0, 0)
+    if problems:
+        raise EvidenceError(path, f"invalid provenance {side.name}: " + "; ".join(problems))
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise EvidenceError(path, f"not a NumPy array file ({exc})") from None
+    if arr.dtype != np.float32 or arr.ndim != 2 or list(arr.shape) != prov.get("shape"):
+        raise EvidenceError(
+            path, f"array is {arr.dtype} {list(arr.shape)}, provenance says float32 {prov.get('shape')}"
+        )
+    if not np.isfinite(arr).all():
+        raise EvidenceError(path, "array has non-finite values")
+    q = source.get("jpeg_quality")
+    return SavedResidual(
+        path=path,
+        sha256=source["sha256"],
+        shape=frame,
+        residual=arr,
+        kind=kind,
+        crop=crop,
+        file_sha256=file_sha,
+        provenance=prov,
+        size_bytes=len(data),
+        quality=SavedQuality(q if isinstance(q, int) and not isinstance(q, bool) else None),
+    )
+
+
+def match_saved(matcher, saved: SavedResidual, *, surfaces: bool = False) -> list[dict]:
+    """Score a saved residual with a :class:`spncli.identify.Matcher`; rows name its kind and source.
+
+    The residual is scored as saved. Its crop must be the matcher's
+    (``--crop``) so that it meets the fingerprint's own centre crop; a
+    full-frame residual is centre-cropped here when the matcher crops.
+
+    Raises
+    ------
+    EvidenceError
+        A crop that disagrees with ``--crop``, or a matcher that would
+        restore (a saved residual has no pixels to restore from).
+    """
+    from .geometry import centre_crop
+
+    s = matcher.settings
+    if matcher.restorer is not None:
+        raise EvidenceError(saved.path, "a saved residual has no pixels to restore: match it without --restore")
+    w = saved.residual
+    want = None if s.crop is None else (min(s.crop[0], saved.shape[0]), min(s.crop[1], saved.shape[1]))
+    if saved.crop is not None and saved.crop != want:
+        got = f"{saved.crop[0]}x{saved.crop[1]}"
+        asked = "no --crop" if want is None else f"--crop {want[0]}x{want[1]}"
+        raise EvidenceError(saved.path, f"residual was saved for a centre crop of {got}, {asked} asked: "
+                                        f"match it with --crop {got}")  # fmt: skip
+    if saved.crop is None and want is not None:
+        if w.shape != saved.shape:
+            raise EvidenceError(saved.path, f"residual is {w.shape}, its source frame {saved.shape}")
+        w = np.ascontiguousarray(centre_crop(w, want))
+    info = saved.info()
+    records = matcher.match(saved, surfaces=surfaces, residual=(w, False, info))
+    extra = saved.row_fields()
+    return [r | extra for r in records]
+
