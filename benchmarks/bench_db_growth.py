@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spncli.leaks import Screener
 from spncli.prescreen import Prescreen
 from spncli.store import SIGNS, FingerprintStore
 
@@ -39,6 +40,11 @@ def main():
     ap.add_argument("--cameras", type=int, default=200)
     ap.add_argument("--size", type=int, default=512, help="fingerprint side (pixels)")
     ap.add_argument("--keep", default=None, help="folder for the database (default: a temporary folder)")
+    ap.add_argument(
+        "--leak-screen",
+        action="store_true",
+        help="add as spn fingerprint does: with the leak screen (PCE against every stored camera, O(N) by nature)",
+    )
     args = ap.parse_args()
     work = Path(args.keep or tempfile.mkdtemp(prefix="spn-dbgrowth-"))
     store = FingerprintStore(work / "db.h5")
@@ -48,7 +54,8 @@ def main():
         k = rng.standard_normal((args.size, args.size)).astype(np.float32)
         before = set(store.folder.glob("*.h5")) if store.folder.is_dir() else set()
         w0, t0 = wchar(), time.perf_counter()
-        store.add(f"cam-{i:04d}", k, {"camera": f"cam-{i:04d}", "synthetic": True})
+        screen = Screener(store, f"cam-{i:04d}", k) if args.leak_screen else None
+        store.add(f"cam-{i:04d}", k, {"camera": f"cam-{i:04d}", "synthetic": True}, screen=screen)
         seconds, written = time.perf_counter() - t0, wchar() - w0
         new = set(store.folder.glob("*.h5")) - before
         rows.append(
@@ -72,7 +79,8 @@ def main():
             f"{r['index_bytes']} |"
         )
     print(
-        f"\n{args.cameras} cameras of {args.size}x{args.size}: camera {last['camera']} wrote "
+        f"\n{args.cameras} cameras of {args.size}x{args.size}"
+        f"{' with the leak screen' if args.leak_screen else ''}: camera {last['camera']} wrote "
         f"{last['write_bytes'] / first['write_bytes']:.2f}x the bytes of camera 1, took "
         f"{last['seconds'] / first['seconds']:.2f}x its time; median seconds of cameras 1-20 {early:.4f}, of the "
         f"last 20 {late:.4f}; "

@@ -16,6 +16,15 @@ Two safeguards, both run when a camera is added to a database:
   match of a centre crop would use. A pair above the threshold (the match
   threshold, 60 by default) is *flagged*: a match against either camera may
   be the shared component, not the sensor.
+  With a database's pre-screen records (:mod:`spncli.prescreen`), the
+  new fingerprint's sign agreement ``z`` with every stored one is computed
+  first (one bit per pixel; ``z`` is about ``(2/π) sqrt(PCE)`` for weak
+  correlations [4]_, 3.4-5.7 for the real Praktica pairs of PCE 51-64) and
+  the exact PCE runs on the cameras with ``z >= 2`` (PCE about 10), the
+  ``8`` best and any without a record; the others are recorded with their
+  ``z`` only (``method: "signs"``). This keeps the screen's cost near
+  constant as the database grows; ``spn fingerprint --leak-screen exact``
+  scores every stored camera exactly.
 * **Periodic peaks.** A periodic pattern puts isolated peaks into the power
   spectrum ``|F(K)|²``. Each frequency's power is divided by the local level,
   ``exp(mean of log power over a 15x15 window + γ)`` (γ the Euler-Mascheroni
@@ -57,6 +66,9 @@ References
 .. [3] M. Goljan, J. Fridrich, T. Filler, "Large scale test of sensor
    fingerprint camera identification", Proc. SPIE 7254, 72540I, 2009.
    :doi:`10.1117/12.805701`
+.. [4] W. F. Sheppard, "On the application of the theory of error to cases of
+   normal distribution and normal correlation", Phil. Trans. R. Soc. A 192,
+   101-167, 1899 (the sign correlation ``(2/π) arcsin ρ`` of jointly Gaussian values).
 """
 
 from __future__ import annotations
@@ -72,6 +84,8 @@ from .pce import FingerprintSpectrum, ResidualSpectrum, rfft2, score
 
 __all__ = [
     "LEAK_VERSION",
+    "SIGN_Z",
+    "SIGN_TOP",
     "PEAK_RATIO",
     "MAX_PERIOD",
     "PERIODIC_FLAG",
@@ -88,6 +102,10 @@ __all__ = [
 ]
 
 LEAK_VERSION = "spn-leaks/1"
+SIGN_Z = 2.0
+"""With pre-screen records: stored cameras at or above this sign agreement get the exact PCE."""
+SIGN_TOP = 8
+"""With pre-screen records: the cameras of best sign agreement that always get the exact PCE."""
 PEAK_RATIO = 100.0
 """A frequency this many times above its local power level is a peak."""
 MAX_PERIOD = 64
@@ -227,6 +245,8 @@ def screen(
     load: Callable[[str], tuple[np.ndarray, str]],
     *,
     threshold: float = 60.0,
+    ranks: dict[str, float] | None = None,
+    identify: Callable[[str], str] | None = None,
 ) -> dict:
     """The leak screen of a new fingerprint: PCE against each stored one, and its periodic peaks.
 
@@ -243,6 +263,14 @@ def screen(
         message for a camera that cannot be read (recorded, not fatal).
     threshold : float, optional
         PCE above which a pair is flagged.
+    ranks : dict, optional
+        ``camera -> sign agreement z`` from the pre-screen records. When
+        given, only cameras with ``z >= SIGN_Z``, the ``SIGN_TOP`` best and
+        cameras absent from ``ranks`` are loaded and scored; the others are
+        recorded with their ``z`` (``method: "signs"``, ``pce`` None).
+    identify : callable, optional
+        ``identify(camera) -> K's SHA-256`` without reading K (required with
+        ``ranks``): a record names the fingerprint it was screened against.
 
     Returns
     -------
@@ -256,8 +284,17 @@ def screen(
         raise ValueError(f"leak threshold must be finite, got {threshold}")
     probe: dict = {}
     compared, failed = [], []
-    for other in sorted(set(others) - {camera}):
+    others = sorted(set(others) - {camera})
+    exact = set(others)
+    if ranks is not None:
+        best = sorted((c for c in others if c in ranks), key=lambda c: -ranks[c])[:SIGN_TOP]
+        exact = {c for c in others if c not in ranks or ranks[c] >= SIGN_Z} | set(best)
+    for other in others:
         try:
+            if other not in exact:  # the sign agreement rules a leak out: recorded, not loaded
+                compared.append({"camera": other, "fingerprint_sha256": identify(other), "pce": None,
+                                 "sign_z": round(ranks[other], 3), "method": "signs", "flagged": False})  # fmt: skip
+                continue
             k_other, sha = load(other)
         except Exception as exc:  # a damaged stored camera is named, the screen goes on
             failed.append({"camera": other, "reason": str(exc)})
@@ -268,13 +305,18 @@ def screen(
             "fingerprint_sha256": sha,
             "pce": round(value, 4),
             "size": [int(size[0]), int(size[1])],
+            "method": "exact",
+            **({"sign_z": round(ranks[other], 3)} if ranks and other in ranks else {}),
             "flagged": value > threshold,
         })  # fmt: skip
     return {
         "version": LEAK_VERSION,
         "threshold": threshold,
         "rule": "PCE of the two fingerprints at zero shift, both centre-cropped to the common size "
-        "(spncli.geometry rule), sensor orientation as stored; flagged above the threshold",
+        "(spncli.geometry rule), sensor orientation as stored; flagged above the threshold"
+        + ("" if ranks is None else f"; exact PCE only where the sign agreement z >= {SIGN_Z:g}, for the "
+           f"{SIGN_TOP} best z and for cameras without a pre-screen record (the rest: z recorded)"),
+        "mode": "exact" if ranks is None else "signs",
         "compared": compared,
         "failed": failed,
         "periodic": periodic_peaks(k),
@@ -361,8 +403,9 @@ class Screener:
     read is listed under ``failed``. The screen made is kept in ``result``.
     """
 
-    def __init__(self, store, camera: str, k: np.ndarray, *, threshold: float = 60.0, sources: Iterable[str] = ()):
-        self.store, self.camera, self.k, self.threshold = store, camera, k, threshold
+    def __init__(self, store, camera: str, k: np.ndarray, *, threshold: float = 60.0, sources: Iterable[str] = (),
+                 exact: bool = False):  # fmt: skip
+        self.store, self.camera, self.k, self.threshold, self.exact = store, camera, k, threshold, exact
         self.sources = set(sources)  # SHA-256 of the new fingerprint's images: a pair sharing some is named so
         self.result: dict | None = None
 
@@ -370,8 +413,24 @@ class Screener:
         fp = self.store.load(other)
         return fp.k, fp.sha256
 
+    def _ranks(self, others: list[str]) -> dict[str, float]:
+        """Sign agreement of the new fingerprint with every stored one that has a pre-screen record."""
+        from .prescreen import PrescreenIndex
+
+        if not others:  # the first camera (the database may not exist yet)
+            return {}
+        digests, _unindexed = self.store.sign_digests(others)
+        index = PrescreenIndex()
+        for cam, digest in digests.items():
+            index.add_digest(cam, digest)
+        if not len(index):
+            return {}
+        return {c.camera: c.z for c in index.query(self.k, top=None, rotations=False)}
+
     def __call__(self, others: list[str]) -> dict:
-        self.result = screen(self.camera, self.k, others, self._load, threshold=self.threshold)
+        ranks = None if self.exact else self._ranks(others)
+        self.result = screen(self.camera, self.k, others, self._load, threshold=self.threshold, ranks=ranks,
+                             identify=lambda cam: self.store.header(cam)[0])  # fmt: skip
         for entry in self.result["compared"]:
             if entry["flagged"] and self.sources:
                 theirs = {s.get("sha256") for s in self.store.meta(entry["camera"]).get("sources") or ()}
@@ -382,10 +441,13 @@ class Screener:
 def screen_summary(camera: str, rec: dict) -> tuple[str, list[str]]:
     """One summary line and the warning lines of a new camera's screen (:func:`screen`)."""
     compared = rec.get("compared", [])
-    best = max(compared, key=lambda e: e["pce"], default=None)
+    scored = [e for e in compared if e.get("pce") is not None]
+    best = max(scored, key=lambda e: e["pce"], default=None)
     periodic = rec.get("periodic") or {}
+    by_signs = len(compared) - len(scored)
     line = (
         f"leak screen of {camera}: compared with {len(compared)} stored fingerprint(s)"
+        + (f" ({len(scored)} by exact PCE, {by_signs} ruled out by sign agreement z < {SIGN_Z:g})" if by_signs else "")
         + (f", highest PCE {best['pce']:.1f} ({best['camera']})" if best else "")
         + f"; {periodic.get('n_peaks', 0)} periodic spectral peak(s), {periodic.get('energy', 0):.3%} of its energy"
     )

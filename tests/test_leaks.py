@@ -13,7 +13,7 @@ from spncli.casework import run_case
 from spncli.cli import app
 from spncli.geometry import centre_crop
 from spncli.identify import Matcher, MatchSettings
-from spncli.leaks import database_flags, match_warnings, periodic_peaks, store_flags
+from spncli.leaks import SIGN_TOP, SIGN_Z, Screener, database_flags, match_warnings, periodic_peaks, store_flags
 from spncli.report import build_report
 from spncli.store import FingerprintStore
 from spncli.synthetic import dead_leaves, encode_jpeg, expose, flat_field, synthetic_prnu
@@ -257,3 +257,41 @@ def test_a_periodic_artifact_warns_with_its_periods(dresden_512):
     assert len(lines) == 1 and lines[0].startswith("periodic artifact: the fingerprint of Nikon_D70_1 has")
     assert f"carrying {found['energy']:.2%}" in lines[0] and "px" in lines[0]
     assert warnings_for("Nikon_D70_1", {"pairs": [], "periodic": periodic_peaks(k)}) == []
+
+
+def test_the_sign_screen_flags_the_real_praktica_pairs_as_the_exact_screen_does(tmp_path):
+    """Real leaks (Praktica C0-C2 PCE 63.9, C1-C2 61.0): the default screen loads only the cameras whose sign
+    agreement does not rule a leak out, and flags exactly the pairs the exhaustive screen flags."""
+    if not PRAKTICA.is_dir():
+        pytest.skip(f"Praktica fingerprints not found at {PRAKTICA}")
+    ks = {}
+    for png in sorted(PRAKTICA.glob("*.png")):
+        k = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION).astype(np.float32) - 127.5
+        ks[png.stem.split("_")[1]] = np.ascontiguousarray(k / np.float32(32.5))
+    rng = np.random.default_rng(3)
+    for i in range(10):  # unrelated cameras of the same size: the sign screen must rule them out without loading
+        ks[f"noise{i}"] = rng.standard_normal(ks["PrakticaC0"].shape).astype(np.float32)
+    flagged = {}
+    for exact in (False, True):
+        store = FingerprintStore(tmp_path / f"db-{exact}.h5")
+        screens = {}
+        for cam, k in ks.items():
+            screener = Screener(store, cam, k, exact=exact)
+            store.add(cam, k, {"camera": cam}, screen=screener)
+            screens[cam] = screener.result
+        flags, problems = store_flags(store)
+        assert not problems
+        flagged[exact] = {(c, p["camera"]) for c, f in flags.items() for p in f["pairs"]}
+        methods = [e["method"] for rec in screens.values() for e in rec["compared"]]
+        if exact:
+            assert set(methods) == {"exact"}
+        else:  # beyond the SIGN_TOP best, only cameras of high sign agreement were loaded; the rest carry their z
+            assert methods.count("signs") >= sum(max(0, i - SIGN_TOP - 2) for i in range(len(ks)))
+            for rec in screens.values():
+                loaded = [e for e in rec["compared"] if e["method"] == "exact"]
+                assert len(loaded) <= SIGN_TOP + sum(e["sign_z"] >= SIGN_Z for e in loaded)
+                assert all(e["sign_z"] < SIGN_Z and e["pce"] is None for e in rec["compared"] if e["method"] == "signs")
+        assert all(not f["unscreened"] for f in flags.values())  # every pair compared one way or the other
+    want = {("PrakticaC0", "PrakticaC2"), ("PrakticaC2", "PrakticaC0"), ("PrakticaC1", "PrakticaC2"),
+            ("PrakticaC2", "PrakticaC1")}  # fmt: skip
+    assert flagged[False] == flagged[True] == want

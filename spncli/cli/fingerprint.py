@@ -44,6 +44,14 @@ def fingerprint(
             callback=finite("--leak-threshold"),
         ),
     ] = 60.0,
+    leak_screen: Annotated[
+        str,
+        typer.Option(
+            help="signs: exact PCE for the stored cameras whose sign agreement with the new fingerprint is z >= 2, "
+            "the 8 best and any without a pre-screen record, z recorded for the rest (cost nearly flat in the "
+            "database's size); exact: the PCE against every stored camera.",
+        ),
+    ] = "signs",
     device: DeviceOption = "auto",
 ):
     """Estimate the maximum-likelihood PRNU fingerprint of a camera and add it to the database.
@@ -58,12 +66,15 @@ def fingerprint(
     origin), quality statistics, parameters, tool version and UTC time, all
     under a checksum verified whenever the fingerprint is read.
 
-    Leak screen: the new fingerprint's PCE against every stored one and its
-    periodic spectral peaks are sealed into its record; a pair above
+    Leak screen: the new fingerprint's PCE against every stored one (with
+    --leak-screen signs, the default, only where the pre-screen's sign agreement
+    does not rule a leak out) and its periodic spectral peaks are sealed into its record; a pair above
     --leak-threshold, or a periodic artifact, gives a warning line here and a
     warning on every later match against either camera (spn db leaks lists them).
     """
     size = crop_option(crop)
+    if leak_screen not in ("signs", "exact"):
+        die(f"--leak-screen: {leak_screen!r} is not a screen (allowed: signs, exact)")
     device_option(device)
     store = FingerprintStore(db)
     try:
@@ -94,7 +105,8 @@ def fingerprint(
             on_warning=warn,
             device=device,
         )
-        screen = Screener(store, camera, k, threshold=leak_threshold, sources=[s["sha256"] for s in meta["sources"]])
+        screen = Screener(store, camera, k, threshold=leak_threshold, sources=[s["sha256"] for s in meta["sources"]],
+                          exact=leak_screen == "exact")  # fmt: skip
         digest = store.add(camera, k, meta, replace=replace, screen=screen)
     except (FingerprintRefused, StoreError) as exc:
         die(str(exc), EXIT_SOME_FAILED)
