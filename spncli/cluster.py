@@ -548,11 +548,15 @@ def _array(shape: tuple[int, int], settings: ClusterSettings, folder: str, name:
 def _residual_matrix(shaped, size, settings, max_pixels, folder, fail, on_progress):
     """Residuals of the images at the analysis size and orientation, one per row; and the image records."""
     x = _array((len(shaped), size[0] * size[1]), settings, folder, "residuals")
-    images = []
+    images, seen = [], {}
     for path, shape in shaped:
         crop, rotation = _analysis_crop(shape, size)
         try:
             ev = load_image(path, max_pixels=max_pixels)
+            if ev.sha256 in seen:  # a copy would group with its original on content, not on the sensor
+                raise EvidenceError(str(path), f"same bytes as {seen[ev.sha256]} (SHA-256 {ev.sha256[:16]}...): "
+                                    "clustered once")  # fmt: skip
+            seen[ev.sha256] = str(path)
             w = residual_of(ev, settings.params, crop)
         except EvidenceError as exc:
             fail(exc.path, exc.reason)

@@ -331,7 +331,7 @@ def _heif_primary(data: bytes):
         cols, rows = image.size
         transforms = [list(t) for t in image._c_image.transformations]  # noqa: SLF001 (no public accessor)
     except Exception as exc:  # libheif reports any malformed container as one of several types
-        raise ValueError(f"unreadable HEIC/HEIF header ({exc})") from None
+        raise ValueError(f"unreadable HEIC/HEIF header ({' '.join(str(exc).split())})") from None  # one line
     if any(t[0] == "irot" and t[1] % 180 for t in transforms):
         rows, cols = cols, rows
     return image, rows, cols, transforms

@@ -336,3 +336,22 @@ def test_files_that_are_not_images_are_counted_not_skipped_silently(synth_folder
                  ["calibrate", "--db", str(db), str(folder), "--qualities", "none"]):  # fmt: skip
         res = runner.invoke(app, args)
         assert res.exit_code == 0 and line in res.stderr, (args, res.output)
+
+
+def test_a_copy_of_an_image_is_used_once_in_a_cluster_and_a_pool(synth_folder, runner, tmp_path):
+    """Two files of the same bytes group on their content, not on the sensor, and are one observation of it: the
+    copy is named (error line, exit 1) and not used."""
+    src, _ = synth_folder
+    first = sorted(src.iterdir())[0]
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes(first.read_bytes())
+    other = sorted(src.iterdir())[1]
+    res = runner.invoke(app, ["cluster", str(first), str(copy), str(other), "-f", "json"])
+    assert res.exit_code == 1 and f"error: {copy}: same bytes as {first}" in res.stderr, res.output
+    record = json.loads(res.stdout)
+    assert record["n_images"] == 2 and [f["path"] for f in record["failed"]] == [str(copy)]
+    db = tmp_path / "db.h5"
+    FingerprintStore(db).add("cam", np.full((128, 192), 1e-3, np.float32), {})
+    res = runner.invoke(app, ["match", "--pool", str(first), str(copy), "--db", str(db), "-f", "json"])
+    assert res.exit_code == 1 and f"error: {copy}: same bytes as {first}" in res.stderr, res.output
+    assert json.loads(res.stdout.splitlines()[0])["n_images"] == 1

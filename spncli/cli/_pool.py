@@ -39,10 +39,15 @@ def _pooled(images, matcher: Matcher, *, singles: bool, weighting: str) -> tuple
 
     Raises ``ValueError`` (:class:`spncli.pooling.PoolSizeError` naming files and sizes) when nothing can be pooled.
     """
-    evidences, failed, others = [], [], []
+    evidences, failed, others, seen = [], [], [], {}
     for path in gather_inputs(images, on_other=others.append):
         try:
-            evidences.append(load_image(path, max_pixels=State.max_pixels))
+            ev = load_image(path, max_pixels=State.max_pixels)
+            if ev.sha256 in seen:  # one image twice is not two observations of the sensor
+                raise EvidenceError(str(path), f"same bytes as {seen[ev.sha256]} (SHA-256 {ev.sha256[:16]}...): "
+                                    "pooled once")  # fmt: skip
+            seen[ev.sha256] = str(path)
+            evidences.append(ev)
         except EvidenceError as exc:
             fail_line(exc.path, exc.reason)
             failed.append({"path": exc.path, "reason": exc.reason})
