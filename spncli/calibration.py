@@ -134,15 +134,17 @@ def band_of(quality: int | None) -> str:
 
 
 def parse_qualities(text: str | None) -> tuple[int, ...]:
-    """``"90,70,50,30"`` -> (90, 70, 50, 30); ``"none"`` or empty -> () (no re-compression).
+    """``"90,70,50,30"`` -> (90, 70, 50, 30); ``"none"`` or None -> () (no re-compression).
 
     Raises
     ------
     ValueError
-        Naming the allowed values (integers 1-100, comma-separated, or ``none``).
+        Naming the allowed values (integers 1-100, comma-separated, or ``none``); an empty text too.
     """
-    if text is None or text.strip().lower() in ("", "none"):
+    if text is None or text.strip().lower() == "none":
         return ()
+    if not text.strip():
+        raise ValueError("empty: use integers 1-100, comma-separated, or none")
     out = []
     for part in text.split(","):
         try:

@@ -76,8 +76,8 @@ def test_bands_and_qualities():
         "q90-100", "q90-100", "q70-89", "q70-89", "q50-69", "q50-69", "q1-49", "q1-49", NOT_JPEG,
     ]  # fmt: skip
     assert parse_qualities("90, 70,50,30,70") == (90, 70, 50, 30)
-    assert parse_qualities("none") == () and parse_qualities("") == ()
-    for bad in ("0", "101", "high", "90,,70"):
+    assert parse_qualities("none") == ()
+    for bad in ("0", "101", "high", "90,,70", "", " "):
         with pytest.raises(ValueError, match="1-100"):
             parse_qualities(bad)
 
@@ -259,7 +259,7 @@ def test_cli_calibrate_json_and_help(lab, runner, tmp_path):
     some = lab["background"][::3]  # 6 images: a JSON record, fast
     args = ["calibrate", "--db", str(db), *map(str, some), "--leave-one-camera-out", "--labels",
             str(lab["labels"]), "--qualities", "none", "--crop", "256", "-f", "json"]  # fmt: skip
-    res = runner.invoke(app, args)
+    res = runner.invoke(app, [*args, "--replace"])  # the copied database holds the lab's calibration
     assert res.exit_code == 0, res.output
     record = json.loads(res.stdout)
     assert record["calibration_sha256"] == FingerprintStore(db).calibration()[1]
@@ -271,6 +271,15 @@ def test_cli_calibrate_json_and_help(lab, runner, tmp_path):
     assert res.exit_code == 0 and res.stdout.startswith("camera,band,count,"), res.output
     res = runner.invoke(app, ["calibrate", "--db", str(db), str(lab["background"][0]), "--labels", str(lab["labels"])])
     assert res.exit_code == 2 and "--leave-one-camera-out" in res.output
+    stored = FingerprintStore(db).calibration_path.read_bytes()
+    res = runner.invoke(app, args)  # a stored calibration is never replaced by accident
+    assert res.exit_code == 2 and "--replace" in res.output and "scored" not in res.output, res.output
+    assert FingerprintStore(db).calibration_path.read_bytes() == stored
+    res = runner.invoke(app, [*args[:-2], "--qualities", "", "--replace"])
+    assert res.exit_code == 2 and "--qualities: empty" in res.output, res.output
+    res = runner.invoke(app, [*args, "--replace"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["calibration_sha256"] == FingerprintStore(db).calibration()[1]
 
 
 def test_calibration_write_is_atomic_and_cleans_a_killed_writers_temporary(tmp_path, monkeypatch):

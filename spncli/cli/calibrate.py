@@ -91,6 +91,9 @@ def calibrate(
         float, typer.Option(help="Decision threshold the tails are summarized at.", callback=finite("--threshold"))
     ] = 60.0,
     show: Annotated[bool, typer.Option("--show", help="Print the stored calibration; measure nothing.")] = False,
+    replace: Annotated[
+        bool, typer.Option(help="Replace a stored calibration (refused without it, before anything is measured).")
+    ] = False,
     format: Annotated[
         Format, typer.Option("--format", "-f", help="table, json (one JSON record) or csv, on stdout.")
     ] = Format.table,
@@ -116,7 +119,7 @@ def calibrate(
     p_fa_empirical = (1 + #null >= PCE) / (1 + n) with null_count n and
     null_band, when it scores with the same crop, shift search and rotations;
     otherwise those fields are null and calibration_note says why. Run again
-    to replace the calibration (after adding cameras, for instance).
+    with --replace to replace the calibration (after adding cameras, for instance).
     """
     store = FingerprintStore(db)
     if show:
@@ -138,6 +141,13 @@ def calibrate(
         quals = parse_qualities(qualities)
     except ValueError as exc:
         die(f"--qualities: {exc}")
+    try:
+        stored = not replace and store.path.exists() and store.calibration_path.exists()
+    except OSError:
+        stored = False
+    if stored:
+        die(f"{db}: a calibration is stored already ({store.calibration_path}); use --replace to measure a new one "
+            "(spn calibrate --db DB --show prints it)")  # fmt: skip
     settings = MatchSettings(threshold=threshold, crop=crop_option(crop), max_shift=max_shift, rotations=rotations,
                              params=ResidualParams())  # fmt: skip
     failed = 0
