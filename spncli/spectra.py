@@ -191,6 +191,17 @@ def _regular(path: Path) -> bool:
         return False
 
 
+class _HashingWriter:
+    """A binary file that hashes what is written to it (the bytes written, not read back)."""
+
+    def __init__(self, fh):
+        self.fh, self.sha256 = fh, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self.fh.write(data)
+
+
 def write_shared(task: tuple) -> str | None:
     """Transform one camera's fingerprint into a run's shared folder (a task run on a worker).
 
@@ -211,8 +222,9 @@ def write_shared(task: tuple) -> str | None:
         fd, tmp = tempfile.mkstemp(prefix=f".{stem.name}.", suffix=".tmp", dir=folder)
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.save(fh, spectrum.spectrum, allow_pickle=False)
-            digest = file_sha256(tmp)
+                hashing = _HashingWriter(fh)
+                np.save(hashing, spectrum.spectrum, allow_pickle=False)
+            digest = hashing.sha256.hexdigest()
             os.replace(tmp, f"{stem}.npy")
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
