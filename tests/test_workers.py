@@ -114,7 +114,7 @@ def test_shared_transforms_are_mapped_read_only_and_score_as_in_process(store, d
     names = store.cameras()
     worker = _shared_job(store, settings, tmp_path / "shared-spectra")
     eager = Matcher((store.load(n) for n in names), settings)
-    for image in sorted((dresden / "nat-jpg").glob("*.JPG"))[:2]:
+    for image in sorted((dresden / "nat-jpg").glob("*.JPG"))[: 2 if crop else 1]:  # a full frame costs seconds
         got = worker(str(image))["records"]
         want = eager.match(load_image(image))
         assert [r["camera"] for r in got] == names
