@@ -3,6 +3,7 @@ budget and score as the eager Matcher does, and adding a camera writes that came
 
 from __future__ import annotations
 
+import os
 import pickle
 import tempfile
 from pathlib import Path
@@ -163,3 +164,20 @@ def test_the_shared_folder_is_temporary_and_removed(store, tmp_path):
         assert len(list(folder.glob("*.npy"))) == len(list(folder.glob("*.json"))) == 5
         assert folder.parent == Path(tempfile.gettempdir()) and store.path.parent not in folder.parents
     assert not folder.exists()
+
+
+def test_a_killed_runs_shared_folder_is_removed_by_the_next_run(tmp_path, monkeypatch):
+    from spncli import batch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / "spn-spectra-999999999-abc"  # no such process
+    alive = tmp_path / f"spn-spectra-{os.getpid()}-abc"
+    for folder in (dead, alive):
+        folder.mkdir()
+        (folder / "x.npy").write_bytes(b"x")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    link = tmp_path / "spn-spectra-999999998-link"
+    link.symlink_to(other, target_is_directory=True)
+    batch._remove_abandoned()
+    assert not dead.exists() and alive.exists() and link.is_symlink() and other.exists()
