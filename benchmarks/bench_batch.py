@@ -1,7 +1,9 @@
 """Scale: a generated folder of 12 MP images from synthetic cameras against a database of 50 fingerprints.
 
 Measures images per second and peak memory (the whole process tree: the CLI
-and its Dask workers, sampled every 0.2 s) for one worker and for all cores,
+and its Dask workers, sampled every 0.2 s; the sum of PSS, which counts the
+workers' shared read-only map of the transforms once, and the sum of RSS, which
+counts it once per worker) for one worker and for all cores,
 with the classic and the restored residual. The workers read the
 fingerprints from the database themselves and keep at most --worker-memory of
 their transforms each (the client transforms none); several budgets can be
@@ -30,34 +32,45 @@ from spncli.store import FingerprintStore
 from spncli.synthetic import dead_leaves, encode_jpeg, expose, synthetic_prnu
 
 
-def rss_by_pid(proc: psutil.Process) -> dict[int, int]:
-    """RSS of each process of the tree (the CLI, the Dask nannies and workers)."""
+def rss_by_pid(proc: psutil.Process) -> dict[int, tuple[int, int, float]]:
+    """(RSS, PSS, CPU seconds) of each process of the tree (the CLI, the Dask nannies and workers).
+
+    RSS counts a page shared by several processes (the workers' read-only map of the shared
+    fingerprint transforms) once in each of them; PSS divides it among them, so the sum of PSS over
+    the tree is the memory the tree holds.
+    """
     out = {}
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            out[p.pid] = p.memory_info().rss
-        except psutil.NoSuchProcess:
+            info, cpu = p.memory_full_info(), p.cpu_times()
+            out[p.pid] = (info.rss, info.pss, cpu.user + cpu.system)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return out
 
 
-def run(cmd: list[str]) -> tuple[float, float, float, float]:
-    """Wall seconds; peak RSS (MiB) of the process tree, of the CLI process, and of its largest other process."""
+def run(cmd: list[str]) -> tuple[float, float, float, float, float, float]:
+    """Wall seconds; peak RSS (MiB) of the process tree, of the CLI process, of its largest other process;
+    peak PSS (MiB) of the tree; CPU seconds (user + system) of the tree, as last sampled (to 0.2 s)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
-    peak, each = 0, {}
+    peak, peak_pss, each, cpu = 0, 0, {}, {}
     while proc.poll() is None:
         now = rss_by_pid(ps)
-        peak = max(peak, sum(now.values()))
-        for pid, rss in now.items():
+        peak = max(peak, sum(r for r, _, _ in now.values()))
+        peak_pss = max(peak_pss, sum(p for _, p, _ in now.values()))
+        for pid, (rss, _, seconds) in now.items():
             each[pid] = max(each.get(pid, 0), rss)
+            cpu[pid] = seconds
         time.sleep(0.2)
     err = proc.stderr.read()
     if proc.returncode not in (0, 1):
         raise RuntimeError(err[-2000:])
     client = each.pop(proc.pid, 0)
-    return time.perf_counter() - start, peak / 2**20, client / 2**20, max(each.values(), default=0) / 2**20
+    worker = max(each.values(), default=0)
+    wall = time.perf_counter() - start
+    return wall, peak / 2**20, client / 2**20, worker / 2**20, peak_pss / 2**20, sum(cpu.values())
 
 
 def main():
@@ -111,7 +124,7 @@ def main():
                    "--worker-memory", budget]  # fmt: skip
             if restored:
                 cmd.append("--restore")
-            seconds, peak, client, worker = run(cmd)
+            seconds, peak, client, worker, pss, cpu = run(cmd)
             rows_ = [json.loads(x) for x in (case / "results.jsonl").read_text().splitlines()]
             hits = sum(r["decision"] == "consistent" and r["image"].endswith(f"{r['camera']}.jpg") for r in rows_)
             results.append(
@@ -123,7 +136,10 @@ def main():
                     "cameras": args.cameras,
                     "seconds": round(seconds, 1),
                     "images_per_second": round(n / seconds, 3),
+                    "cpu_seconds": round(cpu, 1),
+                    "images_per_cpu_second_x2": round(2 * n / cpu, 3),
                     "peak_rss_mib": round(peak),
+                    "peak_pss_mib": round(pss),
                     "client_peak_mib": round(client),
                     "largest_worker_peak_mib": round(worker),
                     "true_matches": hits,
@@ -131,12 +147,16 @@ def main():
             )
             print(json.dumps(results[-1]), flush=True)
     print("\n| residual | workers | --worker-memory | images | cameras | seconds | images/s "
-          "| peak RSS (MiB, all processes) | client peak | largest worker peak |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| CPU s (all processes) | images per CPU-second x 2 "
+          "| peak PSS (MiB, all processes) | peak RSS (MiB, all processes) | client peak RSS "
+          "| largest worker peak RSS |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['residual']} | {r['workers']} | {r['worker_memory']} | {r['images']} | {r['cameras']} | "
-            f"{r['seconds']} | {r['images_per_second']} | {r['peak_rss_mib']} | {r['client_peak_mib']} | "
+            f"{r['seconds']} | {r['images_per_second']} | {r['cpu_seconds']} | {r['images_per_cpu_second_x2']} | "
+            f"{r['peak_pss_mib']} | {r['peak_rss_mib']} | "
+            f"{r['client_peak_mib']} | "
             f"{r['largest_worker_peak_mib']} |"
         )
 

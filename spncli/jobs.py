@@ -15,7 +15,7 @@ import copy
 import hashlib
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -120,6 +120,24 @@ class MatchJob:
             "preview": preview,
             "thumbnail": thumbnail,
         }
+
+
+    def share(self, folder: str, run_map) -> tuple[MatchJob, list[str]]:
+        """This job with the fingerprint transforms written once into ``folder`` for all workers.
+
+        Only for a matcher whose fingerprints stay in the database
+        (:meth:`spncli.identify.Matcher.from_database`); otherwise the job is returned as it is.
+        See :meth:`spncli.spectra.DatabaseSpectra.shared_in` for ``run_map`` and the failures returned.
+        """
+        from .spectra import DatabaseSpectra
+
+        spectra = self.matcher.spectra
+        if not isinstance(spectra, DatabaseSpectra):
+            return self, []
+        shared, failed = spectra.shared_in(folder, run_map)
+        matcher = copy.copy(self.matcher)
+        matcher.spectra = shared
+        return replace(self, matcher=matcher), failed
 
 
 def _release_pixels(ev, keep: bool) -> np.ndarray | None:

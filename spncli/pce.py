@@ -181,6 +181,18 @@ class FingerprintSpectrum:
         self.sum_sq = float(cv2.norm(k, cv2.NORM_L2SQR))
         self._regions: dict = {}
 
+    @classmethod
+    def from_parts(cls, spectrum: np.ndarray, shape: tuple[int, int], mean: float, sum_sq: float):
+        """A transform computed earlier (e.g. a read-only memory map of it, :mod:`spncli.spectra`)."""
+        rows, cols = (int(shape[0]), int(shape[1]))
+        if spectrum.dtype != np.complex64 or spectrum.shape != (rows, cols // 2 + 1):
+            raise ValueError(f"a spectrum of a {rows}x{cols} fingerprint is complex64 {(rows, cols // 2 + 1)}, "
+                             f"got {spectrum.dtype} {spectrum.shape}")  # fmt: skip
+        self = cls.__new__(cls)
+        self.shape, self.spectrum, self.mean, self.sum_sq = (rows, cols), spectrum, float(mean), float(sum_sq)
+        self._regions = {}
+        return self
+
     @property
     def k(self) -> np.ndarray:
         """The spatial fingerprint (inverse transform of the stored spectrum)."""

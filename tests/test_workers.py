@@ -3,7 +3,10 @@ budget and score as the eager Matcher does, and adding a camera writes that came
 
 from __future__ import annotations
 
+import os
 import pickle
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from spncli.evidence import load_image
 from spncli.identify import Matcher, MatchSettings
 from spncli.jobs import MatchJob
 from spncli.pce import FingerprintSpectrum
-from spncli.spectra import SpectrumCache, spectrum_bytes
+from spncli.spectra import SpectrumCache, cache_for, spectrum_bytes
 from spncli.store import FingerprintStore
 
 
@@ -96,3 +99,85 @@ def test_adding_a_camera_writes_that_camera_not_the_database(tmp_path):
         store.add("cam-000", _k(100 + i, (128, 128)), {}, replace=True)
         digests.add(store.file_sha256())
     assert len(digests) == 3 and len(list(store.folder.glob("*.h5"))) == 40  # the replaced files were deleted
+
+
+def _shared_job(store, settings, folder):
+    folder.mkdir()  # the run's own folder (spncli.batch makes it with tempfile.mkdtemp)
+    lazy = Matcher.from_database(store, store.cameras(), settings, db_sha256=store.file_sha256(), memory=0)
+    job, failed = MatchJob(lazy, artifacts=False).share(str(folder), lambda fn, items: list(map(fn, items)))
+    assert failed == []
+    return pickle.loads(pickle.dumps(job))  # as a worker process receives it
+
+
+@pytest.mark.parametrize("crop", [(256, 256), None])
+def test_shared_transforms_are_mapped_read_only_and_score_as_in_process(store, dresden, tmp_path, crop):
+    settings = MatchSettings(crop=crop)
+    names = store.cameras()
+    worker = _shared_job(store, settings, tmp_path / "shared-spectra")
+    eager = Matcher((store.load(n) for n in names), settings)
+    for image in sorted((dresden / "nat-jpg").glob("*.JPG"))[: 2 if crop else 1]:  # a full frame costs seconds
+        got = worker(str(image))["records"]
+        want = eager.match(load_image(image))
+        assert [r["camera"] for r in got] == names
+        for g, w in zip(got, want, strict=True):
+            assert g == w | {"size_bytes": g["size_bytes"]}  # every field, the PCE included, is the same
+    spectra = worker.matcher.spectra
+
+    held = cache_for(spectra.path, spectra.sha256, spectra.crop, spectra.budget, spectra.shared)
+    assert held.mapped == len(names) and held.computed == 0  # nothing read from the database, nothing transformed
+    for spectrum in held.held.values():
+        assert isinstance(spectrum.spectrum, np.memmap) and not spectrum.spectrum.flags.writeable
+
+
+def test_a_damaged_shared_transform_is_read_from_the_database(store, dresden, tmp_path):
+    settings = MatchSettings(crop=(256, 256))
+    folder = tmp_path / "shared-damaged"
+    worker = _shared_job(store, settings, folder)
+    victim = sorted(folder.glob("*.npy"))[0]
+    data = bytearray(victim.read_bytes())
+    data[-5] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    image = sorted((dresden / "nat-jpg").glob("*.JPG"))[0]
+    got = worker(str(image))["records"]
+    want = Matcher((store.load(n) for n in store.cameras()), settings).match(load_image(image))
+    assert [g["pce"] for g in got] == [w["pce"] for w in want]
+    s = worker.matcher.spectra
+    held = cache_for(s.path, s.sha256, s.crop, s.budget, s.shared)
+    assert held.mapped == 4 and held.computed == 1 and len(held.unshared) == 1
+
+
+def test_the_shared_folder_is_temporary_and_removed(store, tmp_path):
+    from spncli import batch
+
+    class FakeClient:  # the three calls _shared_folder makes of a local cluster's client
+        cluster = object()
+
+        def map(self, fn, items, pure=False):
+            return [fn(i) for i in items]
+
+        def gather(self, futures):
+            return futures
+
+    lazy = Matcher.from_database(store, store.cameras(), MatchSettings(), db_sha256=store.file_sha256(), memory=0)
+    with batch._shared_folder(FakeClient(), MatchJob(lazy)) as job:
+        folder = Path(job.matcher.spectra.shared)
+        assert len(list(folder.glob("*.npy"))) == len(list(folder.glob("*.json"))) == 5
+        assert folder.parent == Path(tempfile.gettempdir()) and store.path.parent not in folder.parents
+    assert not folder.exists()
+
+
+def test_a_killed_runs_shared_folder_is_removed_by_the_next_run(tmp_path, monkeypatch):
+    from spncli import batch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / "spn-spectra-999999999-abc"  # no such process
+    alive = tmp_path / f"spn-spectra-{os.getpid()}-abc"
+    for folder in (dead, alive):
+        folder.mkdir()
+        (folder / "x.npy").write_bytes(b"x")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    link = tmp_path / "spn-spectra-999999998-link"
+    link.symlink_to(other, target_is_directory=True)
+    batch._remove_abandoned()
+    assert not dead.exists() and alive.exists() and link.is_symlink() and other.exists()

@@ -141,7 +141,8 @@ def match(
         str,
         typer.Option(
             help="Fingerprint transforms each worker process keeps (e.g. 1536M, 2G); cameras beyond it are "
-            "read and transformed per image. Workers read the fingerprints from --db themselves."
+            "read and transformed per image. Workers read the fingerprints from --db themselves; on a local "
+            "cluster they share one read-only map of all the transforms instead, which this does not limit."
         ),
     ] = "1536M",
     prescreen: Annotated[
