@@ -77,7 +77,7 @@ class ReportUnitInTraining(ValueError):
 
 
 def is_report_unit(path: str | Path) -> bool:
-    """Whether a file is of a Dresden report unit: ``<Make>_<Model>_1_<number>`` (device = all before the last ``_``)."""
+    """Whether a file is of a Dresden report unit, ``<Make>_<Model>_1_<number>`` (device: all before the last ``_``)."""
     stem = Path(path).stem
     device = stem.rsplit("_", 1)[0] if "_" in stem else ""
     return device.endswith(REPORT_UNITS) and device.count("_") >= 2
@@ -92,6 +92,7 @@ def training_folder(folder: str | Path, pattern: str = "*") -> tuple[list[Path],
 def check_training_file(path: str | Path) -> Path:
     """Return ``path``, or raise :class:`ReportUnitInTraining` for a file of a Dresden report unit (``_1``)."""
     if is_report_unit(path):
+        device = Path(path).stem.rsplit("_", 1)[0]
         raise ReportUnitInTraining(
             f"{path}: file of the report unit {device} (units ending {REPORT_UNITS} must never reach training; "
             "allowed: the selection units _0, CBSD68, Praktica fingerprints)"
@@ -117,7 +118,7 @@ class ContentPool:
 
     def __init__(self, folders=(), dead_leaves_fraction: float = 0.3, downscale: float = 2.0):
         if downscale < 2:
-            raise ValueError(f"content downscale must be at least 2 (erases the content's sensor noise), got {downscale}")
+            raise ValueError(f"content downscale must be at least 2 (erases the content's own noise), got {downscale}")
         self.images = []
         self.files: list[Path] = []
         self.excluded: list[Path] = []

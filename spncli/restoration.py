@@ -212,7 +212,8 @@ class Restorer:
         """
         check_tile(tile)
         if (survival is None) != (self.architecture == "v1"):
-            raise ValueError(f"the {self.architecture} network {'needs' if survival is None else 'takes no'} survival map")
+            verb = "needs" if survival is None else "takes no"
+            raise ValueError(f"the {self.architecture} network {verb} survival map")
         self._place()
         rows, cols = residual.shape
         margin = int(self.card["receptive_radius"]) + 16
@@ -328,7 +329,8 @@ class Restorer:
             pixels, residual, cond, tile=tile, precision=precision, survival=survival
         )
         restored = zero_mean_cfa(restored)
-        above = float(self.card.get("postprocess", {}).get("wiener_surviving_at_or_above", AwareSettings().wiener_above))
+        post = self.card.get("postprocess", {})
+        above = float(post.get("wiener_surviving_at_or_above", AwareSettings().wiener_above))
         wiener = info["surviving_ac_fraction"] >= above
         if wiener:
             restored = wiener_dft(restored, float(restored.std(ddof=1)), params.windows)

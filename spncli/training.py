@@ -95,7 +95,7 @@ class TrainConfig:
         if self.flatfield_units.endswith(REPORT_UNITS):
             raise ValueError(f"flatfield_units {self.flatfield_units!r}: the report units never train (allowed: _0)")
         if self.adversarial_weight is not None and self.adversarial_weight < 0:
-            raise ValueError(f"adversarial_weight must be >= 0 (0: ablation without GAN), got {self.adversarial_weight}")
+            raise ValueError(f"adversarial_weight must be >= 0 (0: no GAN), got {self.adversarial_weight}")
 
     @property
     def adversarial(self) -> float:
@@ -430,7 +430,8 @@ class SelectionValidation:
         pce: dict = {}
         for ev, data, q, true in self.probes:
             grey = grey_residual(ev.pixels, params)
-            aware = compression_aware_residual(grey, coefficients_of(ev, data), params=params, settings=AwareSettings())[0]
+            coefficients = coefficients_of(ev, data)
+            aware = compression_aware_residual(grey, coefficients, params=params, settings=AwareSettings())[0]
             restored = restorer.restore(ev, grey=grey, params=params, data=data)[0]
             spec = self.spectra[true]
             for name, w in (("classic", postprocess(grey, params)), ("aware", aware), ("restored", restored)):

@@ -84,7 +84,7 @@ def train(
 
         result = trainer.run(on_step)
     card = _write_card(trainer, out, card_name or f"spn-restore-{cfg.architecture}-candidate", config)
-    err.print(f"done: {trainer.step} steps; EMA weights in {out / 'ema.pt'}; model card {card}; last validation {result}")
+    err.print(f"done: {trainer.step} steps; EMA weights in {out / 'ema.pt'}; card {card}; last validation {result}")
 
 
 def _write_card(trainer, out: Path, name: str, config: Path) -> Path:
@@ -96,7 +96,8 @@ def _write_card(trainer, out: Path, name: str, config: Path) -> Path:
     from ..training import leave_one_unit_out
 
     weights = out / "best.pt" if (out / "best.pt").exists() else out / "ema.pt"
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()] if (out / "log.jsonl").exists() else []
+    log_file = out / "log.jsonl"
+    log = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
     validations = [r for r in log if "validation" in r]
     fields = {
         "status": "candidate (not shipped): ships only if it wins on the selection split (_0); reported on _1",
