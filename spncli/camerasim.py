@@ -359,7 +359,11 @@ def simulate_v2(
 
 
 def write_flat_fingerprints(
-    flats: str | Path, out: str | Path, units: str = "_0", crop: tuple[int, int] | None = None
+    flats: str | Path,
+    out: str | Path,
+    units: str = "_0",
+    crop: tuple[int, int] | None = None,
+    exclude_centre: tuple[int, int] | None = None,
 ) -> list[Path]:
     """Estimate a fingerprint per camera unit from its flat-fields; write it as a unit-std PNG.
 
@@ -378,6 +382,11 @@ def write_flat_fingerprints(
         Suffix of the devices to use.
     crop : (rows, cols) or None
         Centre crop (faster; None: full frame).
+    exclude_centre : (rows, cols) or None
+        Training fingerprints: estimate only the full-height strip left of
+        this centre region (cut on the 8x8 grid), so that a network trained
+        on them has never seen the PRNU of the region that validates it
+        (:class:`spncli.training.SelectionValidation` scores that centre crop).
 
     Returns
     -------
@@ -389,6 +398,8 @@ def write_flat_fingerprints(
     from .geometry import centre_crop
     from .provenance import atomic_path
 
+    from .geometry import crop_offsets
+
     files = [p for p in training_folder(flats)[0] if p.stem.rsplit("_", 1)[0].endswith(units)]
     devices = sorted({p.stem.rsplit("_", 1)[0] for p in files})
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -397,7 +408,11 @@ def write_flat_fingerprints(
         acc = FingerprintAccumulator()
         for p in files:
             if p.stem.rsplit("_", 1)[0] == device:
-                acc.add(np.ascontiguousarray(centre_crop(load_image(check_training_file(p)).pixels, crop)))
+                pixels = load_image(check_training_file(p)).pixels
+                if exclude_centre is not None:
+                    left = crop_offsets(pixels.shape, exclude_centre)[1] // 8 * 8
+                    pixels = pixels[:, :left]
+                acc.add(np.ascontiguousarray(centre_crop(pixels, crop)))
         kk = acc.finalize()
         kk = (kk - kk.mean()) / max(float(kk.std()), 1e-12)
         png = np.clip(np.rint(127.5 + 32.5 * kk), 0, 255).astype(np.uint8)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 import tomllib
 from collections.abc import Callable
@@ -76,6 +77,7 @@ class TrainConfig:
     flatfields: str = ""
     flatfield_units: str = "_0"
     flatfield_crop: int = 0
+    flatfield_exclude_centre: int = 1024
     val_every: int = 500
     checkpoint_every: int = 250
     device: str = "auto"
@@ -163,7 +165,10 @@ class Trainer:
         folder = self.out / f"prnu-flat{self.cfg.flatfield_units}"
         if not any(folder.glob("*.png")):
             crop = (self.cfg.flatfield_crop,) * 2 if self.cfg.flatfield_crop else None
-            write_flat_fingerprints(self.cfg.flatfields, folder, self.cfg.flatfield_units, crop)
+            side = self.cfg.flatfield_exclude_centre
+            write_flat_fingerprints(
+                self.cfg.flatfields, folder, self.cfg.flatfield_units, crop, (side, side) if side else None
+            )
         return folder
 
     def training_files(self) -> list[str]:
@@ -186,13 +191,14 @@ class Trainer:
         seeds = self.rng.integers(0, 2**63 - 1, size=self.cfg.batch)
         qualities = self.rng.integers(lo, hi + 1, size=self.cfg.batch)
         jobs = [(int(s), int(q)) for s, q in zip(seeds, qualities)]
-        if self.cfg.workers > 1:
+        workers = min(self.cfg.workers, (os.cpu_count() or 1) - 1)
+        if workers > 1:
             if self.pool is None:
                 import multiprocessing as mp
 
                 global _FACTORY
                 _FACTORY = self._make_sample  # inherited by the forked workers
-                self.pool = mp.get_context("fork").Pool(self.cfg.workers)
+                self.pool = mp.get_context("fork").Pool(workers)
             samples = self.pool.map(_pool_sample, jobs)
         else:
             samples = [self._make_sample(job) for job in jobs]
@@ -370,12 +376,17 @@ class SelectionValidation:
     Probes are the centre ``crop`` of each natural image of the ``units``
     re-compressed in memory at each quality (4:2:0, as ``spn degrade``), so
     the crop is the file and its grid starts at the crop; fingerprints are
-    estimated from the same units' flat-fields at the same crop.
+    estimated from the same units' flat-fields at the same crop, or read from
+    ``<device>.png`` fingerprints of that crop (Praktica encoding,
+    :func:`spncli.camerasim.write_flat_fingerprints`) when ``flats`` holds
+    them. Training fingerprints of these units leave this centre region out
+    (``flatfield_exclude_centre``), so validation never scores PRNU the
+    network has seen.
 
     Parameters
     ----------
     flats, naturals : Path
-        Dresden ``ff-jpg`` and ``nat-jpg``.
+        Dresden ``ff-jpg`` (or a folder of ``<device>.png`` fingerprints) and ``nat-jpg``.
     units : str
         Suffix of the selection devices (``_0``); the report units (``_1``) are refused.
     qualities : sequence of int
@@ -395,10 +406,18 @@ class SelectionValidation:
         def cam(p):
             return Path(p).stem.rsplit("_", 1)[0]
 
+        pngs = sorted(p for p in Path(flats).glob("*.png") if p.stem.endswith(units))
         flats = sorted(Path(flats).glob("*"))
-        self.cams = sorted({cam(p) for p in flats if cam(p).endswith(units)})
+        self.cams = sorted({cam(p) for p in flats if cam(p).endswith(units)} | {p.stem for p in pngs})
         self.spectra = {}
-        for c in self.cams:
+        import cv2
+
+        for png in pngs:
+            k = (cv2.imread(str(png), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION) - 127.5) / 32.5
+            if k.shape != tuple(crop):
+                raise ValueError(f"{png}: fingerprint is {k.shape[1]}x{k.shape[0]}, the validation crop {crop}")
+            self.spectra[png.stem] = FingerprintSpectrum(np.ascontiguousarray(k, dtype=np.float32))
+        for c in sorted(set(self.cams) - set(self.spectra)):
             acc = FingerprintAccumulator()
             for p in flats:
                 if cam(p) == c:
