@@ -26,7 +26,7 @@ from spncli.networks import COND_DIM, RestorationNetV2, receptive_radius
 from spncli.pce import FingerprintSpectrum, score
 from spncli.residual import grey_residual
 from spncli.restoration import Restorer, load_restorer, write_model_card
-from spncli.training import TrainConfig, Trainer
+from spncli.training import TrainConfig, Trainer, leave_one_unit_out
 
 from .conftest import SHARED
 
@@ -157,3 +157,25 @@ def test_v2_training_steps_write_a_loadable_card(tmp_path, dresden):
     out, info = restorer.restore(ev, data=data)
     assert out.shape == (128, 160) and info["architecture"] == "v2" and info["weights_sha256"] == meta["weights_sha256"]
     assert isinstance(PrnuPool([PRAKTICA]).files, list)
+
+
+def test_v2_without_coefficients_falls_back_to_classic(dresden):
+    """A PNG has no DCT coefficients: the v2 restorer returns the classic residual and says why."""
+    photo = load_image(dresden / "nat-jpg" / "Nikon_D70_0_19445.JPG").pixels
+    pixels = np.ascontiguousarray(centre_crop(photo, (128, 128)))
+    ok, png = cv2.imencode(".png", np.clip(pixels, 0, 255).astype(np.uint8)[:, :, ::-1])
+    ev = decode(png.tobytes(), "probe.png")
+    restorer = Restorer(_random_v2(), {"architecture": "v2", "receptive_radius": 128}, "", torch.device("cpu"))
+    out, info = restorer.restore(ev, quality=50)
+    assert out.shape == (128, 128) and not info["network_applied"] and info["input_residual"] == "classic"
+    assert "no JPEG DCT coefficients" in info["restoration_skipped"]
+
+
+def test_leave_one_unit_out_never_chooses_with_the_held_out_unit():
+    vals = [
+        {"step": 100, "validation": {"per_unit_score": {"A_0": 3.0, "B_0": 1.0, "C_0": 1.0}}},
+        {"step": 200, "validation": {"per_unit_score": {"A_0": 1.0, "B_0": 1.2, "C_0": 1.2}}},
+    ]
+    out = leave_one_unit_out(vals)
+    assert out["A_0"] == {"chosen_step": 200, "held_out_score": 1.0}  # B, C prefer 200; A's own 3.0 is not seen
+    assert out["B_0"]["chosen_step"] == 100 and out["C_0"]["chosen_step"] == 100
