@@ -365,7 +365,7 @@ def _card_problem(card) -> str | None:
     if not isinstance(card.get("weights_sha256"), str):
         return "'weights_sha256' is missing"
     arch = card.get("architecture", {})
-    if not isinstance(arch, dict) and arch not in ARCHITECTURES:
+    if not (isinstance(arch, dict) or (isinstance(arch, str) and arch in ARCHITECTURES)):
         return f"'architecture' must be one of {', '.join(ARCHITECTURES)} or an object of RestorationNet arguments"
     if not isinstance(card.get("architecture_args", {}), dict):
         return "'architecture_args' must be an object of the network's arguments"
