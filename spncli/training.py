@@ -139,6 +139,12 @@ class Trainer:
         self.device = resolve_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
+        self.content = ContentPool(config.content, downscale=config.content_downscale)
+        prnu = [config.prnu] if isinstance(config.prnu, str) else list(config.prnu)
+        if config.flatfields:
+            prnu.append(self._flat_fingerprints())
+        self.prnu = PrnuPool(prnu)
+        self.pool = self._start_workers()  # forked before CUDA is touched
         torch.manual_seed(config.seed)
         self.g = build_generator(config.architecture, width=config.width).to(self.device)
         self.d = NoiseDiscriminator().to(self.device)
@@ -152,13 +158,18 @@ class Trainer:
         self.step = 0
         self.rng = np.random.default_rng(config.seed)
         self.validate = validate
-        self.content = ContentPool(config.content, downscale=config.content_downscale)
-        prnu = [config.prnu] if isinstance(config.prnu, str) else list(config.prnu)
-        if config.flatfields:
-            prnu.append(self._flat_fingerprints())
-        self.prnu = PrnuPool(prnu)
-        self.pool = None
         self._resume()
+
+    def _start_workers(self):
+        """A pool of ``workers`` forked pair simulators (at most the CPU count less one), or None."""
+        workers = min(self.cfg.workers, (os.cpu_count() or 1) - 1)
+        if workers < 2:
+            return None
+        import multiprocessing as mp
+
+        global _FACTORY
+        _FACTORY = self._make_sample  # the forked workers inherit the pools and the config
+        return mp.get_context("fork").Pool(workers)
 
     def _flat_fingerprints(self) -> Path:
         """Fingerprints of the ``flatfield_units`` estimated from ``flatfields`` (cached in the run folder)."""
@@ -191,14 +202,7 @@ class Trainer:
         seeds = self.rng.integers(0, 2**63 - 1, size=self.cfg.batch)
         qualities = self.rng.integers(lo, hi + 1, size=self.cfg.batch)
         jobs = [(int(s), int(q)) for s, q in zip(seeds, qualities)]
-        workers = min(self.cfg.workers, (os.cpu_count() or 1) - 1)
-        if workers > 1:
-            if self.pool is None:
-                import multiprocessing as mp
-
-                global _FACTORY
-                _FACTORY = self._make_sample  # inherited by the forked workers
-                self.pool = mp.get_context("fork").Pool(workers)
+        if self.pool is not None:
             samples = self.pool.map(_pool_sample, jobs)
         else:
             samples = [self._make_sample(job) for job in jobs]

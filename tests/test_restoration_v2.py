@@ -179,3 +179,19 @@ def test_leave_one_unit_out_never_chooses_with_the_held_out_unit():
     out = leave_one_unit_out(vals)
     assert out["A_0"] == {"chosen_step": 200, "held_out_score": 1.0}  # B, C prefer 200; A's own 3.0 is not seen
     assert out["B_0"]["chosen_step"] == 100 and out["C_0"]["chosen_step"] == 100
+
+
+@pytest.mark.skipif(not PRAKTICA.is_dir(), reason=f"Praktica fingerprints not found at {PRAKTICA}")
+def test_forked_simulators_give_the_same_pairs(tmp_path, monkeypatch):
+    """Pairs are drawn from per-pair seeds: worker processes simulate exactly what the trainer would."""
+    kw = dict(architecture="v2", batch=3, patch=64, width=8, content=[], prnu=[str(PRAKTICA)], device="cpu")
+    serial = Trainer(TrainConfig(**kw), tmp_path / "a")
+    monkeypatch.setattr("spncli.training.os.cpu_count", lambda: 3)  # the cap is the CPU count less one
+    forked = Trainer(TrainConfig(**kw, workers=2), tmp_path / "b")
+    assert serial.pool is None and forked.pool is not None
+    try:
+        a, b = serial.batch(), forked.batch()
+    finally:
+        forked.close()
+    for key in ("image", "residual", "target", "survival", "cond"):
+        assert torch.equal(a[key], b[key]), key
