@@ -4,25 +4,27 @@
 # Stages (each under its own time limit; a stage that fails is logged and the run goes on):
 #   1. environment: GPU, driver, torch, CUDA                                        -> figures.json
 #   2. CUDA tests: fp16/bf16 vs fp32 restoration agreement (pytest, and the figures)  -> figures.json
-#   3. training: `spn train` on the GPU with the v1 recipe, from data carried along   -> ema.pt, train_log.jsonl
+#   3. training: restoration v2 (models/train-v2.toml) and its ablation without the GAN (adversarial_weight=0),
+#      side by side on the one GPU (each with half the CPU cores simulating pairs), each stopped by max_seconds,
+#      validated on the selection units _0 (centre 1024, Q50/30, per unit)         -> v2.pt, v2-noadv.pt, train_log.jsonl
+#      The v2 input is the compression-aware residual and the survival map (spncli.conditioning.network_inputs).
 #   4. 48 MP restore: seconds and peak GPU memory, fp16 and fp32                       -> figures.json
-#      NOTE: the network's input is still the CLASSIC residual (spncli.camerasim.simulate makes classic
-#      residuals; spncli.networks.RestorationNet has no survival-map input yet), so this trains what exists:
-#      the v1 generator on the classic residual. It does not yet train on the compression-aware residual.
 #   5. if benchmarks/gpu_classic.py exists: python benchmarks/gpu_classic.py --out $OUT/classic
 # Writes into $OUT (at most 5 files of its own, so that the 8 files that come back leave room for
-# gpu_classic.py): gpu_run.log, figures.json, ema.pt, train_log.jsonl, training.png (loss curves, OpenCV).
+# gpu_classic.py): gpu_run.log, figures.json (with both model cards and the loss curves' points), v2.pt,
+# v2-noadv.pt (EMA or best weights; `write_model_card` makes their cards again), train_log.jsonl (v2).
+# The weights are candidates: they replace nothing; they ship only if they win on the selection split.
 #
 # Before the run, on the CPU machine (the GPU machine has no network and no ../shared):
 #   ../shared/gpu/wheels.sh .gpu/wheels jpeglib pillow-heif        # PyWavelets, piexif, jpeglib, pillow-heif
-#   mkdir -p .gpu/data && cp -r ../shared/data/cbsd68 ../shared/data/praktica-fingerprints .gpu/data/
+#   PYTHONPATH=$PWD python benchmarks/prepare_gpu_data.py   # .gpu/data: CBSD68, Praktica 1024, Dresden _0 only
 #   (.gpu/ is ignored by .gitignore; carry it along: run(carry=[".gpu"]), 64 MiB at most)
 # Then on the GPU machine:   bash benchmarks/gpu_run.sh            ($OUT set by the machine)
 # Smoke test on a CPU (a few steps, small image, nothing installed):
 #   OUT=/tmp/gpu-smoke SPN_GPU_SMOKE=1 PY=/work/venv/bin/python bash benchmarks/gpu_run.sh
 #
-# Environment: OUT (required), PY (python3), SPN_GPU_STEPS (training steps, 3000), SPN_GPU_TRAIN_SECONDS
-# (time limit of the training stage, 240), SPN_GPU_BIG (rows x cols of the big restore, 6000x8000),
+# Environment: OUT (required), PY (python3), SPN_GPU_STEPS (training steps, models/train-v2.toml's), SPN_GPU_TRAIN_SECONDS
+# (time limit of the training stage, 240; each run trains for that less 75 s), SPN_GPU_BIG (rows x cols of the big restore, 6000x8000),
 # SPN_GPU_DATA (.gpu/data), SPN_GPU_SMOKE (1: CPU smoke test: 3 steps, 512x768, device cpu).
 set -uo pipefail
 
@@ -33,7 +35,7 @@ DATA=${SPN_GPU_DATA:-.gpu/data}
 if [[ $SMOKE == 1 ]]; then
     STEPS=${SPN_GPU_STEPS:-3}; BIG=${SPN_GPU_BIG:-512x768}; DEVICE=cpu; TRAIN_SECONDS=${SPN_GPU_TRAIN_SECONDS:-240}
 else
-    STEPS=${SPN_GPU_STEPS:-3000}; BIG=${SPN_GPU_BIG:-6000x8000}; DEVICE=cuda; TRAIN_SECONDS=${SPN_GPU_TRAIN_SECONDS:-240}
+    STEPS=${SPN_GPU_STEPS:-2400}; BIG=${SPN_GPU_BIG:-6000x8000}; DEVICE=cuda; TRAIN_SECONDS=${SPN_GPU_TRAIN_SECONDS:-240}
 fi
 BUDGET=${SPN_GPU_BUDGET_SECONDS:-530}  # the whole run; the machine allows 9 minutes
 START=$(date +%s)
@@ -112,19 +114,33 @@ json.dump(out, open(sys.argv[1], "w"), indent=1)
 print(json.dumps(out))
 EOF
 
-# 3. training ------------------------------------------------------------------------------------------
-CONTENT=$DATA/cbsd68; PRNU=$DATA/praktica-fingerprints
-[[ -d $CONTENT ]] || CONTENT=../shared/data/cbsd68
-[[ -d $PRNU ]] || PRNU=../shared/data/praktica-fingerprints
-[[ -d $CONTENT && -d $PRNU ]] || echo "warning: training data not found ($DATA or ../shared/data): dead leaves only"
-sed -e "s#^content = .*#content = [\"$CONTENT\"]#" -e "s#^prnu = .*#prnu = \"$PRNU\"#" \
-    -e "s#^device = .*#device = \"$DEVICE\"#" -e "s#^threads = .*#threads = 8#" \
-    -e "s#^checkpoint_every = .*#checkpoint_every = 100#" models/train-v1.toml > "$WORK/train-gpu.toml"
-echo "training config (models/train-v1.toml with paths, device, threads and checkpoints for this machine):"
-cat "$WORK/train-gpu.toml"
-stage train "$TRAIN_SECONDS" "$PY" -m spncli train --config "$WORK/train-gpu.toml" --out "$WORK/train" --steps "$STEPS"
-[[ -f $WORK/train/ema.pt ]] && cp "$WORK/train/ema.pt" "$OUT/ema.pt"
-[[ -f $WORK/train/log.jsonl ]] && cp "$WORK/train/log.jsonl" "$OUT/train_log.jsonl"
+# 3. training: v2 and its ablation without the GAN, side by side -----------------------------------------
+V2DATA=$DATA
+[[ -d $V2DATA/dresden0 ]] || echo "warning: $V2DATA/dresden0 absent (run benchmarks/prepare_gpu_data.py): no validation"
+NCPU=$(nproc); WORKERS=$(( NCPU / 2 - 1 )); (( WORKERS < 1 )) && WORKERS=1
+[[ $SMOKE == 1 ]] && WORKERS=0
+TRAIN_FOR=$(( TRAIN_SECONDS - 75 )); (( TRAIN_FOR < 20 )) && TRAIN_FOR=20
+SETS=(--set "device=\"$DEVICE\"" --set threads=1 --set workers=$WORKERS --set checkpoint_every=100
+      --set "max_seconds=$TRAIN_FOR" --set "val_every=100000" --set flatfields=\"\"
+      --set "content=[\"$V2DATA/cbsd68\", \"$V2DATA/dresden0/nat-jpg\"]"
+      --set "prnu=[\"$V2DATA/praktica-1024\", \"$V2DATA/fp-train\"]")
+[[ $SMOKE == 1 ]] && SETS+=(--set batch=2 --set patch=64)
+VAL=(); [[ -d $V2DATA/dresden0 ]] && VAL=(--validation "$V2DATA/dresden0")
+[[ $SMOKE == 1 && -d $V2DATA/dresden0 ]] && VAL+=(--val-crop 1024 --val-quality 30)
+echo "training: models/train-v2.toml with ${SETS[*]} ${VAL[*]} --steps $STEPS"
+train_v2() {  # NAME [more --set]: one run of models/train-v2.toml into $WORK/NAME
+    local name=$1; shift
+    "$PY" -m spncli train --config models/train-v2.toml --out "$WORK/$name" --steps "$STEPS" "${SETS[@]}" "$@" \
+        "${VAL[@]}" --card-name "$name" > "$WORK/$name.out" 2>&1
+    echo "== $name: rc=$?"; tail -n 3 "$WORK/$name.out"
+}
+train_both() { train_v2 v2 & train_v2 v2-noadv --set adversarial_weight=0 & wait; }
+export PY WORK STEPS
+stage train "$TRAIN_SECONDS" bash -c "$(declare -p SETS VAL); $(declare -f train_v2 train_both); train_both"
+for name in v2 v2-noadv; do
+    [[ -f $WORK/$name/$name.pt ]] && cp "$WORK/$name/$name.pt" "$OUT/$name.pt"
+done
+[[ -f $WORK/v2/log.jsonl ]] && cp "$WORK/v2/log.jsonl" "$OUT/train_log.jsonl"
 
 # 4. 48 MP restore: time and memory, one precision per fresh process (bf16 agreement: stage 2) -----------------------------------
 for precision in fp16 fp32; do
@@ -166,48 +182,44 @@ else
     echo "== gpu-classic: benchmarks/gpu_classic.py absent, not run"
 fi
 
-# figures: one JSON, one training plot ------------------------------------------------------------------
+# figures: one JSON (loss curves as points) ------------------------------------------------------------------
 "$PY" - "$WORK" "$OUT" "$STEPS" <<'EOF'
 import hashlib, json, sys
 from pathlib import Path
 import torch
 work, out, steps = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-last = work / "train" / "last.pt"
-checkpoint_step = int(torch.load(last, map_location="cpu", weights_only=True)["step"]) if last.exists() else 0
 read = lambda p: json.loads(p.read_text()) if p.exists() else None
-log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()] if (out / "train_log.jsonl").exists() else []
-points = [r for r in log if "step" in r and "corr" in r]
+def run(name):
+    log_file = work / name / "log.jsonl"
+    log = [json.loads(l) for l in log_file.read_text().splitlines()] if log_file.exists() else []
+    points = [r for r in log if "step" in r and "corr" in r]
+    last = work / name / "last.pt"
+    return {
+        "steps_done": int(torch.load(last, map_location="cpu", weights_only=True)["step"]) if last.exists() else 0,
+        "seconds": points[-1]["seconds"] if points else None,
+        "curve": [{k: p.get(k) for k in ("step", "seconds", "corr", "l1", "freq", "adv", "d")} for p in points],
+        "validations": [r for r in log if "validation" in r],
+        "stopped": [r["stopped"] for r in log if "stopped" in r],
+        "card": read(work / name / f"{name}.json"),
+        "weights_sha256": hashlib.sha256((out / f"{name}.pt").read_bytes()).hexdigest()
+        if (out / f"{name}.pt").exists() else None,
+    }
 fig = {
     "environment": read(work / "env.json"),
     "precision_agreement": read(work / "agreement.json"),
     "big_restore": [read(p) for p in sorted(work.glob("big-*.json"))],
     "training": {
-        "config": (work / "train-gpu.toml").read_text() if (work / "train-gpu.toml").exists() else None,
+        "config": "models/train-v2.toml (overrides in gpu_run.log)",
         "steps_asked": steps,
-        "steps_done": checkpoint_step,  # of the last checkpoint, which ema.pt is
-        "seconds": points[-1]["seconds"] if points else None,
-        "last": points[-1] if points else None,
-        "input_residual": "classic (the network cannot take the compression-aware residual yet)",
-        "ema_sha256": hashlib.sha256((out / "ema.pt").read_bytes()).hexdigest() if (out / "ema.pt").exists() else None,
+        "input_residual": "compression-aware (spncli.conditioning.network_inputs) + survival map, v2",
+        "v2": run("v2"),
+        "v2_noadv_ablation": run("v2-noadv"),
     },
     "stages": [json.loads(l) for l in (work / "stages.jsonl").read_text().splitlines()],
 }
 (out / "figures.json").write_text(json.dumps(fig, indent=1))
-if points:  # loss curves drawn with OpenCV (matplotlib is not on every machine)
-    import cv2, numpy as np
-    panels = []
-    for key in ("corr", "l1", "d"):
-        img = np.full((240, 360, 3), 255, np.uint8)
-        xs = np.array([p["step"] for p in points], float); ys = np.array([p[key] for p in points], float)
-        x = 30 + 320 * (xs - xs.min()) / max(np.ptp(xs), 1); y = 210 - 180 * (ys - ys.min()) / max(np.ptp(ys), 1e-12)
-        cv2.polylines(img, [np.stack([x, y], 1).astype(np.int32)], False, (200, 60, 0), 2)
-        cv2.putText(img, f"{key}: {ys.min():.4g}..{ys.max():.4g}", (30, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-        cv2.putText(img, f"steps {int(xs.min())}..{int(xs.max())}", (30, 232), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
-        panels.append(img)
-    cv2.imwrite(str(out / "training.png"), np.hstack(panels))
-else:
-    print("no logged training step (the log has a line every 50 steps): no training.png")
-print(json.dumps({k: v for k, v in fig.items() if k != "training"} | {"training_steps": fig["training"]["steps_done"]}))
+steps_done = {k: fig["training"][k]["steps_done"] for k in ("v2", "v2_noadv_ablation")}
+print(json.dumps({k: v for k, v in fig.items() if k != "training"} | {"training_steps": steps_done}))
 EOF
 rm -rf "$WORK"
 echo "done in $(( $(date +%s) - START ))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

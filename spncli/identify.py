@@ -628,7 +628,7 @@ class Matcher:
                 "restoration_skipped": str(exc),
             }
         return w, True, {
-            "residual_kind": "classic",  # what the network refines
+            "residual_kind": info.get("input_residual", "classic"),  # what the network refines
             "wiener_applied": info["wiener_dft"],
             "fallback": None,
             "network_applied": info["network_applied"],

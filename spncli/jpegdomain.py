@@ -66,6 +66,7 @@ __all__ = [
     "block_dct",
     "block_idct",
     "survival_weights",
+    "survival_map",
     "filter_residual",
     "wiener_criterion",
     "AwareSettings",
@@ -248,6 +249,26 @@ def survival_weights(coefficients: LumaCoefficients, weighting: str = "binary", 
     if zeroed:
         w[~kept] = np.float32(zeroed)
     return w
+
+
+def survival_map(coefficients: LumaCoefficients) -> np.ndarray:
+    """Per-block survival of the AC luma coefficients, at 1/8 resolution.
+
+    Returns
+    -------
+    ndarray, float32, shape (bh, bw, 2)
+        Channel 0: fraction of the 63 AC coefficients of each block that the
+        file keeps non-zero. Channel 1: the same fraction weighted by
+        ``q_min/q`` (:func:`survival_weights`, ``"inverse-q"``), normalised by
+        the sum of the AC weights, so that both are 1 for a block that kept everything.
+    """
+    ac = np.ones((8, 8), np.float32)
+    ac[0, 0] = 0.0
+    binary = survival_weights(coefficients, "binary") * ac
+    weighted = survival_weights(coefficients, "inverse-q") * ac
+    norm = float((survival_weights(LumaCoefficients(np.ones((1, 1, 8, 8), np.int16), coefficients.qt, 8, 8),
+                                   "inverse-q")[0, 0] * ac).sum())
+    return np.stack([binary.sum(axis=(2, 3)) / 63.0, weighted.sum(axis=(2, 3)) / norm], axis=-1).astype(np.float32)
 
 
 def filter_residual(

@@ -29,10 +29,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["COND_DIM", "RestorationNet", "NoiseDiscriminator", "receptive_radius"]
+__all__ = [
+    "ARCHITECTURES",
+    "COND_DIM",
+    "SURVIVAL_CHANNELS",
+    "RestorationNet",
+    "RestorationNetV2",
+    "NoiseDiscriminator",
+    "build_generator",
+    "receptive_radius",
+]
 
 COND_DIM = 65
 """Condition vector: quality/100 and the 64 luminance-table entries as log(q)/log(255)."""
+
+SURVIVAL_CHANNELS = 2
+"""Survival map channels: fraction of non-zero AC luma coefficients per 8x8 block, and its 1/q-weighted form."""
 
 
 class FiLM(nn.Module):
@@ -144,6 +156,59 @@ class RestorationNet(nn.Module):
         return F.pixel_shuffle(self.head(self.forward_features(x, cond)), 2)
 
 
+class RestorationNetV2(RestorationNet):
+    """v2: refines the compression-aware residual, told which DCT coefficients survived.
+
+    Inputs: image (B, 3, H, W) scaled to -0.5..0.5 (grey repeated to three
+    channels); the compression-aware residual (B, 1, H, W) divided by
+    ``RESIDUAL_SCALE``; the survival map (B, SURVIVAL_CHANNELS, H/8, W/8) on
+    the input's 8x8 grid (the file's blocks when the input starts on it); the
+    condition (B, COND_DIM), which FiLM-modulates every stage of the trunk.
+    Output: the correction (B, 1, H, W), zero at initialisation (the network
+    starts as the compression-aware residual). H and W must be divisible by 8.
+
+    The survival map enters the trunk twice, embedded by 1x1 convolutions and
+    added: at 1/8 resolution (the bottleneck, one cell per block) and, repeated
+    4x, at the 1/2-resolution stem, so the fine stages see the block grid.
+    Every operation is local, so tiled inference equals whole-image inference.
+    """
+
+    def __init__(self, width: int = 32, cond_dim: int = COND_DIM, survival_channels: int = SURVIVAL_CHANNELS):
+        super().__init__(width, cond_dim)
+        self.survival_channels = survival_channels
+        self.surv_fine = nn.Conv2d(survival_channels, width, 1)
+        self.surv_coarse = nn.Conv2d(survival_channels, 2 * width, 1)
+
+    def forward_features_v2(self, x: torch.Tensor, survival: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        c = self.cond(cond)
+        fine = F.interpolate(self.surv_fine(survival), scale_factor=4, mode="nearest")
+        s1 = self.enc1(self.stem(x) + fine, c)
+        s2 = self.enc2(self.down1(s1), c)
+        m = self.mid(self.down2(s2) + self.surv_coarse(survival), c)
+        d2 = self.dec2(self.up2(m) + s2, c)
+        return self.dec1(self.up1(d2) + s1, c)
+
+    def forward(
+        self, image: torch.Tensor, residual: torch.Tensor, survival: torch.Tensor, cond: torch.Tensor
+    ) -> torch.Tensor:
+        rows, cols = residual.shape[-2:]
+        if survival.shape[-2:] != (rows // 8, cols // 8):
+            raise ValueError(f"survival map {tuple(survival.shape[-2:])} is not 1/8 of the residual {(rows, cols)}")
+        x = F.pixel_unshuffle(torch.cat([image, residual], dim=1), 2)
+        return F.pixel_shuffle(self.head(self.forward_features_v2(x, survival, cond)), 2)
+
+
+ARCHITECTURES = {"v1": RestorationNet, "v2": RestorationNetV2}
+"""Generator architectures by the name a model card records."""
+
+
+def build_generator(architecture: str = "v1", **kwargs) -> RestorationNet:
+    """A generator by architecture name (:data:`ARCHITECTURES`) and its arguments."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture {architecture!r} is not one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[architecture](**kwargs)
+
+
 class NoiseDiscriminator(nn.Module):
     """PatchGAN [3]_ on high-pass noise maps, spectrally normalised [4]_, with a quality head.
 
@@ -185,7 +250,10 @@ def receptive_radius(model: RestorationNet, size: int = 192) -> int:
     res = torch.zeros(1, 1, size, size, requires_grad=True)
     cond = torch.zeros(1, COND_DIM)
     with torch.enable_grad():
-        out = model(image, res, cond)
+        if isinstance(model, RestorationNetV2):
+            out = model(image, res, torch.zeros(1, model.survival_channels, size // 8, size // 8), cond)
+        else:
+            out = model(image, res, cond)
         out[0, 0, size // 2, size // 2].backward()
     nz = res.grad[0, 0].abs() > 0
     if not nz.any():  # zero-initialised head: perturb it to see the support

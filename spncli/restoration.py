@@ -14,6 +14,17 @@ the quality recorded in the model card (on re-compressed probes it removed
 more PRNU than JPEG artefacts), and the network's correction only at or
 below the quality the card records (above it the correction was measured to
 lower the PCE); see the model card's measurements.
+
+A v2 card (``"architecture": "v2"``, :class:`spncli.networks.RestorationNetV2`)
+refines the compression-aware residual instead: the full frame's grey
+residual filtered on the file's own 8x8 grid and centre-cropped
+(:func:`spncli.conditioning.network_inputs`, the very function that makes the
+training pairs), with the file's per-block survival map pooled on each tile's
+8x8 grid (tiles start on multiples of 16 of the crop); then CFA zero-mean and
+the spectral Wiener filter per image by the compression-aware criterion (the
+surviving AC fraction, :class:`spncli.jpegdomain.AwareSettings`). A file
+without DCT coefficients (PNG, TIFF, CMYK JPEG) gets the classic residual,
+and the record says so.
 """
 
 from __future__ import annotations
@@ -28,12 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .conditioning import NoQuantizationTables, condition_vector
+from .conditioning import NoQuantizationTables, condition_vector, network_inputs, pool_survival
 from .provenance import atomic_write_bytes, atomic_write_json, read_regular_file
 from .evidence import Evidence
+from .jpegdomain import AwareSettings, NoCoefficients, coefficients_of
 from .jpegtables import ijg_tables
-from .networks import RestorationNet
-from .residual import ResidualParams, grey_residual, wiener_dft, zero_mean_cfa
+from .networks import ARCHITECTURES, RestorationNet, build_generator
+from .residual import ResidualParams, grey_residual, postprocess, wiener_dft, zero_mean_cfa
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -48,6 +60,7 @@ __all__ = [
     "check_tile",
     "resolve_device",
     "NoQuantizationTables",
+    "card_architecture",
 ]
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "spn-restore-v1.json"
@@ -136,6 +149,11 @@ class Restorer:
             self.model.to(self.device)
 
     @property
+    def architecture(self) -> str:
+        """``v1`` (refines the classic residual) or ``v2`` (the compression-aware one)."""
+        return card_architecture(self.card)[0]
+
+    @property
     def wiener_min_quality(self) -> int:
         """Probe residuals are spectrally Wiener-filtered only above this quality."""
         return int(self.card.get("postprocess", {}).get("wiener_dft_above_quality", 80))
@@ -165,7 +183,14 @@ class Restorer:
         return condition_vector(quality, ijg_tables(quality)[0]), quality
 
     def correction(
-        self, pixels: np.ndarray, residual: np.ndarray, cond: np.ndarray, *, tile: int = 1024, precision: str = "auto"
+        self,
+        pixels: np.ndarray,
+        residual: np.ndarray,
+        cond: np.ndarray,
+        *,
+        tile: int = 1024,
+        precision: str = "auto",
+        survival: np.ndarray | None = None,
     ) -> np.ndarray:
         """The generator's correction ΔW of a residual, computed over tiles.
 
@@ -180,8 +205,15 @@ class Restorer:
             margin of the receptive field and blended with a Hann taper.
         precision : str
             ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``.
+        survival : ndarray (M, N, SURVIVAL_CHANNELS) or None
+            v2 only: the per-pixel (block-constant) survival map of the same
+            region (:func:`spncli.conditioning.network_inputs`), pooled over
+            the 8x8 cells of each tile.
         """
         check_tile(tile)
+        if (survival is None) != (self.architecture == "v1"):
+            verb = "needs" if survival is None else "takes no"
+            raise ValueError(f"the {self.architecture} network {verb} survival map")
         self._place()
         rows, cols = residual.shape
         margin = int(self.card["receptive_radius"]) + 16
@@ -192,6 +224,8 @@ class Restorer:
             pixels = np.repeat(pixels, 3, axis=2)
         img = np.pad(pixels, ((0, pr), (0, pc), (0, 0)), mode="reflect") if pr or pc else pixels
         res = np.pad(residual, ((0, pr), (0, pc)), mode="reflect") if pr or pc else residual
+        if survival is not None and (pr or pc):
+            survival = np.pad(survival, ((0, pr), (0, pc), (0, 0)), mode="edge")
         h, w = res.shape
         dtype = _autocast_dtype(self.device, precision)
         cond_t = torch.from_numpy(cond)[None].to(self.device)
@@ -204,8 +238,11 @@ class Restorer:
                 b0, b1 = max(c0 - margin, 0), min(c1 + margin, w)
                 x = torch.from_numpy(np.ascontiguousarray(img[a0:a1, b0:b1].transpose(2, 0, 1)) / 255.0 - 0.5)
                 rr = torch.from_numpy(np.ascontiguousarray(res[a0:a1, b0:b1]) / RestorationNet.RESIDUAL_SCALE)
+                inputs = [x[None].float().to(self.device), rr[None, None].float().to(self.device)]
+                if survival is not None:  # a0, b0 are multiples of 16: the tile's 8x8 cells are the region's
+                    inputs.append(torch.from_numpy(pool_survival(survival[a0:a1, b0:b1]))[None].to(self.device))
                 with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    pred = self.model(x[None].float().to(self.device), rr[None, None].float().to(self.device), cond_t)
+                    pred = self.model(*inputs, cond_t)
                 pred = pred.float()[0, 0].cpu().numpy() * RestorationNet.RESIDUAL_SCALE
                 core = pred[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
                 win = np.outer(hann_window(r1 - r0, taper), hann_window(c1 - c0, taper))
@@ -223,12 +260,17 @@ class Restorer:
         params: ResidualParams = ResidualParams(),
         tile: int = 1024,
         precision: str = "auto",
+        data: bytes | None = None,
     ):
         """Restored, post-processed residual of an evidence image.
 
         ``pixels`` (default: the evidence's, e.g. a crop of them) and ``grey``
         (their classic grey residual before post-processing) may be passed to
-        avoid recomputation.
+        avoid recomputation. ``data`` (v2): the file's bytes when the evidence
+        was decoded in memory (otherwise its file is read again and checked
+        against its SHA-256). With a v2 network, ``pixels`` must be the centre
+        crop of the evidence (:func:`spncli.identify.cropped_pixels`): the
+        compression-aware residual is computed on the full frame, then cropped.
 
         Returns
         -------
@@ -237,6 +279,8 @@ class Restorer:
             Quality used, post-processing applied, tile, precision, weights SHA-256.
         """
         pixels = ev.pixels if pixels is None else pixels
+        if self.architecture == "v2":
+            return self._restore_v2(ev, pixels, grey, quality, params, tile, precision, data)
         grey = grey_residual(pixels, params) if grey is None else grey
         cond, q = self.condition(ev, quality)
         network = q <= self.network_max_quality
@@ -247,15 +291,59 @@ class Restorer:
             restored = wiener_dft(restored, float(restored.std(ddof=1)), params.windows)
         return np.ascontiguousarray(restored, dtype=np.float32), {
             "restored": True,
+            "input_residual": "classic",
             "quality_used": q,
             "network_applied": network,
             "wiener_dft": wiener,
+        } | self._record(tile, precision)
+
+    def _record(self, tile: int, precision: str) -> dict:
+        return {
             "tile": tile,
             "precision": str(_autocast_dtype(self.device, precision)).replace("torch.", ""),
             "device": str(self.device),
             "model": self.card.get("name"),
+            "architecture": self.architecture,
             "weights_sha256": self.weights_sha256,
         }
+
+    def _restore_v2(self, ev, pixels, grey, quality, params, tile, precision, data):
+        """v2: the compression-aware residual of the full frame, cropped, plus the network's correction."""
+        cond, q = self.condition(ev, quality)
+        crop = None if tuple(pixels.shape[:2]) == tuple(ev.shape[:2]) else tuple(pixels.shape[:2])
+        try:
+            coefficients = coefficients_of(ev, data)
+        except NoCoefficients as exc:
+            grey = grey_residual(pixels, params) if grey is None else grey
+            return postprocess(grey, params), {
+                "restored": False,
+                "input_residual": "classic",
+                "quality_used": q,
+                "network_applied": False,
+                "wiener_dft": params.wiener_dft,
+                "restoration_skipped": f"{exc}: classic residual",
+            } | self._record(tile, precision)
+        full = grey if crop is None and grey is not None else grey_residual(ev.pixels, params)
+        residual, survival, info = network_inputs(full, coefficients, crop, params)
+        restored = residual + self.correction(
+            pixels, residual, cond, tile=tile, precision=precision, survival=survival
+        )
+        restored = zero_mean_cfa(restored)
+        post = self.card.get("postprocess", {})
+        above = float(post.get("wiener_surviving_at_or_above", AwareSettings().wiener_above))
+        wiener = info["surviving_ac_fraction"] >= above
+        if wiener:
+            restored = wiener_dft(restored, float(restored.std(ddof=1)), params.windows)
+        return np.ascontiguousarray(restored, dtype=np.float32), {
+            "restored": True,
+            "input_residual": "compression-aware",
+            "quality_used": q,
+            "network_applied": True,
+            "wiener_dft": bool(wiener),
+            "surviving_ac_fraction": info["surviving_ac_fraction"],
+            "crop_offsets": info["crop_offsets"],
+            "aware_settings": info["aware_settings"],
+        } | self._record(tile, precision)
 
 
 def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype:
@@ -276,12 +364,24 @@ def _card_problem(card) -> str | None:
         return "'weights' must name a file beside the card (no folders)"
     if not isinstance(card.get("weights_sha256"), str):
         return "'weights_sha256' is missing"
-    if not isinstance(card.get("architecture", {}), dict):
-        return "'architecture' must be an object of RestorationNet arguments"
+    arch = card.get("architecture", {})
+    if not (isinstance(arch, dict) or (isinstance(arch, str) and arch in ARCHITECTURES)):
+        return f"'architecture' must be one of {', '.join(ARCHITECTURES)} or an object of RestorationNet arguments"
+    if not isinstance(card.get("architecture_args", {}), dict):
+        return "'architecture_args' must be an object of the network's arguments"
     radius = card.get("receptive_radius")
     if not isinstance(radius, int) or isinstance(radius, bool) or radius < 0:
         return "'receptive_radius' must be a non-negative integer"
     return None
+
+
+def card_architecture(card: dict) -> tuple[str, dict]:
+    """Architecture name and arguments of a card: ``"architecture": "v2"`` with ``architecture_args``,
+    or (v1 cards) ``"architecture": {arguments}``."""
+    arch = card.get("architecture", {})
+    if isinstance(arch, str):
+        return arch, dict(card.get("architecture_args", {}))
+    return "v1", dict(arch)
 
 
 def load_restorer(card_path: str | Path = DEFAULT_MODEL, device: str = "auto") -> Restorer:
@@ -316,7 +416,8 @@ def load_restorer(card_path: str | Path = DEFAULT_MODEL, device: str = "auto") -
     except ValueError as exc:
         raise ModelError(str(exc)) from None
     try:
-        model = RestorationNet(**card.get("architecture", {}))
+        name, args = card_architecture(card)
+        model = build_generator(name, **args)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{card_path}: the card's architecture cannot be built ({exc})") from None
     try:
@@ -354,29 +455,47 @@ def write_model_card(
     data = Path(weights).read_bytes()
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     width = int(state["stem.weight"].shape[0])
-    model = RestorationNet(width)
+    arch = "v2" if "surv_fine.weight" in state else "v1"
+    model = build_generator(arch, width=width)
     model.load_state_dict(state)
-    probe = RestorationNet(width)  # radius of the architecture, measured with a non-zero head
+    probe = build_generator(arch, width=width)  # radius of the architecture, measured with a non-zero head
     probe.load_state_dict(state)
     torch.nn.init.normal_(probe.head.weight, std=0.05)
     card = {
         "name": name,
         "weights": f"{name}.pt",
         "weights_sha256": hashlib.sha256(data).hexdigest(),
-        "architecture": {"width": width},
         "parameters": sum(p.numel() for p in model.parameters()),
         "receptive_radius": receptive_radius(probe, 512),
         "checkpoint_keys": sorted(state.keys()),
-        "inputs": "image RGB/255-0.5 (B,3,H,W); classic grey residual/4 (B,1,H,W); condition (B,65): "
-        "quality/100 and log(luma table)/log(255)",
-        "output": "correction dW (B,1,H,W) x4 added to the classic residual",
-        "postprocess": {
-            "zero_mean_cfa": True,
-            "wiener_dft_above_quality": wiener_dft_above_quality,
-            "network_at_or_below_quality": network_at_or_below_quality,
-        },
-        **(fields or {}),
     }
+    if arch == "v1":
+        card |= {
+            "architecture": {"width": width},
+            "inputs": "image RGB/255-0.5 (B,3,H,W); classic grey residual/4 (B,1,H,W); condition (B,65): "
+            "quality/100 and log(luma table)/log(255)",
+            "output": "correction dW (B,1,H,W) x4 added to the classic residual",
+            "postprocess": {
+                "zero_mean_cfa": True,
+                "wiener_dft_above_quality": wiener_dft_above_quality,
+                "network_at_or_below_quality": network_at_or_below_quality,
+            },
+        }
+    else:
+        card |= {
+            "architecture": "v2",
+            "architecture_args": {"width": width},
+            "inputs": "image RGB/255-0.5 (B,3,H,W); compression-aware residual (full frame on the file's 8x8 grid, "
+            "inverse-q, cropped, CFA zero-mean, no Wiener)/4 (B,1,H,W); survival map (B,2,H/8,W/8): fraction of "
+            "non-zero AC luma coefficients per block, plain and 1/q-weighted; condition (B,65): quality/100 and "
+            "log(luma table)/log(255), FiLM on every stage",
+            "output": "correction dW (B,1,H,W) x4 added to the compression-aware residual",
+            "postprocess": {
+                "zero_mean_cfa": True,
+                "wiener_surviving_at_or_above": AwareSettings().wiener_above,
+            },
+        }
+    card |= fields or {}
     atomic_write_bytes(out_dir / f"{name}.pt", data)
     atomic_write_json(out_dir / f"{name}.json", card)
     return out_dir / f"{name}.json"

@@ -5,6 +5,17 @@ losses plus a small adversarial term; unfreeze D and step it on a real pass
 (target noise) and a detached fake pass (restored noise), with an auxiliary
 quality head. The EMA of the generator is what is validated and shipped.
 Checkpoints hold state dicts only and are loaded with ``weights_only=True``.
+
+``architecture = "v2"`` trains :class:`spncli.networks.RestorationNetV2` on
+:func:`spncli.camerasim.simulate_v2` pairs (compression-aware input residual,
+survival map, double compression on the evidence's own grid, real PRNU
+including fingerprints of the Dresden ``_0`` flat-fields). An
+``adversarial_weight`` of 0 is the ablation without the GAN: the
+discriminator is neither used nor stepped. Pairs can be simulated by
+``workers`` processes (the simulation, not the GPU, bounds the step rate).
+Validation of v2 (:class:`SelectionValidation`) is on the selection units
+``_0``, per unit, so that a checkpoint can be chosen leave-one-unit-out
+(:func:`leave_one_unit_out`); the report units ``_1`` choose nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 import tomllib
 from collections.abc import Callable
@@ -21,12 +33,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .camerasim import ContentPool, PrnuPool, simulate
+from .camerasim import (
+    REPORT_UNITS,
+    ContentPool,
+    PrnuPool,
+    check_training_file,
+    simulate,
+    simulate_v2,
+    write_flat_fingerprints,
+)
 from .losses import RestorationLoss, adversarial_loss
-from .networks import NoiseDiscriminator, RestorationNet
+from .networks import ARCHITECTURES, NoiseDiscriminator, RestorationNet, build_generator
 from .restoration import resolve_device
 
-__all__ = ["TrainConfig", "load_config", "Trainer"]
+__all__ = ["TrainConfig", "load_config", "Trainer", "SelectionValidation", "leave_one_unit_out"]
 
 
 @dataclass
@@ -34,6 +54,7 @@ class TrainConfig:
     """Every hyper-parameter of a training run (TOML keys of the same names)."""
 
     seed: int = 1
+    architecture: str = "v1"
     steps: int = 3000
     batch: int = 16
     patch: int = 96
@@ -44,17 +65,25 @@ class TrainConfig:
     w_corr: float = 1.0
     w_freq: float = 0.05
     w_adv: float = 1e-3
+    adversarial_weight: float | None = None
     w_aux: float = 0.1
     ema: float = 0.995
     quality_start: tuple[int, int] = (70, 95)
     quality_end: tuple[int, int] = (10, 95)
     curriculum_fraction: float = 0.6
     content: list[str] = field(default_factory=lambda: ["../shared/data/cbsd68"])
-    prnu: str = "../shared/data/praktica-fingerprints"
+    content_downscale: float = 2.0
+    prnu: str | list[str] = "../shared/data/praktica-fingerprints"
+    flatfields: str = ""
+    flatfield_units: str = "_0"
+    flatfield_crop: int = 0
+    flatfield_exclude_centre: int = 1024
     val_every: int = 500
     checkpoint_every: int = 250
     device: str = "auto"
     threads: int = 0
+    workers: int = 0
+    max_seconds: float = 0.0
 
     def __post_init__(self):
         self.quality_start = tuple(self.quality_start)
@@ -63,14 +92,25 @@ class TrainConfig:
             raise ValueError(f"patch must be a multiple of {RestorationNet.MULTIPLE}, got {self.patch}")
         if self.steps < 1 or self.batch < 1:
             raise ValueError("steps and batch must be >= 1")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}")
+        if self.flatfield_units.endswith(REPORT_UNITS):
+            raise ValueError(f"flatfield_units {self.flatfield_units!r}: the report units never train (allowed: _0)")
+        if self.adversarial_weight is not None and self.adversarial_weight < 0:
+            raise ValueError(f"adversarial_weight must be >= 0 (0: no GAN), got {self.adversarial_weight}")
+
+    @property
+    def adversarial(self) -> float:
+        """Weight of the adversarial term: ``adversarial_weight``, else ``w_adv`` (v1 configs)."""
+        return self.w_adv if self.adversarial_weight is None else self.adversarial_weight
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read a TOML config; unknown keys are an error naming the allowed ones."""
-    data = tomllib.loads(Path(path).read_text())
+def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """Read a TOML config, with ``overrides`` of some keys; unknown keys are an error naming the allowed ones."""
+    data = tomllib.loads(Path(path).read_text()) | (overrides or {})
     allowed = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(data) - allowed)
     if unknown:
@@ -99,8 +139,14 @@ class Trainer:
         self.device = resolve_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
+        self.content = ContentPool(config.content, downscale=config.content_downscale)
+        prnu = [config.prnu] if isinstance(config.prnu, str) else list(config.prnu)
+        if config.flatfields:
+            prnu.append(self._flat_fingerprints())
+        self.prnu = PrnuPool(prnu)
+        self.pool = self._start_workers()  # forked before CUDA is touched
         torch.manual_seed(config.seed)
-        self.g = RestorationNet(config.width).to(self.device)
+        self.g = build_generator(config.architecture, width=config.width).to(self.device)
         self.d = NoiseDiscriminator().to(self.device)
         self.ema = copy.deepcopy(self.g).eval()
         for p in self.ema.parameters():
@@ -112,9 +158,36 @@ class Trainer:
         self.step = 0
         self.rng = np.random.default_rng(config.seed)
         self.validate = validate
-        self.content = ContentPool(config.content)
-        self.prnu = PrnuPool(config.prnu)
         self._resume()
+
+    def _start_workers(self):
+        """A pool of ``workers`` forked pair simulators (at most the CPU count less one), or None."""
+        workers = min(self.cfg.workers, (os.cpu_count() or 1) - 1)
+        if workers < 2:
+            return None
+        import multiprocessing as mp
+
+        global _FACTORY
+        _FACTORY = self._make_sample  # the forked workers inherit the pools and the config
+        return mp.get_context("fork").Pool(workers)
+
+    def _flat_fingerprints(self) -> Path:
+        """Fingerprints of the ``flatfield_units`` estimated from ``flatfields`` (cached in the run folder)."""
+        folder = self.out / f"prnu-flat{self.cfg.flatfield_units}"
+        if not any(folder.glob("*.png")):
+            crop = (self.cfg.flatfield_crop,) * 2 if self.cfg.flatfield_crop else None
+            side = self.cfg.flatfield_exclude_centre
+            write_flat_fingerprints(
+                self.cfg.flatfields, folder, self.cfg.flatfield_units, crop, (side, side) if side else None
+            )
+        return folder
+
+    def training_files(self) -> list[str]:
+        """Every file the pairs are drawn from; asserts that none is of a report unit (``_1``)."""
+        files = self.content.files + self.prnu.files
+        for p in files:
+            check_training_file(p)
+        return [str(p) for p in files]
 
     # -- data -------------------------------------------------------------
     def quality_range(self) -> tuple[int, int]:
@@ -126,39 +199,66 @@ class Trainer:
 
     def batch(self) -> dict[str, torch.Tensor]:
         lo, hi = self.quality_range()
-        size = self.cfg.patch + 40
-        samples = [
-            simulate(
-                self.content.draw(size, self.rng),
-                self.prnu.draw(size, self.rng),
-                self.rng,
-                quality=int(self.rng.integers(lo, hi + 1)),
-                patch=self.cfg.patch,
-                scale=RestorationNet.RESIDUAL_SCALE,
-            )
-            for _ in range(self.cfg.batch)
-        ]
-        out = {
-            k: torch.from_numpy(np.stack([getattr(s, k) for s in samples])).to(self.device)
-            for k in ("image", "residual", "target", "cond")
-        }
+        seeds = self.rng.integers(0, 2**63 - 1, size=self.cfg.batch)
+        qualities = self.rng.integers(lo, hi + 1, size=self.cfg.batch)
+        jobs = [(int(s), int(q)) for s, q in zip(seeds, qualities)]
+        if self.pool is not None:
+            samples = self.pool.map(_pool_sample, jobs)
+        else:
+            samples = [self._make_sample(job) for job in jobs]
+        keys = ("image", "residual", "target", "cond") + (("survival",) if self.cfg.architecture == "v2" else ())
+        out = {k: torch.from_numpy(np.stack([getattr(s, k) for s in samples])).to(self.device) for k in keys}
         out["quality"] = torch.tensor([s.quality / 100.0 for s in samples], device=self.device)
         return out
+
+    def _make_sample(self, job: tuple[int, int]):
+        """One training pair from its own seed (the same pair in a worker process or here)."""
+        seed, quality = job
+        rng = np.random.default_rng(seed)
+        size = self.cfg.patch + 40
+        simulator = simulate_v2 if self.cfg.architecture == "v2" else simulate
+        return simulator(
+            self.content.draw(size, rng),
+            self.prnu.draw(size, rng),
+            rng,
+            quality=quality,
+            patch=self.cfg.patch,
+            scale=RestorationNet.RESIDUAL_SCALE,
+        )
+
+    def close(self):
+        """Stop the simulation workers."""
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+    def restored(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Input residual plus the generator's correction."""
+        if self.cfg.architecture == "v2":
+            return b["residual"] + self.g(b["image"], b["residual"], b["survival"], b["cond"])
+        return b["residual"] + self.g(b["image"], b["residual"], b["cond"])
 
     # -- one GAN step -----------------------------------------------------
     def train_step(self, b: dict[str, torch.Tensor]) -> dict:
         amp = dict(device_type=self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda")
+        gan = self.cfg.adversarial > 0
         for p in self.d.parameters():
             p.requires_grad_(False)
         with torch.autocast(**amp):
-            restored = b["residual"] + self.g(b["image"], b["residual"], b["cond"])
+            restored = self.restored(b)
             total, parts = self.loss(restored.float(), b["target"])
-            fake_logits, _ = self.d(restored.float())
-            adv = adversarial_loss(fake_logits, real=True)
-            total = total + self.cfg.w_adv * adv
+            if gan:
+                fake_logits, _ = self.d(restored.float())
+                adv = adversarial_loss(fake_logits, real=True)
+                total = total + self.cfg.adversarial * adv
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.step(self.opt_g)
+        if not gan:  # ablation without GAN: the discriminator is neither used nor stepped
+            self.scaler.update()
+            self._ema_update()
+            return parts | {"total": float(total.detach()), "adv": 0.0, "d": 0.0, "aux": 0.0}
         for p in self.d.parameters():
             p.requires_grad_(True)
         with torch.autocast(**amp):
@@ -173,13 +273,16 @@ class Trainer:
         self.scaler.scale(d_total).backward()
         self.scaler.step(self.opt_d)
         self.scaler.update()
+        self._ema_update()
+        scalars = {"adv": adv, "d": d_loss, "aux": aux, "total": total}
+        return parts | {k: float(v.detach()) for k, v in scalars.items()}
+
+    def _ema_update(self):
         with torch.no_grad():
             for pe, pg in zip(self.ema.parameters(), self.g.parameters()):
                 pe.lerp_(pg, 1 - self.cfg.ema)
             for be, bg in zip(self.ema.buffers(), self.g.buffers()):
                 be.copy_(bg)
-        scalars = {"adv": adv, "d": d_loss, "aux": aux, "total": total}
-        return parts | {k: float(v.detach()) for k, v in scalars.items()}
 
     # -- checkpoints --------------------------------------------------------
     def _resume(self):
@@ -219,10 +322,22 @@ class Trainer:
         started = time.perf_counter()
         last_val: dict = {}
         if self.step == 0:
-            self.log({"config": self.cfg.as_dict(), "device": str(self.device)})
+            excluded = [str(p) for p in self.content.excluded + self.prnu.excluded]
+            self.log(
+                {
+                    "config": self.cfg.as_dict(),
+                    "device": str(self.device),
+                    "training_files": self.training_files(),
+                    "excluded_report_unit_files": excluded,
+                }
+            )
         while self.step < self.cfg.steps:
             parts = self.train_step(self.batch())
             self.step += 1
+            out_of_time = 0 < self.cfg.max_seconds <= time.perf_counter() - started
+            if out_of_time:  # the time budget ends the run like its last step
+                self.cfg.steps = self.step
+                self.log({"step": self.step, "stopped": f"max_seconds {self.cfg.max_seconds} reached"})
             if not all(math.isfinite(v) for v in parts.values()):
                 raise FloatingPointError(f"non-finite loss at step {self.step}: {parts}")
             on_step(self.step, parts)
@@ -248,4 +363,136 @@ class Trainer:
                         with atomic_path(self.out / "best.pt") as tmp:
                             torch.save(self.ema.state_dict(), tmp)
                         atomic_write_json(best, {"step": self.step, **last_val})
+        self.close()
         return last_val
+
+
+_FACTORY: Callable | None = None
+
+
+def _pool_sample(job):
+    return _FACTORY(job)
+
+
+class SelectionValidation:
+    """Median matching PCE per selection unit and quality: classic, compression-aware and restored (v2).
+
+    Probes are the centre ``crop`` of each natural image of the ``units``
+    re-compressed in memory at each quality (4:2:0, as ``spn degrade``), so
+    the crop is the file and its grid starts at the crop; fingerprints are
+    estimated from the same units' flat-fields at the same crop, or read from
+    ``<device>.png`` fingerprints of that crop (Praktica encoding,
+    :func:`spncli.camerasim.write_flat_fingerprints`) when ``flats`` holds
+    them. Training fingerprints of these units leave this centre region out
+    (``flatfield_exclude_centre``), so validation never scores PRNU the
+    network has seen.
+
+    Parameters
+    ----------
+    flats, naturals : Path
+        Dresden ``ff-jpg`` (or a folder of ``<device>.png`` fingerprints) and ``nat-jpg``.
+    units : str
+        Suffix of the selection devices (``_0``); the report units (``_1``) are refused.
+    qualities : sequence of int
+    crop : (rows, cols)
+    """
+
+    def __init__(self, flats, naturals, units: str = "_0", qualities=(50, 30), crop=(1024, 1024)):
+        from .degrade import DegradeSettings, encode
+        from .evidence import decode, load_image
+        from .fingerprint import FingerprintAccumulator
+        from .geometry import centre_crop
+        from .pce import FingerprintSpectrum
+
+        if units.endswith(REPORT_UNITS):
+            raise ValueError(f"validation units {units!r}: the report units choose nothing (allowed: _0)")
+
+        def cam(p):
+            return Path(p).stem.rsplit("_", 1)[0]
+
+        pngs = sorted(p for p in Path(flats).glob("*.png") if p.stem.endswith(units))
+        flats = sorted(Path(flats).glob("*"))
+        self.cams = sorted({cam(p) for p in flats if cam(p).endswith(units)} | {p.stem for p in pngs})
+        self.spectra = {}
+        import cv2
+
+        for png in pngs:
+            k = (cv2.imread(str(png), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION) - 127.5) / 32.5
+            if k.shape != tuple(crop):
+                raise ValueError(f"{png}: fingerprint is {k.shape[1]}x{k.shape[0]}, the validation crop {crop}")
+            self.spectra[png.stem] = FingerprintSpectrum(np.ascontiguousarray(k, dtype=np.float32))
+        for c in sorted(set(self.cams) - set(self.spectra)):
+            acc = FingerprintAccumulator()
+            for p in flats:
+                if cam(p) == c:
+                    acc.add(np.ascontiguousarray(centre_crop(load_image(p).pixels, crop)))
+            self.spectra[c] = FingerprintSpectrum(acc.finalize())
+        self.probes = []
+        for p in sorted(Path(naturals).glob("*")):
+            if cam(p) in self.cams:
+                pixels = np.ascontiguousarray(centre_crop(load_image(p).pixels, crop))
+                for q in qualities:
+                    data = encode(pixels, DegradeSettings(q, "jpeg", "420"))
+                    self.probes.append((decode(data, f"{p.name}.q{q}.jpg"), data, q, cam(p)))
+
+    def __call__(self, generator) -> dict:
+        """Per unit and quality, the median PCE of the true camera; ``score``: mean over units of the
+        mean restored/classic ratio of their medians."""
+        import torch
+
+        from .jpegdomain import AwareSettings, coefficients_of, compression_aware_residual
+        from .networks import receptive_radius
+        from .pce import score
+        from .residual import ResidualParams, grey_residual, postprocess
+        from .restoration import Restorer
+
+        card = {"architecture": "v2", "receptive_radius": receptive_radius(copy.deepcopy(generator).cpu(), 256)}
+        device = next(generator.parameters()).device
+        restorer = Restorer(generator.eval(), card, "", device)
+        params = ResidualParams()
+        pce: dict = {}
+        for ev, data, q, true in self.probes:
+            grey = grey_residual(ev.pixels, params)
+            coefficients = coefficients_of(ev, data)
+            aware = compression_aware_residual(grey, coefficients, params=params, settings=AwareSettings())[0]
+            restored = restorer.restore(ev, grey=grey, params=params, data=data)[0]
+            spec = self.spectra[true]
+            for name, w in (("classic", postprocess(grey, params)), ("aware", aware), ("restored", restored)):
+                pce.setdefault((true, q), {}).setdefault(name, []).append(score(w, spec).pce)
+        rows = [
+            {"unit": u, "quality": q} | {f"{k}_median": float(np.median(v)) for k, v in d.items()}
+            for (u, q), d in sorted(pce.items())
+        ]
+        per_unit = {
+            u: float(np.mean([r["restored_median"] / max(r["classic_median"], 1e-6) for r in rows if r["unit"] == u]))
+            for u in self.cams
+        }
+        return {"rows": rows, "per_unit_score": per_unit, "score": float(np.mean(list(per_unit.values())))}
+
+
+def leave_one_unit_out(validations: list[dict]) -> dict:
+    """Leave-one-unit-out choice of a checkpoint from logged :class:`SelectionValidation` results.
+
+    For each unit, the step with the best mean score over the *other* units is
+    chosen and its score on the held-out unit reported.
+
+    Parameters
+    ----------
+    validations : list of dict
+        ``{"step": int, "validation": {"per_unit_score": {unit: float}}}``.
+
+    Returns
+    -------
+    dict
+        ``{unit: {"chosen_step", "held_out_score"}}`` and ``"mean_held_out"``.
+    """
+    vals = [v for v in validations if "per_unit_score" in v.get("validation", {})]
+    if not vals:
+        return {}
+    units = sorted(vals[0]["validation"]["per_unit_score"])
+    out = {}
+    for u in units:
+        others = [x for x in units if x != u] or [u]
+        best = max(vals, key=lambda v: np.mean([v["validation"]["per_unit_score"][x] for x in others]))
+        out[u] = {"chosen_step": best["step"], "held_out_score": best["validation"]["per_unit_score"][u]}
+    return out | {"mean_held_out": float(np.mean([out[u]["held_out_score"] for u in units]))}
