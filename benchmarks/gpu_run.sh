@@ -9,7 +9,8 @@
 #      validated on the selection units _0 (centre 1024, Q50/30, per unit)         -> v2.pt, v2-noadv.pt, train_log.jsonl
 #      The v2 input is the compression-aware residual and the survival map (spncli.conditioning.network_inputs).
 #   4. 48 MP restore: seconds and peak GPU memory, fp16 and fp32                       -> figures.json
-#   5. if benchmarks/gpu_classic.py exists: python benchmarks/gpu_classic.py --out $OUT/classic
+#   5. the classic pipeline on CUDA: gpu_classic.py run (agreement with numpy, decisions, 12 MP x 50 cameras images/s)
+#                                                                                      -> classic.json
 # Writes into $OUT (at most 5 files of its own, so that the 8 files that come back leave room for
 # gpu_classic.py): gpu_run.log, figures.json (with both model cards and the loss curves' points), v2.pt,
 # v2-noadv.pt (EMA or best weights; `write_model_card` makes their cards again), train_log.jsonl (v2).
@@ -18,6 +19,8 @@
 # Before the run, on the CPU machine (the GPU machine has no network and no ../shared):
 #   ../shared/gpu/wheels.sh .gpu/wheels jpeglib pillow-heif        # PyWavelets, piexif, jpeglib, pillow-heif
 #   PYTHONPATH=$PWD python benchmarks/prepare_gpu_data.py   # .gpu/data: CBSD68, Praktica 1024, Dresden _0 only
+#   PYTHONPATH=$PWD python benchmarks/gpu_classic.py prepare --data ../shared/data/dresden-nikon \
+#       --to .gpu/data/classic --flats 3 --camera Nikon_D70_0 --camera Nikon_D70s_0   # 11 files, 7.9 MiB
 #   (.gpu/ is ignored by .gitignore; carry it along: run(carry=[".gpu"]), 64 MiB at most)
 # Then on the GPU machine:   bash benchmarks/gpu_run.sh            ($OUT set by the machine)
 # Smoke test on a CPU (a few steps, small image, nothing installed):
@@ -176,10 +179,12 @@ EOF
 done
 
 # 5. the classic residual on the GPU (another helper's script), when present -------------------------------
-if [[ -f benchmarks/gpu_classic.py ]]; then
-    stage gpu-classic 120 "$PY" benchmarks/gpu_classic.py --out "$OUT/classic"
+if [[ -d $DATA/classic/dresden-nikon ]]; then  # prepared by: gpu_classic.py prepare ... --to .gpu/data/classic
+    SMOKE_FLAG=(); [[ $SMOKE == 1 ]] && SMOKE_FLAG=(--smoke)
+    stage gpu-classic 120 "$PY" benchmarks/gpu_classic.py run --data "$DATA/classic/dresden-nikon" \
+        --out "$OUT/classic.json" "${SMOKE_FLAG[@]}"
 else
-    echo "== gpu-classic: benchmarks/gpu_classic.py absent, not run"
+    echo "== gpu-classic: $DATA/classic/dresden-nikon absent (run benchmarks/gpu_classic.py prepare), not run"
 fi
 
 # figures: one JSON (loss curves as points) ------------------------------------------------------------------
