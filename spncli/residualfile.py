@@ -177,8 +177,16 @@ def load_residual_file(path) -> SavedResidual:
     except (ValueError, OSError, EOFError) as exc:
         raise EvidenceError(path, f"not a NumPy array file ({exc})") from None
     if arr.dtype != np.float32 or arr.ndim != 2 or list(arr.shape) != prov.get("shape"):
+        what = "not a 2-D (rows x cols) array: " if arr.ndim != 2 else ""
         raise EvidenceError(
-            path, f"array is {arr.dtype} {list(arr.shape)}, provenance says float32 {prov.get('shape')}"
+            path, f"{what}array is {arr.dtype} {list(arr.shape)}, provenance says float32 {prov.get('shape')}"
+        )
+    expected = frame if crop is None else (min(crop[0], frame[0]), min(crop[1], frame[1]))
+    if arr.shape != expected:  # the rows name the source frame and crop: the array must be that region
+        region = "source frame" if crop is None else f"centre crop {crop[0]}x{crop[1]} of the source frame"
+        raise EvidenceError(
+            path, f"array is {arr.shape[0]}x{arr.shape[1]}, but the provenance's {region} "
+            f"{frame[0]}x{frame[1]} makes it {expected[0]}x{expected[1]}",
         )
     if not np.isfinite(arr).all():
         raise EvidenceError(path, "array has non-finite values")
@@ -217,7 +225,8 @@ def match_saved(matcher, saved: SavedResidual, *, surfaces: bool = False) -> lis
         raise EvidenceError(saved.path, "a saved residual has no pixels to restore: match it without --restore")
     w = saved.residual
     want = None if s.crop is None else (min(s.crop[0], saved.shape[0]), min(s.crop[1], saved.shape[1]))
-    if saved.crop is not None and saved.crop != want:
+    held = None if saved.crop is None else (min(saved.crop[0], saved.shape[0]), min(saved.crop[1], saved.shape[1]))
+    if saved.crop is not None and held != want:
         got = f"{saved.crop[0]}x{saved.crop[1]}"
         asked = "no --crop" if want is None else f"--crop {want[0]}x{want[1]}"
         raise EvidenceError(saved.path, f"residual was saved for a centre crop of {got}, {asked} asked: "
