@@ -399,7 +399,12 @@ class FingerprintStore:
         path = self.folder / SIGNS
         if path.is_symlink():
             raise StoreError(f"{path}: a symbolic link, not followed; nothing was stored")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        if path.exists() and not path.is_file():
+            raise StoreError(f"{path}: not a regular file (a FIFO, folder or device); nothing was stored")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced between the check and the open
+            os.close(fd)
+            raise StoreError(f"{path}: not a regular file (a FIFO, folder or device); nothing was stored")
         with os.fdopen(fd, "r+b") as fh:
             fh.truncate(committed)  # a killed writer's uncommitted tail
             fh.seek(committed)
@@ -650,18 +655,24 @@ class FingerprintStore:
 
 
 def _sign_records(data: bytes):
-    """(header dict, uint64 words) of each valid pre-screen record, in order; stops at the first unreadable one."""
-    pos, magic = 0, len(_SIG_MAGIC)
-    while pos + magic + 4 <= len(data) and data[pos : pos + magic] == _SIG_MAGIC:
+    """(header dict, uint64 words) of each valid pre-screen record, in order; damaged bytes are skipped.
+
+    A record counts only when its SHA-256 verifies, so scanning on to the next
+    magic after damaged bytes never yields a wrong record.
+    """
+    pos, magic = data.find(_SIG_MAGIC), len(_SIG_MAGIC)
+    while 0 <= pos and pos + magic + 4 <= len(data):
         (n_head,) = struct.unpack_from("<I", data, pos + magic)
         try:
             head = json.loads(data[pos + magic + 4 : pos + magic + 4 + n_head])
             n_words = int(head["words"])
+            end = pos + magic + 4 + n_head + 8 * n_words
+            ok = n_words >= 0 and end + 32 <= len(data) and (
+                hashlib.sha256(data[pos + magic : end]).digest() == data[end : end + 32])  # fmt: skip
         except (ValueError, KeyError, TypeError):
-            return
-        end = pos + magic + 4 + n_head + 8 * n_words
-        if end + 32 > len(data):
-            return
-        if hashlib.sha256(data[pos + magic : end]).digest() == data[end : end + 32]:
+            ok = False
+        if ok:
             yield head, np.frombuffer(data, "<u8", n_words, pos + magic + 4 + n_head).astype(np.uint64, copy=False)
-        pos = end + 32
+            pos = data.find(_SIG_MAGIC, end + 32)
+        else:  # a damaged record (or a damaged file's zero gap): the next record that verifies is still used
+            pos = data.find(_SIG_MAGIC, pos + 1)

@@ -194,3 +194,26 @@ def test_match_prescreen_exact_is_brute_force_and_top_k_finds_the_camera(dresden
 
     res = CliRunner().invoke(app, ["match", str(images[0]), "--db", str(dresden_small_db), "--prescreen", "0"])
     assert res.exit_code == 2 and "off, exact" in res.output
+
+
+def test_damaged_signs_file_loses_only_the_damaged_records_and_is_never_a_fifo(tmp_path):
+    """A truncated file (zero gap after the next write) keeps later records; a FIFO in its place is one error."""
+    import os
+
+    from spncli.store import SIGNS, FingerprintStore, StoreError
+
+    store = FingerprintStore(tmp_path / "db.h5")
+    for i in range(3):
+        store.add(f"cam{i}", _k(i), {})
+    signs = store.folder / SIGNS
+    os.truncate(signs, signs.stat().st_size // 2)  # cam1's and cam2's records cut away
+    store.add("cam3", _k(3), {})  # the writer pads to the committed length, then appends
+    digests, missing = store.sign_digests()
+    assert sorted(digests) == ["cam0", "cam3"] and missing == ["cam1", "cam2"]
+    np.testing.assert_array_equal(digests["cam3"].words, sign_digest(_k(3)).words)
+    signs.unlink()
+    os.mkfifo(signs)
+    with pytest.raises(StoreError, match="prescreen.sig: not a regular file"):
+        store.add("cam4", _k(4), {})
+    assert sorted(store.sign_digests()[0]) == []  # read side: not a regular file, every camera scored exactly
+    assert "cam4" not in store.sign_digests()[1]
