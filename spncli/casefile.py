@@ -406,7 +406,7 @@ class Case:
         by_key: dict[tuple[str, str], list[dict]] = {}
         for r in rows:
             by_key.setdefault((r["image"], r["sha256"]), []).append(r)
-        complete = {k: rs for k, rs in by_key.items() if cameras <= {r["camera"] for r in rs}}
+        complete = {k: rs for k, rs in by_key.items() if _all_scored(rs, cameras)}
         if data is not None and (end < len(data) or len(complete) != len(by_key)):
             self._rewrite_jsonl(self.results, [r for r in rows if (r["image"], r["sha256"]) in complete])
         return complete
@@ -741,3 +741,16 @@ class Case:
                 continue
             if digest != item["sha256"]:
                 v.problems.append(f"{path}: changed (SHA-256 {digest[:16]}... recorded {item['sha256'][:16]}...)")
+
+
+def _all_scored(rows: list[dict], cameras: set[str]) -> bool:
+    """Whether an image's rows hold every camera it was to be scored against.
+
+    Every camera of the database, or, for a pre-screened image (rows with
+    ``prescreen_scored`` "K of N"), the K candidates its rows name.
+    """
+    have = {r["camera"] for r in rows}
+    if cameras <= have:
+        return True
+    scored = str(rows[0].get("prescreen_scored") or "").split(" of ")
+    return len(scored) == 2 and scored[0].isdigit() and len(have) == int(scored[0]) and have <= cameras

@@ -66,7 +66,8 @@ class _Stop(Exception):
 def case_parameters(matcher: Matcher, *, max_pixels: int, workers=None, scheduler=None) -> dict:
     """The parameters recorded with a case (all but :data:`RUN_ONLY` must agree between its runs)."""
     restorer = matcher.restorer
-    return matcher.settings.as_dict() | {
+    screen = getattr(matcher, "prescreen", None)  # recorded only when on: cases without it resume as before
+    return matcher.settings.as_dict() | ({"prescreen": screen.setting} if screen is not None else {}) | {
         "restored": restorer is not None,
         "weights_sha256": restorer.weights_sha256 if restorer is not None else None,
         "cameras": [c for c, _ in matcher.cameras],

@@ -217,3 +217,25 @@ def test_damaged_signs_file_loses_only_the_damaged_records_and_is_never_a_fifo(t
         store.add("cam4", _k(4), {})
     assert sorted(store.sign_digests()[0]) == []  # read side: not a regular file, every camera scored exactly
     assert "cam4" not in store.sign_digests()[1]
+
+
+def test_case_with_prescreen_resumes_its_images_and_refuses_another_setting(dresden_small_db, dresden, tmp_path):
+    """A pre-screened image is done when its K candidates are scored; the setting is a case parameter."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from spncli.cli import app
+
+    evidence = tmp_path / "ev"
+    evidence.mkdir()
+    (evidence / "a.JPG").write_bytes((dresden / "nat-jpg" / "Nikon_D200_1_17226.JPG").read_bytes())
+    case = tmp_path / "case"
+    args = ["match", str(evidence), "--db", str(dresden_small_db), "--crop", "1024", "--case", str(case), "--workers", "1"]
+    first = CliRunner().invoke(app, [*args, "--prescreen", "1"])
+    assert first.exit_code == 0 and "1 scored, 0 already done" in first.output, first.output
+    again = CliRunner().invoke(app, [*args, "--prescreen", "1"])
+    assert again.exit_code == 0 and "0 scored, 1 already done" in again.output, again.output
+    assert json.loads((case / "manifest.json").read_text())["parameters"]["prescreen"] == "top 1"
+    other = CliRunner().invoke(app, [*args, "--prescreen", "exact"])
+    assert other.exit_code != 0 and "prescreen 'top 1' -> 'exact'" in other.output, other.output
