@@ -289,7 +289,7 @@ def parse_prescreen(text: str) -> int | None | bool:
         return False
     if value == "exact":
         return None
-    if value.isdigit() and int(value) >= 1:
+    if value.isascii() and value.isdigit() and int(value) >= 1:  # "²".isdigit() is True, int("²") fails
         return int(value)
     raise ValueError(f"{text!r} is not allowed: use off, exact, or a number of candidate cameras K >= 1")
 

@@ -239,3 +239,12 @@ def test_case_with_prescreen_resumes_its_images_and_refuses_another_setting(dres
     assert json.loads((case / "manifest.json").read_text())["parameters"]["prescreen"] == "top 1"
     other = CliRunner().invoke(app, [*args, "--prescreen", "exact"])
     assert other.exit_code != 0 and "prescreen 'top 1' -> 'exact'" in other.output, other.output
+
+
+def test_parse_prescreen_names_the_allowed_values_for_every_bad_value():
+    from spncli.prescreen import parse_prescreen
+
+    assert (parse_prescreen("off"), parse_prescreen("EXACT"), parse_prescreen(" 7 ")) == (False, None, 7)
+    for bad in ("0", "-1", "abc", "", "²", "1.5", "+3", "０"):
+        with pytest.raises(ValueError, match="use off, exact, or a number of candidate cameras K >= 1"):
+            parse_prescreen(bad)
