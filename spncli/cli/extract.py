@@ -54,7 +54,7 @@ def extract(
     """
     size = crop_option(crop)
     kind = check_residual_kind(residual)
-    device_option(device, here=not (workers or scheduler))
+    device_option(device, here=not scheduler)  # local workers (--workers) run on this machine
     try:
         params = ResidualParams(sigma=sigma)
         check_output_location(out, images)

@@ -192,7 +192,7 @@ def match(
     """
     size = crop_option(crop)
     kind = check_residual_kind(residual)
-    device_option(device, here=not (case is not None or workers or scheduler))
+    device_option(device, here=not scheduler)  # local workers (--workers, --case) run on this machine
     if restore and kind != "classic":
         die("--restore refines the classic residual: use --residual classic with --restore")
     if pool:
