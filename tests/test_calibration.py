@@ -299,3 +299,20 @@ def test_calibration_write_is_atomic_and_cleans_a_killed_writers_temporary(tmp_p
     monkeypatch.undo()
     assert store.calibration()[1] == first  # the previous calibration, whole
     assert sorted(p.name for p in store.folder.iterdir() if p.name.startswith(".")) == []  # temporaries gone
+
+
+@pytest.mark.parametrize("blocker", ["link", "folder"])
+def test_calibration_path_that_cannot_be_written_is_refused_before_measuring(lab, runner, tmp_path, blocker):
+    """--replace over a link or a folder would fail only after the whole measurement: refused first, one line."""
+    db = _copy_db(lab, tmp_path / "c")
+    cal = FingerprintStore(db).calibration_path
+    target = tmp_path / "elsewhere.json"
+    target.write_bytes(cal.read_bytes())
+    cal.unlink()
+    cal.symlink_to(target) if blocker == "link" else cal.mkdir()
+    args = ["calibrate", "--db", str(db), str(lab["background"][0]), "--qualities", "none", "--replace"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "scored" not in res.output, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {cal}: ") and "nothing was measured" in lines[0], lines
+    assert target.read_bytes() == lab["root"].joinpath("db.h5.d", "calibration.json").read_bytes()

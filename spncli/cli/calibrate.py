@@ -143,8 +143,13 @@ def calibrate(
         die(f"--qualities: {exc}")
     try:
         stored = not replace and store.path.exists() and store.calibration_path.exists()
+        cal = store.calibration_path  # what store_calibration would refuse after the measurement, refused now
+        blocked = ("a symbolic link, not followed" if store.folder.is_symlink() or cal.is_symlink()
+                   else "a folder" if cal.is_dir() else None)  # fmt: skip
     except OSError:
-        stored = False
+        stored, blocked = False, None
+    if blocked:
+        die(f"{store.calibration_path}: {blocked}; nothing would be stored (remove it); nothing was measured")
     if stored:
         die(f"{db}: a calibration is stored already ({store.calibration_path}); use --replace to measure a new one "
             "(spn calibrate --db DB --show prints it)")  # fmt: skip
