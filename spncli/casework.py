@@ -249,13 +249,13 @@ def run_case(
         try:
             return _run(case, matcher, evidence, parameters, client, done, asked, stop,
                         db=db, db_sha=db_sha, examiner=examiner, case_id=case_id,
-                        on_start=on_start, on_result=on_result)  # fmt: skip
+                        on_start=on_start, on_result=on_result, on_notice=on_notice)  # fmt: skip
         finally:
             close_client(client)
 
 
 def _run(case, matcher, evidence, parameters, client, done, asked, stop, *, db, db_sha, examiner, case_id,
-         on_start, on_result) -> CaseSummary:  # fmt: skip
+         on_start, on_result, on_notice=lambda message: None) -> CaseSummary:  # fmt: skip
     started, t0 = utc_now(), time.perf_counter()
     try:
         previous_runs = (case.read_manifest() or {}).get("runs", [])
@@ -272,7 +272,10 @@ def _run(case, matcher, evidence, parameters, client, done, asked, stop, *, db, 
         evidence=given,
         resumed_images=len(done),
     )
-    paths = [str(Path(p).absolute()) for p in gather_inputs(evidence)]
+    others: list = []
+    paths = [str(Path(p).absolute()) for p in gather_inputs(evidence, on_other=others.append, residuals=True)]
+    if others:  # nothing skipped silently
+        on_notice(f"{len(others)} file(s) in the folders are not images or saved residuals: not read")
     on_start(len(paths))
     counts = {"scored": 0, "skipped": 0, "errors": 0}
 

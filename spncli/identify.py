@@ -36,6 +36,7 @@ from .pce import FingerprintSpectrum, MatchScore, ResidualSpectrum, correlation_
 from .provenance import tool_info, utc_now
 from .jpegdomain import RESIDUAL_KINDS, AwareSettings, NoCoefficients, coefficients_of, compression_aware_residual
 from .residual import ResidualParams
+from .residualfile import is_residual_file
 from .store import Fingerprint
 
 __all__ = [
@@ -82,7 +83,7 @@ def _head_reason(path: Path) -> tuple[bool, str | None]:
     return path.suffix.lower() in IMAGE_SUFFIXES | UNSUPPORTED_SUFFIXES, None
 
 
-def _entry(f: Path, root: Path, seen: set[Path]) -> tuple[Path, str | None] | None:
+def _entry(f: Path, root: Path, seen: set[Path], residuals: bool = False) -> tuple[Path, str | None] | None:
     """Classify one walked entry without opening anything but regular files; None: not evidence here."""
     try:
         st = os.lstat(f)
@@ -100,6 +101,9 @@ def _entry(f: Path, root: Path, seen: set[Path]) -> tuple[Path, str | None] | No
     real = f.resolve()
     if real in seen:
         return None
+    if residuals and is_residual_file(f):  # a saved residual: read with its provenance, or refused in one line
+        seen.add(real)
+        return f, None
     image, reason = _head_reason(f)
     if not image:
         return None
@@ -108,7 +112,8 @@ def _entry(f: Path, root: Path, seen: set[Path]) -> tuple[Path, str | None] | No
 
 
 def walk_inputs(
-    paths: Iterable[str | os.PathLike], *, on_other: Callable[[Path], None] = lambda path: None
+    paths: Iterable[str | os.PathLike], *, on_other: Callable[[Path], None] = lambda path: None,
+    residuals: bool = False,
 ) -> Iterator[tuple[Path, str | None]]:
     """Every input named or walked, with the reason it is refused (None: to be read).
 
@@ -128,7 +133,9 @@ def walk_inputs(
 
     Links inside the folder are not yielded (their targets are, once, under
     their own names); each real file is yielded once. Regular files that are
-    not images by name or content go to ``on_other``.
+    not images by name or content go to ``on_other``. With ``residuals``
+    (``spn match``), saved residuals (``.npy``) are yielded too, and the
+    provenance ``.json`` beside each is not passed to ``on_other``.
     """
     seen: set[Path] = set()
     for item in paths:
@@ -152,15 +159,17 @@ def walk_inputs(
                     yield Path(dirpath) / name, LINK_REFUSED
             for name in sorted(filenames):
                 f = Path(dirpath) / name
-                entry = _entry(f, root, seen)
+                entry = _entry(f, root, seen, residuals)
                 if entry is not None:
                     yield entry
                 elif not f.is_symlink() and f.is_file() and f.resolve() not in seen:
-                    on_other(f)
+                    if not (residuals and f.suffix.lower() == ".json" and f.with_suffix(".npy").is_file()):
+                        on_other(f)
 
 
 def gather_inputs(
-    paths: Iterable[str | os.PathLike], *, on_other: Callable[[Path], None] = lambda path: None
+    paths: Iterable[str | os.PathLike], *, on_other: Callable[[Path], None] = lambda path: None,
+    residuals: bool = False,
 ) -> Iterator[Path]:
     """The paths of :func:`walk_inputs`, refused ones included, so that each gets its error line.
 
@@ -169,7 +178,7 @@ def gather_inputs(
     without opening them; :func:`spncli.evidence.decode` refuses unsupported
     formats by signature), so every caller's per-file error path reports it.
     """
-    for path, _reason in walk_inputs(paths, on_other=on_other):
+    for path, _reason in walk_inputs(paths, on_other=on_other, residuals=residuals):
         yield path
 
 

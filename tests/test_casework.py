@@ -365,8 +365,8 @@ def test_file_vanishing_after_the_walk_is_an_error_row(evidence, db, tmp_path, m
     shutil.copytree(evidence, ev)
     real = cw.gather_inputs
 
-    def walk_then_vanish(items):
-        yield from real(items)
+    def walk_then_vanish(items, **options):
+        yield from real(items, **options)
         (ev / "CAM-B_1.jpg").unlink()  # after the walk, before any file is read
 
     monkeypatch.setattr(cw, "gather_inputs", walk_then_vanish)

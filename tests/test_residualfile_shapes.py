@@ -12,6 +12,8 @@ from spncli.cli import app
 from spncli.evidence import EvidenceError
 from spncli.residualfile import load_residual_file
 
+from .test_prescreen import dresden_small_db  # noqa: F401  (fixture: three Dresden cameras, crop 1024)
+
 
 @pytest.fixture(scope="module")
 def saved(dresden, tmp_path_factory):
@@ -54,3 +56,28 @@ def test_array_must_be_the_crop_its_provenance_names(saved, tmp_path):
     with pytest.raises(EvidenceError) as info:  # full-frame provenance: the array must be the whole frame
         load_residual_file(_forge(saved, tmp_path, "frame", w, crop=None))
     assert "source frame 2000x3008 makes it 2000x3008" in info.value.reason
+
+
+def test_saved_residuals_in_a_walked_folder_are_matched_not_skipped(dresden, dresden_small_db, tmp_path):
+    """A folder of JPEGs and saved residuals: each residual scored or refused, other files counted, none silent."""
+    from typer.testing import CliRunner
+
+    folder = tmp_path / "mixed"
+    image = dresden / "nat-jpg" / "Nikon_D200_1_17226.JPG"
+    res = CliRunner().invoke(app, ["extract", str(image), "-o", str(folder), "--crop", "1024"])
+    assert res.exit_code == 0, res.output
+    (npy,) = folder.glob("*.npy")
+    (folder / "copy.JPG").write_bytes(image.read_bytes())
+    _forge(npy, folder, "turned", np.ascontiguousarray(np.rot90(np.load(npy))[:, :1000]))
+    (folder / "notes.txt").write_text("examiner's notes")
+    args = ["match", str(folder), "--db", str(dresden_small_db), "--crop", "1024", "-f", "json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert {r["image"].rsplit("/", 1)[1] for r in rows} == {"copy.JPG", npy.name}
+    by = {(r["image"].endswith(".npy"), r["camera"]): r["pce"] for r in rows}
+    own = by[(True, "Nikon_D200_1")]
+    assert own == pytest.approx(by[(False, "Nikon_D200_1")], abs=1e-3) and own > 60
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "turned.npy: array is 1024x1000" in errors[0], res.stderr
+    assert "1 file(s) in the folders are not images" in res.stderr  # notes.txt; the .json beside each .npy is not

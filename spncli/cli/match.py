@@ -23,7 +23,7 @@ from . import State, app
 from ._batch import BatchProgress, run_jobs
 from ._common import (
     EXIT_SOME_FAILED, DeviceOption, Format, crop_option, device_option, die, err, error_line, fail_line, finite, note,
-    render, warn,
+    note_not_images, render, warn,
 )
 from .extract import ResidualOption, check_residual_kind
 from .restore import ModelOption, open_restorer
@@ -280,7 +280,9 @@ def _match_plain(images, matcher, *, db_sha, workers, scheduler, format, size) -
         return False
 
     job = MatchJob(matcher, max_pixels=State.max_pixels, artifacts=False)
-    paths = list(gather_inputs(images))
+    others: list = []
+    paths = list(gather_inputs(images, on_other=others.append, residuals=True))  # saved residuals in folders too
+    note_not_images(others)
     _, failed = run_jobs(paths, job, workers=workers, scheduler=scheduler, label="match",
                          gpu=matcher.restorer is not None or matcher.device == "cuda", on_result=on_result)  # fmt: skip
     if format is not Format.json:  # JSON was streamed above
