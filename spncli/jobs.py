@@ -83,7 +83,7 @@ class MatchJob:
                 saved = load_residual_file(path)
                 if (path, saved.sha256) in self.skip:  # a case holds it already (rows name the source's SHA-256)
                     return {"path": path, "sha256": saved.sha256, "skipped": True}
-                records = match_saved(self.matcher, saved)
+                records = match_saved(self.matcher, saved, screen=_screened)  # --prescreen as for an image
             except EvidenceError as exc:
                 return {"path": path, "error": exc.reason}
             for r in records:

@@ -205,12 +205,15 @@ def load_residual_file(path) -> SavedResidual:
     )
 
 
-def match_saved(matcher, saved: SavedResidual, *, surfaces: bool = False) -> list[dict]:
+def match_saved(matcher, saved: SavedResidual, *, surfaces: bool = False, screen=None) -> list[dict]:
     """Score a saved residual with a :class:`spncli.identify.Matcher`; rows name its kind and source.
 
     The residual is scored as saved. Its crop must be the matcher's
     (``--crop``) so that it meets the fingerprint's own centre crop; a
     full-frame residual is centre-cropped here when the matcher crops.
+    ``screen(matcher, w)``, when given, returns the matcher narrowed to a
+    pre-screen's candidates, the fields every row then records and each
+    camera's score (:func:`spncli.jobs._screened`), as for an image.
 
     Raises
     ------
@@ -236,7 +239,10 @@ def match_saved(matcher, saved: SavedResidual, *, surfaces: bool = False) -> lis
             raise EvidenceError(saved.path, f"residual is {w.shape}, its source frame {saved.shape}")
         w = np.ascontiguousarray(centre_crop(w, want))
     info = saved.info()
+    screened, z = {}, {}
+    if screen is not None:
+        matcher, screened, z = screen(matcher, w)
     records = matcher.match(saved, surfaces=surfaces, residual=(w, False, info))
     extra = saved.row_fields()
-    return [r | extra for r in records]
+    return [r | extra | (screened | {"prescreen_z": z.get(r["camera"])} if screened else {}) for r in records]
 

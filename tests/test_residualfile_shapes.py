@@ -81,3 +81,26 @@ def test_saved_residuals_in_a_walked_folder_are_matched_not_skipped(dresden, dre
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "turned.npy: array is 1024x1000" in errors[0], res.stderr
     assert "1 file(s) in the folders are not images" in res.stderr  # notes.txt; the .json beside each .npy is not
+
+
+def test_saved_residual_is_prescreened_as_its_image_is(dresden, dresden_small_db, tmp_path):
+    """--prescreen applies to a saved residual: exact = the exhaustive scores, K=1 scores the source camera."""
+    from typer.testing import CliRunner
+
+    image = dresden / "nat-jpg" / "Nikon_D200_1_17226.JPG"
+    res = CliRunner().invoke(app, ["extract", str(image), "-o", str(tmp_path), "--crop", "1024"])
+    assert res.exit_code == 0, res.output
+    (npy,) = tmp_path.glob("*.npy")
+
+    def rows(*options):
+        args = ["match", str(npy), "--db", str(dresden_small_db), "--crop", "1024", "-f", "json", *options]
+        out = CliRunner().invoke(app, args)
+        assert out.exit_code == 0, out.output
+        return {r["camera"]: r for r in map(json.loads, out.stdout.splitlines())}
+
+    off, exact, top1 = rows(), rows("--prescreen", "exact"), rows("--prescreen", "1")
+    assert off.keys() == exact.keys() and len(off) == 3
+    assert all(exact[c]["pce"] == off[c]["pce"] and exact[c]["prescreen_scored"] == "3 of 3" for c in off)
+    assert all("prescreen" not in r for r in off.values())
+    assert list(top1) == ["Nikon_D200_1"] and top1["Nikon_D200_1"]["prescreen_scored"] == "1 of 3"
+    assert top1["Nikon_D200_1"]["pce"] == off["Nikon_D200_1"]["pce"] > 60
