@@ -173,6 +173,14 @@ def load_residual_file(path) -> SavedResidual:
     if problems:
         raise EvidenceError(path, f"invalid provenance {side.name}: " + "; ".join(problems))
     try:
+        buf = io.BytesIO(data)
+        version = np.lib.format.read_magic(buf)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _fortran, dtype = header(buf)
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if not dtype.hasobject and need != len(data) - buf.tell():  # checked before anything is allocated
+            raise ValueError(f"its header declares {list(shape)} {dtype} ({need:,} bytes), the file holds "
+                             f"{len(data) - buf.tell():,} bytes of data")  # fmt: skip
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise EvidenceError(path, f"not a NumPy array file ({exc})") from None

@@ -104,3 +104,17 @@ def test_saved_residual_is_prescreened_as_its_image_is(dresden, dresden_small_db
     assert all("prescreen" not in r for r in off.values())
     assert list(top1) == ["Nikon_D200_1"] and top1["Nikon_D200_1"]["prescreen_scored"] == "1 of 3"
     assert top1["Nikon_D200_1"]["pce"] == off["Nikon_D200_1"]["pce"] > 60
+
+
+def test_npy_header_declaring_more_than_the_file_holds_is_refused_before_allocating(saved, tmp_path):
+    import io
+
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False, "shape": (200000, 200000)})
+    npy = _forge(saved, tmp_path, "bomb", np.zeros((1, 1), np.float32))
+    npy.write_bytes(head.getvalue() + bytes(4096))  # 160 GB declared, 4 KiB held
+    prov = json.loads(npy.with_suffix(".json").read_text())
+    prov |= {"array_sha256": hashlib.sha256(npy.read_bytes()).hexdigest(), "shape": [200000, 200000]}
+    npy.with_suffix(".json").write_text(json.dumps(prov))
+    with pytest.raises(EvidenceError, match=r"header declares \[200000, 200000\] float32 .* holds 4,096 bytes"):
+        load_residual_file(npy)
