@@ -378,13 +378,20 @@ class FingerprintStore:
         wanted = set(current if names is None else names)
         digests = {}
         path = self.folder / SIGNS
-        if committed and not self.folder.is_symlink() and not path.is_symlink() and path.is_file():
-            with open(path, "rb") as fh:
-                data = fh.read(committed)
-            for head, words in _sign_records(data):
-                camera = head.get("camera")
-                if camera in wanted and current.get(camera) == head.get("file"):
-                    digests[camera] = SignDigest(tuple(head["shape"]), tuple(head["region"]), words)
+        data = b""
+        if committed and not self.folder.is_symlink():
+            try:  # never a link, never blocked on a FIFO put in its place (checked on the open file)
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                fd = None
+            if fd is not None:
+                with os.fdopen(fd, "rb") as fh:
+                    if stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                        data = fh.read(committed)
+        for head, words in _sign_records(data):
+            camera = head.get("camera")
+            if camera in wanted and current.get(camera) == head.get("file"):
+                digests[camera] = SignDigest(tuple(head["shape"]), tuple(head["region"]), words)
         return digests, sorted(wanted - set(digests))
 
     def _append_signs(self, camera: str, file_name: str, k: np.ndarray, committed: int) -> int:
