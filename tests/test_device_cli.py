@@ -25,5 +25,6 @@ def test_cuda_without_a_gpu_is_one_usage_error_with_local_workers(dresden, tmp_p
         devices.resolve_device.cache_clear()
     assert res.exit_code == 2, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]
-    assert lines == ["error: --device: device 'cuda' requested but no CUDA GPU is usable here (allowed: auto, cpu, cuda)"]
+    message = "error: --device: device 'cuda' requested but no CUDA GPU is usable here (allowed: auto, cpu, cuda)"
+    assert lines == [message]
     assert not (tmp_path / "out").exists() and not (tmp_path / "case").exists()

@@ -231,7 +231,8 @@ def test_case_with_prescreen_resumes_its_images_and_refuses_another_setting(dres
     evidence.mkdir()
     (evidence / "a.JPG").write_bytes((dresden / "nat-jpg" / "Nikon_D200_1_17226.JPG").read_bytes())
     case = tmp_path / "case"
-    args = ["match", str(evidence), "--db", str(dresden_small_db), "--crop", "1024", "--case", str(case), "--workers", "1"]
+    args = ["match", str(evidence), "--db", str(dresden_small_db), "--crop", "1024", "--case", str(case),
+            "--workers", "1"]
     first = CliRunner().invoke(app, [*args, "--prescreen", "1"])
     assert first.exit_code == 0 and "1 scored, 0 already done" in first.output, first.output
     again = CliRunner().invoke(app, [*args, "--prescreen", "1"])

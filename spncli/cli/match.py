@@ -244,8 +244,8 @@ def match(
                      "best by sign agreement with each image; the others are not scored (rows say how many were)")
             if matcher.prescreen.unindexed:
                 note(f"--prescreen: {len(matcher.prescreen.unindexed)} camera(s) have no pre-screen record "
-                     f"(added by an older spn, or its record in {Path(db).name}.d/prescreen.sig is missing or damaged); "
-                     "they are scored exactly")  # fmt: skip
+                     f"(added by an older spn, or its record in {Path(db).name}.d/prescreen.sig is missing or "
+                     "damaged); they are scored exactly")  # fmt: skip
     except StoreError as exc:
         die(str(exc))
     for cam, lines in matcher.warnings.items():
