@@ -624,6 +624,13 @@ class FingerprintStore:
                              "again)")  # fmt: skip
         return doc, hashlib.sha256(data).hexdigest()
 
+    def calibration_target_problem(self) -> str | None:
+        """Why ``<db>.d/calibration.json`` cannot be written in place (a symbolic link, a folder), or None."""
+        path = self.calibration_path
+        if self.folder.is_symlink() or path.is_symlink():
+            return "a symbolic link, not followed"
+        return "a folder" if path.is_dir() else None
+
     def store_calibration(self, doc: dict) -> str:
         """Seal and write the calibration document (writers' lock, temporary name, fsync, rename); its SHA-256.
 
@@ -636,8 +643,9 @@ class FingerprintStore:
         lock_path = self.path.with_name(self.path.name + ".lock")
         try:
             self.folder.mkdir(exist_ok=True)
-            if self.folder.is_symlink() or self.calibration_path.is_symlink():
-                raise StoreError(f"{self.calibration_path}: a symbolic link, not followed; nothing was stored")
+            problem = self.calibration_target_problem()
+            if problem:
+                raise StoreError(f"{self.calibration_path}: {problem}; nothing was stored")
             with open(lock_path, "a") as lock:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
                 try:

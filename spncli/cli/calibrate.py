@@ -143,9 +143,7 @@ def calibrate(
         die(f"--qualities: {exc}")
     try:
         stored = not replace and store.path.exists() and store.calibration_path.exists()
-        cal = store.calibration_path  # what store_calibration would refuse after the measurement, refused now
-        blocked = ("a symbolic link, not followed" if store.folder.is_symlink() or cal.is_symlink()
-                   else "a folder" if cal.is_dir() else None)  # fmt: skip
+        blocked = store.calibration_target_problem()  # what store_calibration would refuse, refused before measuring
     except OSError:
         stored, blocked = False, None
     if blocked:
