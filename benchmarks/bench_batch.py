@@ -49,14 +49,29 @@ def rss_by_pid(proc: psutil.Process) -> dict[int, tuple[int, int, float]]:
     return out
 
 
-def run(cmd: list[str]) -> tuple[float, float, float, float, float, float]:
+def _lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+def run(cmd: list[str], results: Path | None = None) -> tuple[float, float, float, float, float, float, float | None]:
     """Wall seconds; peak RSS (MiB) of the process tree, of the CLI process, of its largest other process;
-    peak PSS (MiB) of the tree; CPU seconds (user + system) of the tree, as last sampled (to 0.2 s)."""
+    peak PSS (MiB) of the tree; CPU seconds (user + system) of the tree, as last sampled (to 0.2 s); and the
+    steady rate (images/s between the first and the last row that ``results`` gained, set-up and start-up
+    excluded; None with fewer than 3 rows)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
     peak, peak_pss, each, cpu = 0, 0, {}, {}
+    seen: list[tuple[float, int]] = []  # (time, rows) each time the row count changed
     while proc.poll() is None:
+        if results is not None:
+            n = _lines(results)
+            if n and (not seen or n != seen[-1][1]):
+                seen.append((time.perf_counter(), n))
         now = rss_by_pid(ps)
         peak = max(peak, sum(r for r, _, _ in now.values()))
         peak_pss = max(peak_pss, sum(p for _, p, _ in now.values()))
@@ -70,7 +85,10 @@ def run(cmd: list[str]) -> tuple[float, float, float, float, float, float]:
     client = each.pop(proc.pid, 0)
     worker = max(each.values(), default=0)
     wall = time.perf_counter() - start
-    return wall, peak / 2**20, client / 2**20, worker / 2**20, peak_pss / 2**20, sum(cpu.values())
+    steady = None
+    if len(seen) >= 2 and seen[-1][1] - seen[0][1] >= 2:
+        steady = (seen[-1][1] - seen[0][1]) / (seen[-1][0] - seen[0][0])
+    return wall, peak / 2**20, client / 2**20, worker / 2**20, peak_pss / 2**20, sum(cpu.values()), steady
 
 
 def main():
@@ -87,6 +105,8 @@ def main():
     ap.add_argument("--db", default=None, help="reuse this fingerprint database (made by an earlier run)")
     ap.add_argument("--quality", type=int, default=90, help="JPEG quality of the generated images")
     ap.add_argument("--only-restored", action="store_true", help="with --restore: skip the classic runs")
+    ap.add_argument("--prescreen", default="off",
+                    help="comma-separated spn match --prescreen settings to compare (off, K, exact)")
     args = ap.parse_args()
     rows, cols = map(int, args.size.split("x"))
     work = Path(args.keep or tempfile.mkdtemp(prefix="spn-bench-"))
@@ -118,13 +138,15 @@ def main():
     spn = [sys.executable, "-m", "spncli"]
     results = []
     for restored in [True] if args.only_restored else [False, True] if args.restore else [False]:
-        for w, budget in [(w, b) for b in args.worker_memory.split(",") for w in map(int, args.workers.split(","))]:
-            case = work / f"case-w{w}-{budget}-{'restored' if restored else 'classic'}"
+        settings = [(w, b, p) for p in args.prescreen.split(",") for b in args.worker_memory.split(",")
+                    for w in map(int, args.workers.split(","))]  # fmt: skip
+        for w, budget, pre in settings:
+            case = work / f"case-w{w}-{budget}-p{pre}-{'restored' if restored else 'classic'}-{time.time_ns()}"
             cmd = [*spn, "match", str(evidence), "--db", str(db), "--case", str(case), "--workers", str(w),
-                   "--worker-memory", budget]  # fmt: skip
+                   "--worker-memory", budget, "--prescreen", pre]  # fmt: skip
             if restored:
                 cmd.append("--restore")
-            seconds, peak, client, worker, pss, cpu = run(cmd)
+            seconds, peak, client, worker, pss, cpu, steady = run(cmd, case / "results.jsonl")
             rows_ = [json.loads(x) for x in (case / "results.jsonl").read_text().splitlines()]
             hits = sum(r["decision"] == "consistent" and r["image"].endswith(f"{r['camera']}.jpg") for r in rows_)
             results.append(
@@ -132,10 +154,12 @@ def main():
                     "residual": "restored" if restored else "classic",
                     "workers": w,
                     "worker_memory": budget,
+                    "prescreen": pre,
                     "images": n,
                     "cameras": args.cameras,
                     "seconds": round(seconds, 1),
                     "images_per_second": round(n / seconds, 3),
+                    "steady_images_per_second": None if steady is None else round(steady, 3),
                     "cpu_seconds": round(cpu, 1),
                     "images_per_cpu_second_x2": round(2 * n / cpu, 3),
                     "peak_rss_mib": round(peak),
@@ -146,15 +170,17 @@ def main():
                 }
             )
             print(json.dumps(results[-1]), flush=True)
-    print("\n| residual | workers | --worker-memory | images | cameras | seconds | images/s "
+    print("\n| residual | workers | --worker-memory | --prescreen | images | cameras | seconds | images/s "
+          "| steady images/s (first to last result) "
           "| CPU s (all processes) | images per CPU-second x 2 "
           "| peak PSS (MiB, all processes) | peak RSS (MiB, all processes) | client peak RSS "
           "| largest worker peak RSS |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['residual']} | {r['workers']} | {r['worker_memory']} | {r['images']} | {r['cameras']} | "
-            f"{r['seconds']} | {r['images_per_second']} | {r['cpu_seconds']} | {r['images_per_cpu_second_x2']} | "
+            f"| {r['residual']} | {r['workers']} | {r['worker_memory']} | {r['prescreen']} | {r['images']} | "
+            f"{r['cameras']} | {r['seconds']} | {r['images_per_second']} | {r['steady_images_per_second']} | "
+            f"{r['cpu_seconds']} | {r['images_per_cpu_second_x2']} | "
             f"{r['peak_pss_mib']} | {r['peak_rss_mib']} | "
             f"{r['client_peak_mib']} | "
             f"{r['largest_worker_peak_mib']} |"

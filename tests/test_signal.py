@@ -147,3 +147,28 @@ def test_crop_parsing_and_even_offsets():
     assert all(o % 2 == 0 for o in crop_offsets((101, 99), (50, 50)))
     with pytest.raises(ValueError, match="larger"):
         centre_crop(np.zeros((10, 10)), (20, 20))
+
+
+def test_concurrent_channels_give_the_same_residual_bit_for_bit(dresden):
+    """Channels denoised on threads are summed in channel order: the residual is identical, and the setting
+    (process-wide, like OpenCV's thread count) and OpenCV's own thread count are restored."""
+    import cv2
+
+    from spncli import residual
+
+    image = load_image(dresden / "nat-jpg" / "Nikon_D70_0_19445.JPG")
+    pixels = np.ascontiguousarray(centre_crop(image.pixels, (512, 768)))
+    one = residual.grey_residual(pixels)
+    opencv_threads = cv2.getNumThreads()
+    previous = residual.set_channel_threads(3)
+    try:
+        three = residual.grey_residual(pixels)
+        assert residual.set_channel_threads(2) == 3
+        two = residual.grey_residual(pixels)
+    finally:
+        residual.set_channel_threads(previous)
+    assert cv2.getNumThreads() == opencv_threads
+    assert np.array_equal(one, three) and np.array_equal(one, two)
+    assert np.abs(one).max() > 0  # a real residual, not an empty plane
+    with pytest.raises(ValueError, match=">= 1"):
+        residual.set_channel_threads(0)
