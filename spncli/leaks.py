@@ -408,10 +408,17 @@ class Screener:
         self.store, self.camera, self.k, self.threshold, self.exact = store, camera, k, threshold, exact
         self.sources = set(sources)  # SHA-256 of the new fingerprint's images: a pair sharing some is named so
         self.result: dict | None = None
+        self._k_sha256: dict[str, str] = {}
 
     def _load(self, other: str) -> tuple[np.ndarray, str]:
         fp = self.store.load(other)
         return fp.k, fp.sha256
+
+    def _identify(self, other: str) -> str:
+        """K's SHA-256 of a camera the signs ruled out: from its pre-screen record (which the index ties to
+        the camera's current file), else from the camera file's header (records of an older spn)."""
+        known = self._k_sha256.get(other)
+        return known if known is not None else self.store.header(other)[0]
 
     def _ranks(self, others: list[str]) -> dict[str, float]:
         """Sign agreement of the new fingerprint with every stored one that has a pre-screen record."""
@@ -420,6 +427,7 @@ class Screener:
         if not others:  # the first camera (the database may not exist yet)
             return {}
         digests, _unindexed = self.store.sign_digests(others)
+        self._k_sha256 = {cam: d.k_sha256 for cam, d in digests.items() if d.k_sha256}
         index = PrescreenIndex()
         for cam, digest in digests.items():
             index.add_digest(cam, digest)
@@ -430,7 +438,7 @@ class Screener:
     def __call__(self, others: list[str]) -> dict:
         ranks = None if self.exact else self._ranks(others)
         self.result = screen(self.camera, self.k, others, self._load, threshold=self.threshold, ranks=ranks,
-                             identify=lambda cam: self.store.header(cam)[0])  # fmt: skip
+                             identify=self._identify)  # fmt: skip
         for entry in self.result["compared"]:
             if entry["flagged"] and self.sources:
                 theirs = {s.get("sha256") for s in self.store.meta(entry["camera"]).get("sources") or ()}

@@ -59,11 +59,16 @@ class SignDigest:
     words : ndarray, uint64, shape (ceil(rows * cols / 64),)
         Bit ``i`` (row-major over the region, most significant bit first within each byte)
         is 1 where the fingerprint is positive; padding bits are 0.
+    k_sha256 : str or None
+        SHA-256 of the fingerprint the digest was made from, where its record names it (records
+        written before it was kept do not): the leak screen names a camera it ruled out by its signs
+        with it, without opening the camera's file.
     """
 
     shape: tuple[int, int]
     region: tuple[int, int, int, int]
     words: np.ndarray
+    k_sha256: str | None = None
 
     @property
     def nbytes(self) -> int:

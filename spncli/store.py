@@ -391,16 +391,17 @@ class FingerprintStore:
         for head, words in _sign_records(data):
             camera = head.get("camera")
             if camera in wanted and current.get(camera) == head.get("file"):
-                digests[camera] = SignDigest(tuple(head["shape"]), tuple(head["region"]), words)
+                shape, region = tuple(head["shape"]), tuple(head["region"])
+                digests[camera] = SignDigest(shape, region, words, head.get("k_sha256"))
         return digests, sorted(wanted - set(digests))
 
-    def _append_signs(self, camera: str, file_name: str, k: np.ndarray, committed: int) -> int:
+    def _append_signs(self, camera: str, file_name: str, k: np.ndarray, k_sha256: str, committed: int) -> int:
         """Append one camera's sign record after the committed bytes (fsync); return the new committed length."""
         from .prescreen import sign_digest
 
         d = sign_digest(k)
         head = json.dumps({"camera": camera, "file": file_name, "shape": list(d.shape), "region": list(d.region),
-                           "words": int(d.words.size)}).encode()  # fmt: skip
+                           "words": int(d.words.size), "k_sha256": k_sha256}).encode()  # fmt: skip
         body = struct.pack("<I", len(head)) + head + d.words.astype("<u8", copy=False).tobytes()
         record = _SIG_MAGIC + body + hashlib.sha256(body).digest()
         path = self.folder / SIGNS
@@ -564,7 +565,8 @@ class FingerprintStore:
             if screen is not None:
                 meta_json = json.dumps(meta | {"leak_screen": screen(sorted(set(f["cameras"].keys()) - {camera}))})
             name = self._write_camera(camera, k, digest, meta_json)
-            f.attrs["prescreen_bytes"] = self._append_signs(camera, name, k, int(f.attrs["prescreen_bytes"]))
+            committed = int(f.attrs["prescreen_bytes"])
+            f.attrs["prescreen_bytes"] = self._append_signs(camera, name, k, digest, committed)
             group = f["cameras"]  # kept: the link proxy needs its group open
             group.id.links.create_external(camera.encode(), f"{self.folder.name}/{name}".encode(), b"/")
         return digest
