@@ -105,6 +105,7 @@ def main():
     ap.add_argument("--db", default=None, help="reuse this fingerprint database (made by an earlier run)")
     ap.add_argument("--quality", type=int, default=90, help="JPEG quality of the generated images")
     ap.add_argument("--only-restored", action="store_true", help="with --restore: skip the classic runs")
+    ap.add_argument("--generate-only", action="store_true", help="make the database and the images (--keep), run nothing")
     ap.add_argument("--prescreen", default="off",
                     help="comma-separated spn match --prescreen settings to compare (off, K, exact)")
     args = ap.parse_args()
@@ -134,6 +135,8 @@ def main():
             img = expose(scene, ks[cam], scenes)
             (evidence / f"img_{i:05d}_SYN-{cam:02d}.jpg").write_bytes(encode_jpeg(img, args.quality))
     del ks
+    if args.generate_only:
+        return
     n = len(list(evidence.glob("*.jpg")))
     spn = [sys.executable, "-m", "spncli"]
     results = []

@@ -325,10 +325,11 @@ class Restorer:
             } | self._record(tile, precision)
         full = grey if crop is None and grey is not None else grey_residual(ev.pixels, params)
         residual, survival, info = network_inputs(full, coefficients, crop, params)
-        restored = residual + self.correction(
-            pixels, residual, cond, tile=tile, precision=precision, survival=survival
-        )
-        restored = zero_mean_cfa(restored)
+        network = q <= self.network_max_quality  # above it: the compression-aware residual as it is
+        if network:
+            residual = residual + self.correction(pixels, residual, cond, tile=tile, precision=precision,
+                                                  survival=survival)  # fmt: skip
+        restored = zero_mean_cfa(residual)
         post = self.card.get("postprocess", {})
         above = float(post.get("wiener_surviving_at_or_above", AwareSettings().wiener_above))
         wiener = info["surviving_ac_fraction"] >= above
@@ -338,7 +339,7 @@ class Restorer:
             "restored": True,
             "input_residual": "compression-aware",
             "quality_used": q,
-            "network_applied": True,
+            "network_applied": network,
             "wiener_dft": bool(wiener),
             "surviving_ac_fraction": info["surviving_ac_fraction"],
             "crop_offsets": info["crop_offsets"],
@@ -493,6 +494,7 @@ def write_model_card(
             "postprocess": {
                 "zero_mean_cfa": True,
                 "wiener_surviving_at_or_above": AwareSettings().wiener_above,
+                "network_at_or_below_quality": network_at_or_below_quality,
             },
         }
     card |= fields or {}

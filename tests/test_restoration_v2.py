@@ -195,3 +195,26 @@ def test_forked_simulators_give_the_same_pairs(tmp_path, monkeypatch):
         forked.close()
     for key in ("image", "residual", "target", "survival", "cond"):
         assert torch.equal(a[key], b[key]), key
+
+
+def test_v2_card_quality_policy_keeps_the_compression_aware_residual_above_it(dresden, tmp_path):
+    """A v2 card's ``network_at_or_below_quality``: above it the output is the compression-aware residual itself
+    (zero-mean, Wiener by the survival criterion, as `--residual compression-aware` gives), and says so."""
+    from spncli.jpegdomain import AwareSettings, coefficients_of
+
+    net = _random_v2()
+    weights = tmp_path / "w.pt"
+    torch.save(net.state_dict(), weights)
+    card_path = write_model_card(weights, tmp_path, "policy", network_at_or_below_quality=40)
+    assert json.loads(card_path.read_text())["postprocess"]["network_at_or_below_quality"] == 40
+    restorer = load_restorer(card_path, "cpu")
+    data, ev = _probe(dresden, quality=50)
+    out, info = restorer.restore(ev, tile=1024, data=data)
+    assert not info["network_applied"] and info["input_residual"] == "compression-aware" and info["quality_used"] == 50
+    aware = compression_aware_residual(grey_residual(ev.pixels), coefficients_of(ev, data), settings=AwareSettings())[0]
+    np.testing.assert_allclose(out, aware, rtol=0, atol=1e-5 * float(np.abs(aware).max()))
+    data30, ev30 = _probe(dresden, quality=30)
+    out30, info30 = restorer.restore(ev30, tile=1024, data=data30)
+    assert info30["network_applied"]
+    aware30 = compression_aware_residual(grey_residual(ev30.pixels), coefficients_of(ev30, data30))[0]
+    assert float(np.abs(out30 - aware30).max()) > 1e-3 * float(np.abs(aware30).max())
