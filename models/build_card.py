@@ -24,6 +24,7 @@ import torch
 
 from spncli.evaluation import COLUMNS, METHODS
 from spncli.restoration import write_model_card
+from spncli.training import leave_one_unit_out
 
 HERE = Path(__file__).resolve().parent
 
@@ -62,6 +63,99 @@ def four_rows(rows: list[dict]) -> str:
     lines.append(f"\n{n.get('matching_pairs', 0)} matching, {n.get('non_matching_pairs', 0)} non-matching pairs "
                  "per quality.")  # fmt: skip
     return "\n".join(lines)
+
+
+def architecture_text(card: dict) -> str:
+    """The card's generator in words."""
+    v2 = card.get("architecture") == "v2"
+    width = card["architecture_args"]["width"] if v2 else card["architecture"]["width"]
+    inputs = (
+        "image, compression-aware residual (surviving JPEG DCT coefficients, 1/q-weighted, on the file's own 8x8 "
+        "grid), per-block survival map at 1/8 resolution, condition (quality and luminance table) injected by FiLM "
+        "in every stage"
+        if v2
+        else "image, classic residual, condition (quality and luminance table) injected by FiLM in every stage"
+    )
+    return (
+        f"Generator `spncli.networks.{'RestorationNetV2' if v2 else 'RestorationNet'}(width={width})`: "
+        f"{card['parameters']:,} parameters; inputs: {inputs}; pixel-unshuffle x2, encoder-decoder with skips, "
+        f"local channel/spatial attention; predicts a correction to the {'compression-aware' if v2 else 'classic'} "
+        f"residual. Receptive radius {card['receptive_radius']} px (tiles use it as their context margin). "
+        "Discriminator: PatchGAN on high-pass noise maps with spectral normalisation and a quality head (training "
+        "only)."
+    )
+
+
+def policy_text(card: dict) -> str:
+    """What restoration applies at each quality, from the card's policy."""
+    post = card["postprocess"]
+    if card.get("architecture") == "v2":
+        return (
+            "CFA zero-mean always; the spectral Wiener filter per image, when at least "
+            f"{post['wiener_surviving_at_or_above']:.2%} of the AC luma coefficients survived quantization (the "
+            "compression-aware residual's own criterion, chosen on the _0 units); the network's correction only "
+            f"at or below quality {post['network_at_or_below_quality']} (chosen on the _0 units; above it the "
+            "output is the compression-aware residual itself)."
+        )
+    return (
+        "CFA zero-mean always; the spectral Wiener filter only above quality "
+        f"{post['wiener_dft_above_quality']} (measured on the _1 units: at Q70, Q50 and Q30 it "
+        "lowered the median matching PCE of re-compressed probes); the network's correction only at or below "
+        f"quality {post['network_at_or_below_quality']} (above it the correction lowered the median "
+        "matching PCE compared with the policy alone; see the ablation)."
+    )
+
+
+def training_data(config: dict) -> str:
+    """What the training pairs were made of, from the run's own config."""
+    if config.get("architecture", "v1") == "v1":
+        return (
+            "simulated pairs: CBSD68 content (downscaled x0.5) and dead leaves; PRNU from the five Praktica "
+            "fingerprints (std 0.003-0.015) and white Gaussian; raw Bayer domain, demosaicing, white balance, "
+            "tone curve, camera JPEG Q88-98, re-compression 4:2:0 at a curriculum from Q70-95 down to Q10-95 "
+            "with random 8x8 grid offsets. No Dresden file reached training."
+        )
+    lo, hi = config["quality_start"], config["quality_end"]
+    side = config["flatfield_exclude_centre"]
+    return (
+        f"simulated pairs (spncli.camerasim.simulate_v2): content from {', '.join(config['content'])}, "
+        f"area-downscaled x{config['content_downscale']:g} to erase their own noise (files of the _1 units left "
+        f"out and logged); real PRNU from {', '.join(config['prnu'])} and fingerprints estimated from the Dresden "
+        f"{config['flatfield_units']} flat-fields outside their centre {side}x{side} (which validates), injected "
+        "in the raw domain before the camera's JPEG; double compression, the last one on the crop's own grid at a "
+        f"curriculum from Q{lo[0]}-{lo[1]} to Q{hi[0]}-{hi[1]}. No file of a _1 unit reached training."
+    )
+
+
+def selection_text(config: dict, weights: str) -> str:
+    """How the shipped checkpoint was chosen, and on which split."""
+    if weights != "best":
+        return "the final EMA weights"
+    if config.get("architecture", "v1") == "v1":
+        return (
+            "the EMA weights with the best validation score (mean ratio of restored to classic median "
+            "matching PCE on the Dresden _1 units at Q50 and Q30, 1024x1024)"
+        )
+    return (
+        "the EMA weights with the best validation score on the selection split: mean over the Dresden _0 units "
+        "of the ratio of restored to classic median matching PCE (natural probes, centre 1024x1024, Q50 and Q30); "
+        "the leave-one-unit-out choice is recorded beside it. The _1 units chose nothing."
+    )
+
+
+def validation_lines(validations: list[dict]) -> list[str]:
+    """One line per logged validation: per unit (v2) and quality, the median matching PCE of each residual."""
+    out = []
+    for v in validations:
+        cells = []
+        for r in v["rows"]:
+            unit = f"{r['unit']} " if "unit" in r else ""
+            aware = f" / aware {r['aware_median']:.1f}" if "aware_median" in r else ""
+            restored = r["restored_median"]
+            cells.append(f"{unit}Q{r['quality']} classic {r['classic_median']:.1f}{aware} -> {restored:.1f}")
+        score = f" (score {v['score']:.3f})" if v.get("score") is not None else ""
+        out.append(f"- step {v['step']}{score}: " + "; ".join(cells))
+    return out
 
 
 def labelled_tables(specs: list[str], threshold: float = 60.0) -> list[tuple[str, dict]]:
@@ -121,6 +215,8 @@ def main():
     )
     ap.add_argument("--network-max-quality", type=int, default=100, help="apply the network at or below this")
     ap.add_argument("--ablation", type=Path, default=None, help="eval.json of the zero-correction (policy-only) path")
+    ap.add_argument("--ablation-run", type=Path, default=None,
+                    help="spn train folder of the same config without the adversarial term: its validations")
     ap.add_argument("--full-network", type=Path, default=None, help="eval.json with the network at every quality")
     ap.add_argument("--table", action="append", default=[], help="LABEL=EVAL_JSON: a four-row table (repeatable)")
     ap.add_argument("--recipe", action="append", default=[], help="an exact command behind the tables (repeatable)")
@@ -157,15 +253,10 @@ def main():
             "wall_seconds": steps[-1]["seconds"],
             "hardware": args.hardware,
             "torch": torch.__version__,
-            "data": "simulated pairs: CBSD68 content (downscaled x0.5) and dead leaves; PRNU from the five Praktica "
-            "fingerprints (std 0.003-0.015) and white Gaussian; raw Bayer domain, demosaicing, white balance, "
-            "tone curve, camera JPEG Q88-98, re-compression 4:2:0 at a curriculum from Q70-95 down to Q10-95 "
-            "with random 8x8 grid offsets. No Dresden file reached training.",
+            "data": training_data(config),
             "validation": validations,
-            "selection": "the EMA weights with the best validation score (mean ratio of restored to classic median "
-            "matching PCE on the Dresden _1 units at Q50 and Q30, 1024x1024)"
-            if args.weights == "best"
-            else "the final EMA weights",
+            "selection": selection_text(config, args.weights),
+            "leave_one_unit_out": leave_one_unit_out([x for x in log if "validation" in x]),
         },
         "command": args.command,
         "evaluation": {
@@ -191,12 +282,7 @@ def main():
         "Quality-conditioned restoration of sensor pattern noise from JPEG-compressed images (`spn restore`).",
         "",
         "## Architecture",
-        f"Generator `spncli.networks.RestorationNet(width={card['architecture']['width']})`: "
-        f"{card['parameters']:,} parameters; inputs: image, classic residual, condition (quality and luminance "
-        "table) injected by FiLM in every stage; pixel-unshuffle x2, encoder-decoder with skips, local "
-        "channel/spatial attention; predicts a correction to the classic residual. Receptive radius "
-        f"{card['receptive_radius']} px (tiles use it as their context margin). Discriminator: PatchGAN on "
-        "high-pass noise maps with spectral normalisation and a quality head (training only).",
+        architecture_text(card),
         "",
         f"Weights: `{card['weights']}`, SHA-256 `{card['weights_sha256']}`; checkpoint keys are the state-dict keys "
         "of `RestorationNet` (listed in the JSON card); loaded with `torch.load(weights_only=True)`.",
@@ -208,16 +294,29 @@ def main():
         f"weights: {fields['training']['weights']}; {fields['training']['wall_seconds'] / 60:.0f} min on "
         f"{fields['training']['hardware']}; torch {torch.__version__}.",
         "",
-        f"Exact command: `{args.command}` (config `models/train-v1.toml`, seed {config['seed']}).",
+        f"Exact command: `{args.command}` (seed {config['seed']}).",
         "",
         "Validation during training (median matching PCE, classic -> restored):",
         "",
     ]
-    for v in validations:
-        md.append(
-            f"- step {v['step']}: "
-            + "; ".join(f"{r['quality']} {r['classic_median']:.1f} -> {r['restored_median']:.1f}" for r in v["rows"])
-        )
+    md += validation_lines(validations)
+    louo = fields["training"]["leave_one_unit_out"]
+    if louo:
+        md += ["", "Leave-one-unit-out (each unit's score at the step the other units would have chosen): "
+               + "; ".join(f"{u} step {v['chosen_step']}: {v['held_out_score']:.3f}" for u, v in louo.items()
+                           if isinstance(v, dict))
+               + f"; mean {louo['mean_held_out']:.3f}."]  # fmt: skip
+    v2 = card.get("architecture") == "v2"
+    if args.ablation_run:
+        ablation_log = [json.loads(x) for x in (args.ablation_run / "log.jsonl").read_text().splitlines()]
+        ablation_config = next(x["config"] for x in ablation_log if "config" in x)
+        md += [
+            "",
+            f"## Ablation: without the adversarial term (adversarial_weight = {ablation_config['adversarial_weight']}"
+            f", otherwise the same config, seed and budget; `{args.ablation_run.name}`)",
+            "",
+        ]
+        md += validation_lines([{"step": x["step"], **x["validation"]} for x in ablation_log if "validation" in x])
     md += [
         "",
         "## Evaluation (`spn eval`, Dresden Nikon, centre 1024x1024)",
@@ -225,15 +324,14 @@ def main():
         "",
         table(evaluation["rows"]),
         "",
-        "The validation units were used to choose the weights (and the post-processing policy), so these "
+        "These pairs are of the report units (_1), which chose nothing; the weights are also judged on cameras "
+        "outside ../shared."
+        if v2
+        else "The validation units were used to choose the weights (and the post-processing policy), so these "
         "figures on them are optimistic; the weights are also judged on cameras outside ../shared.",
         "",
         "## Quality policy (what restoration applies at each quality)",
-        "CFA zero-mean always; the spectral Wiener filter only above quality "
-        f"{card['postprocess']['wiener_dft_above_quality']} (measured on the _1 units: at Q70, Q50 and Q30 it "
-        "lowered the median matching PCE of re-compressed probes); the network's correction only at or below "
-        f"quality {card['postprocess']['network_at_or_below_quality']} (above it the correction lowered the median "
-        "matching PCE compared with the policy alone; see the ablation).",
+        policy_text(card),
         "",
     ]
     md += tables_markdown(tables, args.recipe)

@@ -378,3 +378,26 @@ def test_card_tables_come_from_eval_outputs(tmp_path):
     assert md.count("| classic, no Wiener |") == 2 and "    spn eval PROBES" in md
     with pytest.raises(SystemExit, match="LABEL=EVAL_JSON"):
         card.labelled_tables([str(path)])
+
+
+def test_card_text_of_a_v2_run_names_its_split_data_and_policy():
+    """build_card's words for a v2 run come from the run's config and card, not from v1's texts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_card", Path(__file__).parents[1] / "models" / "build_card.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    from spncli.training import TrainConfig
+
+    config = TrainConfig(architecture="v2", quality_end=(20, 95), flatfield_exclude_centre=1024).as_dict()
+    data = card.training_data(config)
+    assert "simulate_v2" in data and "_1 unit" in data and "dead leaves" not in data
+    assert "Q70-95 to Q20-95" in data and "flat-fields outside their centre 1024x1024" in data
+    assert "_0 units" in card.selection_text(config, "best") and "_1 units chose nothing" in card.selection_text(
+        config, "best")
+    policy = card.policy_text({"architecture": "v2", "postprocess": {"wiener_surviving_at_or_above": 0.1499,
+                                                                     "network_at_or_below_quality": 40}})
+    assert "14.99%" in policy and "at or below quality 40" in policy
+    row = {"unit": "Nikon_D70_0", "quality": 30, "classic_median": 17.7, "aware_median": 14.7, "restored_median": 21.4}
+    lines = card.validation_lines([{"step": 750, "score": 1.2, "rows": [row]}])
+    assert lines == ["- step 750 (score 1.200): Nikon_D70_0 Q30 classic 17.7 / aware 14.7 -> 21.4"]
