@@ -263,8 +263,8 @@ def main():
             "rows": evaluation["rows"],
             "settings": evaluation["settings"],
             "db_sha256": evaluation.get("db_sha256"),
-            "probes": "the 16 Dresden natural images re-compressed by `spn degrade` at 90/70/50/30 (4:2:0); "
-            "matching pairs counted for the _1 units only, non-matching pairs for all",
+            "probes": "the 16 Dresden natural images re-compressed by `spn degrade` (4:2:0); matching pairs counted "
+            f"for the {evaluation['settings'].get('units') or 'all'} units only, non-matching pairs for all",
         },
     }
     tables = labelled_tables(args.table)
@@ -285,7 +285,8 @@ def main():
         architecture_text(card),
         "",
         f"Weights: `{card['weights']}`, SHA-256 `{card['weights_sha256']}`; checkpoint keys are the state-dict keys "
-        "of `RestorationNet` (listed in the JSON card); loaded with `torch.load(weights_only=True)`.",
+        f"of `{'RestorationNetV2' if card.get('architecture') == 'v2' else 'RestorationNet'}` (listed in the JSON "
+        "card); loaded with `torch.load(weights_only=True)`.",
         "",
         "## Training",
         fields["training"]["data"],
@@ -312,8 +313,9 @@ def main():
         ablation_config = next(x["config"] for x in ablation_log if "config" in x)
         md += [
             "",
-            f"## Ablation: without the adversarial term (adversarial_weight = {ablation_config['adversarial_weight']}"
-            f", otherwise the same config, seed and budget; `{args.ablation_run.name}`)",
+            f"## Ablation: adversarial_weight = {ablation_config['adversarial_weight']:g} (these weights: "
+            f"{config['adversarial_weight']:g}), otherwise the same config, seed and budget "
+            f"(`{args.ablation_run.name}`)",
             "",
         ]
         md += validation_lines([{"step": x["step"], **x["validation"]} for x in ablation_log if "validation" in x])
@@ -326,6 +328,8 @@ def main():
         "",
         "These pairs are of the report units (_1), which chose nothing; the weights are also judged on cameras "
         "outside ../shared."
+        if v2 and evaluation["settings"].get("units") == "_1"
+        else "These pairs are of the selection units, which chose the weights and the policy: a selection score."
         if v2
         else "The validation units were used to choose the weights (and the post-processing policy), so these "
         "figures on them are optimistic; the weights are also judged on cameras outside ../shared.",

@@ -63,7 +63,7 @@ __all__ = [
     "card_architecture",
 ]
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "spn-restore-v1.json"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "spn-restore-v2.json"
 
 
 def resolve_device(name: str) -> torch.device:

@@ -240,8 +240,10 @@ def test_no_hallucinated_evidence():
     restored = {}
     for name, img in images.items():
         for q in (70, 30):
-            ev = decode(encode_jpeg(img, q), f"{name}.q{q}.jpg")
-            restored[(name, q)] = restorer.restore(ev)[0]
+            data = encode_jpeg(img, q)
+            ev = decode(data, f"{name}.q{q}.jpg")
+            restored[(name, q)], info = restorer.restore(ev, data=data)
+            assert info["network_applied"]  # the shipped network at work, not only its input residual
     keys = list(restored)
     worst = 0.0
     for i, a in enumerate(keys):
@@ -275,13 +277,15 @@ def test_cuda_mixed_precision_agrees_with_fp32():
         assert np.corrcoef(outs[p].ravel(), outs["fp32"].ravel())[0, 1] > 0.999, p
 
 
-def test_quality_policy_of_the_shipped_card(synth_case):
-    """Above the card's network quality the restored residual is the classic one (Wiener above 80)."""
+def test_quality_policy_of_the_v1_card(synth_case):
+    """v1 (kept for cases that recorded it): above the card's network quality the restored residual is the
+    classic one (Wiener above 80)."""
     from spncli.evidence import decode
     from spncli.residual import extract_residual, grey_residual, zero_mean_cfa
     from spncli.synthetic import encode_jpeg
 
-    r = load_restorer(DEFAULT_MODEL, "cpu")
+    r = load_restorer(DEFAULT_MODEL.parent / "spn-restore-v1.json", "cpu")
+    assert r.architecture == "v1"
     policy = r.card["postprocess"]
     img = load_image(synth_case["probes"]["CAM-B"][0]).pixels
     hi = decode(encode_jpeg(img.astype(np.uint8), 90), "hi.jpg")
