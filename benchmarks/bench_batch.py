@@ -49,19 +49,26 @@ def rss_by_pid(proc: psutil.Process) -> dict[int, tuple[int, int, float]]:
     return out
 
 
-def _lines(path: Path) -> int:
+def _images(path: Path) -> int:
+    """Images with rows in a case's results.jsonl (one row per image and camera scored)."""
+    seen = set()
     try:
         with open(path, "rb") as f:
-            return sum(1 for _ in f)
+            for line in f:
+                try:
+                    seen.add(json.loads(line)["image"])
+                except (ValueError, KeyError):
+                    pass  # a line being written
     except OSError:
         return 0
+    return len(seen)
 
 
-def run(cmd: list[str], results: Path | None = None) -> tuple[float, float, float, float, float, float, float | None]:
+def run(cmd: list[str], results: Path | None = None) -> tuple:
     """Wall seconds; peak RSS (MiB) of the process tree, of the CLI process, of its largest other process;
     peak PSS (MiB) of the tree; CPU seconds (user + system) of the tree, as last sampled (to 0.2 s); and the
-    steady rate (images/s between the first and the last row that ``results`` gained, set-up and start-up
-    excluded; None with fewer than 3 rows)."""
+    steady rate (images/s between the first and the last image that ``results`` gained, set-up and start-up
+    excluded; None with fewer than 3 images); seconds until the first image's rows appeared (start-up, set-up)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
@@ -69,7 +76,7 @@ def run(cmd: list[str], results: Path | None = None) -> tuple[float, float, floa
     seen: list[tuple[float, int]] = []  # (time, rows) each time the row count changed
     while proc.poll() is None:
         if results is not None:
-            n = _lines(results)
+            n = _images(results)
             if n and (not seen or n != seen[-1][1]):
                 seen.append((time.perf_counter(), n))
         now = rss_by_pid(ps)
@@ -88,7 +95,8 @@ def run(cmd: list[str], results: Path | None = None) -> tuple[float, float, floa
     steady = None
     if len(seen) >= 2 and seen[-1][1] - seen[0][1] >= 2:
         steady = (seen[-1][1] - seen[0][1]) / (seen[-1][0] - seen[0][0])
-    return wall, peak / 2**20, client / 2**20, worker / 2**20, peak_pss / 2**20, sum(cpu.values()), steady
+    first = seen[0][0] - start if seen else None
+    return wall, peak / 2**20, client / 2**20, worker / 2**20, peak_pss / 2**20, sum(cpu.values()), steady, first
 
 
 def main():
@@ -105,7 +113,8 @@ def main():
     ap.add_argument("--db", default=None, help="reuse this fingerprint database (made by an earlier run)")
     ap.add_argument("--quality", type=int, default=90, help="JPEG quality of the generated images")
     ap.add_argument("--only-restored", action="store_true", help="with --restore: skip the classic runs")
-    ap.add_argument("--generate-only", action="store_true", help="make the database and the images (--keep), run nothing")
+    ap.add_argument("--generate-only", action="store_true",
+                    help="make the database and the images (--keep), run nothing")
     ap.add_argument("--prescreen", default="off",
                     help="comma-separated spn match --prescreen settings to compare (off, K, exact)")
     args = ap.parse_args()
@@ -149,7 +158,7 @@ def main():
                    "--worker-memory", budget, "--prescreen", pre]  # fmt: skip
             if restored:
                 cmd.append("--restore")
-            seconds, peak, client, worker, pss, cpu, steady = run(cmd, case / "results.jsonl")
+            seconds, peak, client, worker, pss, cpu, steady, first = run(cmd, case / "results.jsonl")
             rows_ = [json.loads(x) for x in (case / "results.jsonl").read_text().splitlines()]
             hits = sum(r["decision"] == "consistent" and r["image"].endswith(f"{r['camera']}.jpg") for r in rows_)
             results.append(
@@ -163,6 +172,7 @@ def main():
                     "seconds": round(seconds, 1),
                     "images_per_second": round(n / seconds, 3),
                     "steady_images_per_second": None if steady is None else round(steady, 3),
+                    "seconds_to_first_image": None if first is None else round(first, 1),
                     "cpu_seconds": round(cpu, 1),
                     "images_per_cpu_second_x2": round(2 * n / cpu, 3),
                     "peak_rss_mib": round(peak),
@@ -174,15 +184,16 @@ def main():
             )
             print(json.dumps(results[-1]), flush=True)
     print("\n| residual | workers | --worker-memory | --prescreen | images | cameras | seconds | images/s "
-          "| steady images/s (first to last result) "
+          "| steady images/s (first to last result) | seconds to the first result "
           "| CPU s (all processes) | images per CPU-second x 2 "
           "| peak PSS (MiB, all processes) | peak RSS (MiB, all processes) | client peak RSS "
           "| largest worker peak RSS |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['residual']} | {r['workers']} | {r['worker_memory']} | {r['prescreen']} | {r['images']} | "
             f"{r['cameras']} | {r['seconds']} | {r['images_per_second']} | {r['steady_images_per_second']} | "
+            f"{r['seconds_to_first_image']} | "
             f"{r['cpu_seconds']} | {r['images_per_cpu_second_x2']} | "
             f"{r['peak_pss_mib']} | {r['peak_rss_mib']} | "
             f"{r['client_peak_mib']} | "

@@ -264,7 +264,7 @@ class RestoreJob:
             f"{Path(path).stem}-{ev.sha256[:8]}.restored",
             restored,
             {
-                "kind": "restored sensor noise (quality-conditioned GAN)",
+                "kind": "restored sensor noise (quality-conditioned restoration network)",
                 "residual_kind": "restored",
                 "input": ev.provenance(),
                 "crop": list(self.crop) if self.crop else None,

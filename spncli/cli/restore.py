@@ -70,7 +70,7 @@ def restore(
     workers: WorkersOption = None,
     scheduler: SchedulerOption = None,
 ):
-    """Restore the sensor noise of each image with the quality-conditioned GAN.
+    """Restore the sensor noise of each image with the quality-conditioned restoration network.
 
     The compression level is read from the file's quantization tables (or --quality). Writes
     NAME-SHA8.restored.npy (float32) and NAME-SHA8.restored.json (input SHA-256, model and
