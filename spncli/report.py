@@ -24,6 +24,7 @@ import numpy as np
 
 from .calibration import summary_rows
 from .casefile import Case
+from .modelcards import describe, find_card
 from .pce import SURFACE, false_alarm_probability
 from .plots import png_bytes
 from .provenance import utc_now
@@ -325,7 +326,8 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
         ),
         (
             "Residual",
-            "restored by the GAN (weights SHA-256 " + str(params.get("weights_sha256")) + ")"
+            "classic and restored, each image scored with both (restoration network weights SHA-256 "
+            + str(params.get("weights_sha256")) + "; see Method)"
             if params.get("restored")
             else "classic (Lukáš-Fridrich-Goljan wavelet residual)",
         ),
@@ -457,6 +459,8 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
         "<li>The result concerns the sensor, not the owner or the time of capture; the fingerprint database's "
         "provenance (source images and their hashes) is recorded in the database itself.</li>"
     )
+    if params.get("restored"):
+        w(_restoration_method(params.get("weights_sha256"), rows, threshold))
     w("</ul>")
     w(
         f"<p class='note'>Integrity: re-check with <code>spn case verify {_e(folder)} --head {_e(head)}</code> "
@@ -464,6 +468,43 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
     )
     w(_SCRIPT + "</body></html>")
     return out.getvalue()
+
+
+def _restoration_method(weights_sha256, rows: list[dict], threshold: float) -> str:
+    """Method item of a case scored with ``--restore``: the network, its training data and validation (from its
+    model card), the two-residual rule, and every image whose two residuals disagree."""
+    card = find_card(weights_sha256)
+    if card is None:
+        about = (f"<li>Restoration: weights SHA-256 <code>{_e(weights_sha256)}</code>; no model card of these "
+                 "weights ships with this tool, so the network, its training data and its validation are not "
+                 "described here.</li>")  # fmt: skip
+    else:
+        d = describe(card)
+        about = (f"<li>Restoration: network <b>{_e(d['name'])}</b> (weights SHA-256 "
+                 f"<code>{_e(weights_sha256)}</code>): {_e(d['network'])}. Training data: {_e(d['training'])} "
+                 f"Weights chosen: {_e(d['selection'])}. "
+                 "Its model card (models/) gives its accuracy on camera units that chose nothing.</li>")  # fmt: skip
+    about += (
+        "<li>Two residuals: each image was scored with the classic and the restored residual; it is reported "
+        f"<i>consistent with</i> a camera when either PCE exceeds {threshold:g} (false-alarm probability at most "
+        "twice that of one test, Bonferroni), so no match of the classic residual is lost.</li>"
+    )
+    disagree = sorted(
+        (normalized_path(r["image"]), r["camera"], r.get("pce_classic"), r.get("pce_restored"))
+        for r in rows
+        if r.get("residuals_disagree")
+    )
+    if not disagree:
+        return about + "<li>The two residuals agreed on every image-camera pair.</li>"
+    items = "".join(
+        f"<tr><td><code>{_e(img)}</code></td><td>{_e(cam)}</td><td>{_e(a)}</td><td>{_e(b)}</td></tr>"
+        for img, cam, a, b in disagree
+    )
+    return about + (
+        f"<li>The two residuals disagree (one above {threshold:g}, the other not) for {len(disagree)} image-camera "
+        "pair(s); examine these with care:<table><tr><th>Image</th><th>Camera</th><th>PCE classic</th>"
+        f"<th>PCE restored</th></tr>{items}</table></li>"
+    )
 
 
 # -- analyses written into the case by spn cluster --case and spn match --pool --case -------------------------------

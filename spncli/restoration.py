@@ -45,6 +45,7 @@ from .evidence import Evidence
 from .jpegdomain import AwareSettings, NoCoefficients, coefficients_of
 from .jpegtables import ijg_tables
 from .networks import ARCHITECTURES, RestorationNet, build_generator
+from .modelcards import DEFAULT_CARD
 from .residual import ResidualParams, grey_residual, postprocess, wiener_dft, zero_mean_cfa
 
 __all__ = [
@@ -63,7 +64,7 @@ __all__ = [
     "card_architecture",
 ]
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "spn-restore-v2.json"
+DEFAULT_MODEL = DEFAULT_CARD
 
 
 def resolve_device(name: str) -> torch.device:

@@ -405,3 +405,24 @@ def test_card_text_of_a_v2_run_names_its_split_data_and_policy():
     row = {"unit": "Nikon_D70_0", "quality": 30, "classic_median": 17.7, "aware_median": 14.7, "restored_median": 21.4}
     lines = card.validation_lines([{"step": 750, "score": 1.2, "rows": [row]}])
     assert lines == ["- step 750 (score 1.200): Nikon_D70_0 Q30 classic 17.7 / aware 14.7 -> 21.4"]
+
+
+def test_report_method_names_the_shipped_network_and_lists_disagreements():
+    """A case scored with --restore: the report's method names the network, its training data and how its
+    weights were chosen (from the card of the recorded weights), and lists the pairs whose residuals disagree."""
+    import json
+
+    from spncli.modelcards import DEFAULT_CARD, find_card
+    from spncli.report import _restoration_method
+
+    sha = json.loads(DEFAULT_CARD.read_text())["weights_sha256"]
+    assert find_card(sha)["name"] == "spn-restore-v2" and find_card("0" * 64) is None
+    rows = [
+        {"image": "/ev/a.jpg", "camera": "CAM", "pce_classic": 73.5, "pce_restored": 54.8, "residuals_disagree": True},
+        {"image": "/ev/b.jpg", "camera": "CAM", "pce_classic": 80.0, "pce_restored": 90.0, "residuals_disagree": False},
+    ]
+    html = _restoration_method(sha, rows, 60.0)
+    assert "spn-restore-v2" in html and "simulate_v2" in html and "_0 units" in html
+    assert "a.jpg" in html and "b.jpg" not in html and "73.5" in html and "1 image-camera" in html
+    unknown = _restoration_method("f" * 64, rows[1:], 60.0)
+    assert "no model card of these weights" in unknown and "agreed on every image-camera pair" in unknown
