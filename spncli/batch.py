@@ -133,7 +133,7 @@ def _run(job: Callable[[str], dict], path: str, in_worker: bool = True) -> dict:
         _configure_worker()
     else:
         reuse_freed_memory()
-        set_channel_threads(3 if _cores() > 1 else 1)  # all three channels at once: no lone last channel
+        set_channel_threads(_cores())
     try:
         return job(path)
     except MemoryError:
