@@ -286,11 +286,8 @@ class Restorer:
         cond, q = self.condition(ev, quality)
         network = q <= self.network_max_quality
         restored = grey + self.correction(pixels, grey, cond, tile=tile, precision=precision) if network else grey
-        restored = zero_mean_cfa(restored)
         wiener = q > self.wiener_min_quality
-        if wiener:
-            restored = wiener_dft(restored, float(restored.std(ddof=1)), params.windows)
-        return np.ascontiguousarray(restored, dtype=np.float32), {
+        return _finish(restored, wiener, params), {
             "restored": True,
             "input_residual": "classic",
             "quality_used": q,
@@ -330,13 +327,10 @@ class Restorer:
         if network:
             residual = residual + self.correction(pixels, residual, cond, tile=tile, precision=precision,
                                                   survival=survival)  # fmt: skip
-        restored = zero_mean_cfa(residual)
         post = self.card.get("postprocess", {})
         above = float(post.get("wiener_surviving_at_or_above", AwareSettings().wiener_above))
         wiener = info["surviving_ac_fraction"] >= above
-        if wiener:
-            restored = wiener_dft(restored, float(restored.std(ddof=1)), params.windows)
-        return np.ascontiguousarray(restored, dtype=np.float32), {
+        return _finish(residual, wiener, params), {
             "restored": True,
             "input_residual": "compression-aware",
             "quality_used": q,
@@ -346,6 +340,15 @@ class Restorer:
             "crop_offsets": info["crop_offsets"],
             "aware_settings": info["aware_settings"],
         } | self._record(tile, precision)
+
+
+def _finish(residual: np.ndarray, wiener: bool, params: ResidualParams) -> np.ndarray:
+    """A restored residual's post-processing: CFA zero-mean, then the spectral Wiener filter when the card's
+    policy says so (float32, contiguous)."""
+    restored = zero_mean_cfa(residual)
+    if wiener:
+        restored = wiener_dft(restored, float(restored.std(ddof=1)), params.windows)
+    return np.ascontiguousarray(restored, dtype=np.float32)
 
 
 def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype:
