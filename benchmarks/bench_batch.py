@@ -49,19 +49,28 @@ def rss_by_pid(proc: psutil.Process) -> dict[int, tuple[int, int, float]]:
     return out
 
 
-def _images(path: Path) -> int:
-    """Images with rows in a case's results.jsonl (one row per image and camera scored)."""
-    seen = set()
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                try:
-                    seen.add(json.loads(line)["image"])
-                except (ValueError, KeyError):
-                    pass  # a line being written
-    except OSError:
-        return 0
-    return len(seen)
+class _ImageCounter:
+    """Images with rows in a case's results.jsonl (one row per image and camera scored), read on from where
+    the last poll stopped: polling costs what the case gained, not the whole file each time."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.images = path, 0, set()
+
+    def __call__(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break  # a line being written: read again at the next poll
+                    self.offset += len(line)
+                    try:
+                        self.images.add(json.loads(line)["image"])
+                    except (ValueError, KeyError):
+                        pass
+        except OSError:
+            pass
+        return len(self.images)
 
 
 def run(cmd: list[str], results: Path | None = None) -> tuple:
@@ -73,10 +82,11 @@ def run(cmd: list[str], results: Path | None = None) -> tuple:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
     peak, peak_pss, each, cpu = 0, 0, {}, {}
-    seen: list[tuple[float, int]] = []  # (time, rows) each time the row count changed
+    seen: list[tuple[float, int]] = []  # (time, images) each time the image count changed
+    count = _ImageCounter(results) if results is not None else None
     while proc.poll() is None:
-        if results is not None:
-            n = _images(results)
+        if count is not None:
+            n = count()
             if n and (not seen or n != seen[-1][1]):
                 seen.append((time.perf_counter(), n))
         now = rss_by_pid(ps)
