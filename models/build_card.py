@@ -95,7 +95,16 @@ def policy_text(card: dict) -> str:
             f"{post['wiener_surviving_at_or_above']:.2%} of the AC luma coefficients survived quantization (the "
             "compression-aware residual's own criterion, chosen on the _0 units); the network's correction only "
             f"at or below quality {post['network_at_or_below_quality']} (chosen on the _0 units; above it the "
-            "output is the compression-aware residual itself)."
+            "output is the compression-aware residual itself)"
+            + (
+                f" and only on images whose region has at least {post['network_min_textured_fraction']:.2%} of its "
+                f"8x8 blocks textured (AC standard deviation above {post['textured_block_std_above']:g} grey levels, "
+                "from the file's own coefficients; chosen on the _0 units, where the correction lowered the "
+                "median matching PCE of every flat-field probe and raised most natural ones; below it the output is "
+                "the compression-aware residual itself)."
+                if post.get("network_min_textured_fraction")
+                else "."
+            )
         )
     return (
         "CFA zero-mean always; the spectral Wiener filter only above quality "
@@ -214,6 +223,8 @@ def main():
         default="spn train --config models/train-v1.toml --out runs/v1 --validation ../shared/data/dresden-nikon",
     )
     ap.add_argument("--network-max-quality", type=int, default=100, help="apply the network at or below this")
+    ap.add_argument("--network-min-textured", type=float, default=0.0,
+                    help="apply the network only where at least this fraction of 8x8 blocks is textured")
     ap.add_argument("--ablation", type=Path, default=None, help="eval.json of the zero-correction (policy-only) path")
     ap.add_argument("--ablation-run", type=Path, default=None,
                     help="spn train folder of the same config without the adversarial term: its validations")
@@ -273,7 +284,8 @@ def main():
     if args.ablation:
         fields["evaluation"]["ablation_policy_only"] = json.loads(args.ablation.read_text())["rows"]
     card_path = write_model_card(
-        args.run / f"{args.weights}.pt", HERE, args.name, fields, network_at_or_below_quality=args.network_max_quality
+        args.run / f"{args.weights}.pt", HERE, args.name, fields, network_at_or_below_quality=args.network_max_quality,
+        network_min_textured_fraction=args.network_min_textured,
     )
     card = json.loads(card_path.read_text())
     md = [

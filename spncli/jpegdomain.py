@@ -110,14 +110,31 @@ class LumaCoefficients:
     rows: int
     cols: int
 
+    def _blocks(self, region: tuple[int, int, int, int] | None) -> np.ndarray:
+        """The coefficient blocks meeting ``region`` (r0, c0, r1, c1) in pixels; all of them for None."""
+        if region is None:
+            return self.coef
+        r0, c0, r1, c1 = region
+        return self.coef[r0 // 8 : -(-r1 // 8), c0 // 8 : -(-c1 // 8)]
+
     def surviving_fraction(self, region: tuple[int, int, int, int] | None = None) -> float:
         """Fraction of non-zero AC coefficients, over all blocks or those meeting ``region`` (r0, c0, r1, c1)."""
-        c = self.coef
-        if region is not None:
-            r0, c0, r1, c1 = region
-            c = c[r0 // 8 : -(-r1 // 8), c0 // 8 : -(-c1 // 8)]
+        c = self._blocks(region)
         nonzero = np.count_nonzero(c) - np.count_nonzero(c[:, :, 0, 0])
         return float(nonzero / max(c.shape[0] * c.shape[1] * 63, 1))
+
+    def textured_fraction(self, region: tuple[int, int, int, int] | None = None, std_above: float = 4.0) -> float:
+        """Fraction of blocks whose dequantized AC part varies by more than ``std_above`` grey levels.
+
+        A block's AC standard deviation follows from its coefficients by
+        Parseval's theorem for the orthonormal 8x8 DCT [4]_:
+        ``sqrt(sum over AC of (coef * q)**2 / 64)``. A flat-field photo (sky,
+        wall, a calibration target) has almost no such block at any quality;
+        natural scenes have many.
+        """
+        c = self._blocks(region).astype(np.float32) * self.qt.astype(np.float32)
+        energy = np.einsum("ijvu,ijvu->ij", c, c) - c[:, :, 0, 0] ** 2
+        return float(np.count_nonzero(energy > 64.0 * std_above**2) / max(energy.size, 1))
 
 
 def read_luma_coefficients(data: bytes) -> LumaCoefficients:

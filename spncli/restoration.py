@@ -164,6 +164,16 @@ class Restorer:
         """The network's correction is applied at or below this quality (above it, it was measured to hurt)."""
         return int(self.card.get("postprocess", {}).get("network_at_or_below_quality", 100))
 
+    @property
+    def network_min_textured(self) -> tuple[float, float]:
+        """v2: the network's correction needs at least this fraction of textured blocks (and their std, grey levels).
+
+        Below it (flat content: sky, walls, flat-fields) the output is the compression-aware residual itself.
+        Cards without the field apply the network whatever the content.
+        """
+        post = self.card.get("postprocess", {})
+        return float(post.get("network_min_textured_fraction", 0.0)), float(post.get("textured_block_std_above", 4.0))
+
     def condition(self, ev: Evidence, quality: int | None) -> tuple[np.ndarray, int]:
         """Condition vector from the file's tables, or from ``quality`` for files without them.
 
@@ -323,7 +333,17 @@ class Restorer:
             } | self._record(tile, precision)
         full = grey if crop is None and grey is not None else grey_residual(ev.pixels, params)
         residual, survival, info = network_inputs(full, coefficients, crop, params)
-        network = q <= self.network_max_quality  # above it: the compression-aware residual as it is
+        r0, c0 = info["crop_offsets"]
+        least, std_above = self.network_min_textured
+        textured = coefficients.textured_fraction((r0, c0, r0 + residual.shape[0], c0 + residual.shape[1]), std_above)
+        network = q <= self.network_max_quality and textured >= least  # else the compression-aware residual as it is
+        skipped = {}
+        if not network:
+            skipped["network_skipped"] = (
+                f"quality {q} above {self.network_max_quality}"
+                if q > self.network_max_quality
+                else f"flat content: {textured:.2%} textured blocks, the card's policy needs {least:.2%}"
+            )
         if network:
             residual = residual + self.correction(pixels, residual, cond, tile=tile, precision=precision,
                                                   survival=survival)  # fmt: skip
@@ -337,9 +357,10 @@ class Restorer:
             "network_applied": network,
             "wiener_dft": bool(wiener),
             "surviving_ac_fraction": info["surviving_ac_fraction"],
+            "textured_block_fraction": round(textured, 6),
             "crop_offsets": info["crop_offsets"],
             "aware_settings": info["aware_settings"],
-        } | self._record(tile, precision)
+        } | skipped | self._record(tile, precision)
 
 
 def _finish(residual: np.ndarray, wiener: bool, params: ResidualParams) -> np.ndarray:
@@ -448,6 +469,7 @@ def write_model_card(
     fields: dict | None = None,
     wiener_dft_above_quality: int = 80,
     network_at_or_below_quality: int = 100,
+    network_min_textured_fraction: float = 0.0,
 ) -> Path:
     """Copy EMA weights to ``out_dir/<name>.pt`` and write ``out_dir/<name>.json`` (the card).
 
@@ -499,6 +521,8 @@ def write_model_card(
                 "zero_mean_cfa": True,
                 "wiener_surviving_at_or_above": AwareSettings().wiener_above,
                 "network_at_or_below_quality": network_at_or_below_quality,
+                "network_min_textured_fraction": network_min_textured_fraction,
+                "textured_block_std_above": 4.0,
             },
         }
     card |= fields or {}

@@ -218,3 +218,40 @@ def test_v2_card_quality_policy_keeps_the_compression_aware_residual_above_it(dr
     assert info30["network_applied"]
     aware30 = compression_aware_residual(grey_residual(ev30.pixels), coefficients_of(ev30, data30))[0]
     assert float(np.abs(out30 - aware30).max()) > 1e-3 * float(np.abs(aware30).max())
+
+
+def test_textured_fraction_is_the_blocks_ac_spread_by_parseval(dresden):
+    """A block's AC standard deviation from its coefficients equals the spread of its dequantized pixels."""
+    from spncli.jpegdomain import block_idct
+
+    data, _ = _probe(dresden, quality=70)
+    coefficients = read_luma_coefficients(data)
+    pixels = block_idct((coefficients.coef * coefficients.qt).astype(np.float64))  # dequantized, level-shifted
+    blocks = pixels.reshape(pixels.shape[0] // 8, 8, pixels.shape[1] // 8, 8).std(axis=(1, 3))
+    for std in (2.05, 4.1, 8.3):  # 64 std^2 not an integer: the integer energies never sit on the bound
+        assert coefficients.textured_fraction(std_above=std) == pytest.approx(float(np.mean(blocks > std)), abs=1e-9)
+    region = (64, 40, 128, 200)
+    inner = blocks[8:16, 5:25]
+    assert coefficients.textured_fraction(region, 4.1) == pytest.approx(float(np.mean(inner > 4.1)), abs=1e-9)
+
+
+def test_shipped_card_keeps_the_compression_aware_residual_on_flat_content(dresden):
+    """The shipped card applies the network to textured photos only: on a real flat-field the output is the
+    compression-aware residual itself, with the reason recorded; on a natural photo the network runs."""
+    from spncli.jpegdomain import AwareSettings, coefficients_of
+
+    restorer = load_restorer(device="cpu")
+    least, std_above = restorer.network_min_textured
+    assert least > 0 and std_above > 0
+    flat = centre_crop(load_image(dresden / "ff-jpg" / "Nikon_D70_0_19945.JPG").pixels, (256, 256))
+    flat = np.ascontiguousarray(flat)
+    data = encode(flat, DegradeSettings(50, "jpeg", "420"))
+    ev = decode(data, "Nikon_D70_0_19945.q50.jpg")
+    out, info = restorer.restore(ev, tile=1024, data=data)
+    assert not info["network_applied"] and info["textured_block_fraction"] < least
+    assert "flat content" in info["network_skipped"]
+    aware = compression_aware_residual(grey_residual(ev.pixels), coefficients_of(ev, data), settings=AwareSettings())[0]
+    np.testing.assert_allclose(out, aware, rtol=0, atol=1e-5 * float(np.abs(aware).max()))
+    data, ev = _probe(dresden, quality=50)
+    _, info = restorer.restore(ev, tile=1024, data=data)
+    assert info["network_applied"] and info["textured_block_fraction"] >= least and "network_skipped" not in info
