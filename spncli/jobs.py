@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +25,7 @@ from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, decode, load_image, rea
 from .identify import Matcher, cropped_pixels, residual_with_info
 from .jpegdomain import AwareSettings
 from .plots import detail_png, preview_png, thumbnail_jpeg
-from .provenance import atomic_write_bytes, atomic_write_json, tool_info, utc_now
+from .provenance import atomic_write_bytes, atomic_write_json, atomic_write_npy, tool_info, utc_now
 from .residualfile import is_residual_file, load_residual_file, match_saved
 from .residual import ResidualParams
 from .store import StoreError
@@ -36,10 +35,8 @@ __all__ = ["MatchJob", "ExtractJob", "RestoreJob", "save_with_provenance"]
 
 def save_with_provenance(out: Path, stem: str, array: np.ndarray, record: dict, preview: bool) -> Path:
     """Write ``stem.npy``, optionally ``stem.png``, then ``stem.json`` (last: its presence means complete)."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-    data = buf.getvalue()
-    atomic_write_bytes(out / f"{stem}.npy", data)
+    array = np.asarray(array, dtype=np.float32)
+    array_sha256 = atomic_write_npy(out / f"{stem}.npy", array)
     files = {"array": f"{stem}.npy"}
     if preview:
         atomic_write_bytes(out / f"{stem}.png", preview_png(array))
@@ -49,7 +46,7 @@ def save_with_provenance(out: Path, stem: str, array: np.ndarray, record: dict, 
         {
             **record,
             "files": files,
-            "array_sha256": hashlib.sha256(data).hexdigest(),
+            "array_sha256": array_sha256,
             "dtype": "float32",
             "shape": list(array.shape),
             "std": float(array.std()),

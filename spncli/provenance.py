@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -93,6 +94,31 @@ def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``final`` atomically."""
     with atomic_path(final) as tmp:
         tmp.write_bytes(data)
+
+
+class _HashingWriter:
+    """A file's ``write`` that also feeds the bytes to a SHA-256."""
+
+    def __init__(self, f):
+        self.f = f
+        self.digest = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.f.write(data)
+
+
+def atomic_write_npy(final: str | os.PathLike, array) -> str:
+    """Write ``array`` as a ``.npy`` file atomically, streamed (no copy of it in memory).
+
+    The bytes are those of ``numpy.save``; returns their SHA-256.
+    """
+    import numpy as np
+
+    with atomic_path(final) as tmp, open(tmp, "wb") as f:
+        writer = _HashingWriter(f)  # not a real file: numpy writes it in buffered chunks
+        np.lib.format.write_array(writer, np.asarray(array), allow_pickle=False)
+    return writer.digest.hexdigest()
 
 
 def atomic_write_json(final: str | os.PathLike, obj) -> None:

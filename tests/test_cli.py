@@ -236,6 +236,20 @@ def test_sixteen_bit_and_grey_and_alpha(tmp_path):
     assert load_image(grey).pixels.shape == (70, 90, 1)
 
 
+@pytest.mark.parametrize("channels, dtype", [(3, np.uint8), (4, np.uint8), (3, np.uint16), (4, np.uint16)])
+def test_decoded_pixels_are_the_files_samples_in_rgb_order(tmp_path, channels, dtype):
+    """OpenCV decodes BGR(A): the evidence holds R, G, B exactly (alpha dropped), contiguous float32."""
+    rng = np.random.default_rng(channels)
+    top = 256 if dtype == np.uint8 else 65536
+    bgr = rng.integers(0, top, (67, 93, channels), dtype=dtype)
+    path = tmp_path / f"x{channels}{np.dtype(dtype).itemsize}.png"
+    cv2.imwrite(str(path), bgr)
+    pixels = load_image(path).pixels
+    expected = bgr[:, :, 2::-1].astype(np.float64) * (255.0 / 65535.0 if dtype == np.uint16 else 1.0)
+    assert pixels.dtype == np.float32 and pixels.flags.c_contiguous and pixels.shape == (67, 93, 3)
+    np.testing.assert_allclose(pixels, expected, rtol=1e-6, atol=0)
+
+
 def test_demo_runs(runner, tmp_path):
     res = _ok(
         runner.invoke(

@@ -181,3 +181,39 @@ def test_a_killed_runs_shared_folder_is_removed_by_the_next_run(tmp_path, monkey
     link.symlink_to(other, target_is_directory=True)
     batch._remove_abandoned()
     assert not dead.exists() and alive.exists() and link.is_symlink() and other.exists()
+
+
+@pytest.mark.parametrize("setting, off", [("always defer defer+madvise [madvise] never", True),
+                                          ("always defer [defer+madvise] madvise never", True),
+                                          ("always [defer] defer+madvise madvise never", False),
+                                          ("always defer defer+madvise madvise [never]", False)])  # fmt: skip
+def test_huge_page_advice_is_dropped_only_where_the_kernel_would_stall(tmp_path, setting, off):
+    from numpy._core.multiarray import _get_madvise_hugepage, _set_madvise_hugepage
+
+    from spncli.batch import no_huge_page_stalls
+
+    defrag = tmp_path / "defrag"
+    defrag.write_text(setting + "\n")
+    before = _set_madvise_hugepage(True)
+    try:
+        assert no_huge_page_stalls(defrag) is off
+        assert _get_madvise_hugepage() is not off
+        assert no_huge_page_stalls(tmp_path / "absent") is False
+    finally:
+        _set_madvise_hugepage(before)
+
+
+@pytest.mark.parametrize("shape", [(1500, 2001), (3, 0), (7,)])
+def test_streamed_npy_is_numpy_save_byte_for_byte(tmp_path, shape):
+    import hashlib
+    import io
+
+    from spncli.provenance import atomic_write_npy
+
+    array = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    expected = io.BytesIO()
+    np.save(expected, array, allow_pickle=False)
+    digest = atomic_write_npy(tmp_path / "a.npy", array)
+    assert (tmp_path / "a.npy").read_bytes() == expected.getvalue()
+    assert digest == hashlib.sha256(expected.getvalue()).hexdigest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]  # no temporary left beside it
