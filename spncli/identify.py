@@ -8,10 +8,12 @@ caller) decides how to show them.
 
 from __future__ import annotations
 
+import collections
 import os
 import stat
 import statistics
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -564,13 +566,27 @@ class Matcher:
         self.spectra = {}
         self.frames = {}  # each fingerprint's source frame, for the alignment note
         self.warnings: dict[str, list[str]] = {}  # camera -> leak warnings (spncli.leaks.match_warnings)
-        for fp in fingerprints:
-            self.cameras.append((fp.camera, fp.sha256))
-            self.frames[fp.camera] = fingerprint_frame(fp.meta, fp.k.shape)
-            k = fp.k
-            if settings.crop is not None:
-                k = centre_crop(k, (min(settings.crop[0], k.shape[0]), min(settings.crop[1], k.shape[1])))
-            self.spectra[fp.camera] = FingerprintSpectrum(k)
+        crop = settings.crop
+
+        def transform(k: np.ndarray) -> FingerprintSpectrum:
+            if crop is not None:
+                k = centre_crop(k, (min(crop[0], k.shape[0]), min(crop[1], k.shape[1])))
+            return FingerprintSpectrum(k)
+
+        # fingerprints are read (and their checksums verified) in turn while the last two are transformed on
+        # two threads (OpenCV's transform and hashlib release the GIL); at most three spatial ones are alive
+        pending: collections.deque = collections.deque()
+        with ThreadPoolExecutor(2, thread_name_prefix="spn-fingerprint") as pool:
+            for fp in fingerprints:
+                self.cameras.append((fp.camera, fp.sha256))
+                self.frames[fp.camera] = fingerprint_frame(fp.meta, fp.k.shape)
+                pending.append((fp.camera, pool.submit(transform, fp.k)))
+                del fp
+                while len(pending) > 2:
+                    camera, future = pending.popleft()
+                    self.spectra[camera] = future.result()
+            for camera, future in pending:
+                self.spectra[camera] = future.result()
 
     @classmethod
     def from_database(cls, store, names: Iterable[str], settings: MatchSettings, restorer=None, *,
