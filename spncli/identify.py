@@ -657,6 +657,7 @@ class Matcher:
             "wiener_applied": info["wiener_dft"],
             "fallback": None,
             "network_applied": info["network_applied"],
+            **({"network_skipped": info["network_skipped"]} if "network_skipped" in info else {}),
             "weights_sha256": info["weights_sha256"],
             "classic_residual": devices.postprocess(grey, s.params, device),
         }
@@ -729,6 +730,7 @@ class Matcher:
                     "shift_col": m.shift[1],
                     "rotation": m.rotation,
                     "network_applied": info["network_applied"],
+                    **({"network_skipped": info["network_skipped"]} if "network_skipped" in info else {}),
                     "weights_sha256": info["weights_sha256"],
                 }
             if self.tails is not None:

@@ -171,6 +171,7 @@ def test_restore_and_match_restore_cli(runner, synth_case, tmp_path):
         assert (r["pce"] > 60) == Path(r["image"]).name.startswith(r["camera"]), r
         assert r["pce"] == max(r["pce_classic"], r["pce_restored"]) and r["weights_sha256"] and r["residual_kind"]
         assert isinstance(r["network_applied"], bool) and r["decision_classic"] in ("consistent", "not consistent")
+        assert r["network_applied"] != ("network_skipped" in r or "restoration_skipped" in r), r  # why, when not
         assert r["decision"] == "consistent" or r["decision_classic"] == "not consistent"  # never loses this match
     res = runner.invoke(app, ["restore", str(probe), "--out", str(tmp_path / "x"), "--device", "tpu"])
     assert res.exit_code == 2 and "auto, cpu, cuda" in res.stderr
