@@ -359,7 +359,7 @@ def calibrate(
     qualities = tuple(qualities)
     started = utc_now()
     names = store.select()
-    matcher = Matcher((store.load(n) for n in names), settings)
+    matcher = Matcher(store.load_many(names), settings)
     sources = _sources(store, names)
     null = {cam: {} for cam in names}
     images, seen = [], {}

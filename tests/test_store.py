@@ -47,6 +47,25 @@ def test_round_trip_list_remove(tmp_path):
         store.select(None)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_load_many_reads_ahead_in_order_and_fails_where_load_fails(tmp_path, threads):
+    store = FingerprintStore(tmp_path / "db.h5")
+    for i in range(5):
+        store.add(f"cam-{i}", _k(i), {"camera": f"cam-{i}"})
+    names = ["cam-3", "cam-0", "cam-4", "cam-1", "cam-2"]
+    loaded = list(store.load_many(names, threads=threads))
+    assert [fp.camera for fp in loaded] == names
+    for fp in loaded:
+        expected = store.load(fp.camera)
+        np.testing.assert_array_equal(fp.k, expected.k)
+        assert fp.sha256 == expected.sha256 and fp.meta == expected.meta
+    got = []
+    with pytest.raises(StoreError, match="no camera 'cam-9'"):
+        for fp in store.load_many(["cam-0", "cam-1", "cam-9", "cam-2"], threads=threads):
+            got.append(fp.camera)
+    assert got == ["cam-0", "cam-1"]  # the cameras before the missing one, then its error, as load() in turn
+
+
 def test_corruption_is_reported_not_used(tmp_path):
     store = FingerprintStore(tmp_path / "db.h5")
     store.add("cam", _k(1), {})

@@ -67,7 +67,7 @@ def match_pool(images, db: Path, settings: MatchSettings, *, camera, singles: bo
         store = FingerprintStore(db)
         names = store.select(camera)
         db_sha = store.file_sha256()
-        matcher = Matcher((store.load(n) for n in names), settings)
+        matcher = Matcher(store.load_many(names), settings)
         leaks = match_warnings(store, names)  # a pooled probe against a flagged camera carries its warning too
     except StoreError as exc:
         die(str(exc))

@@ -231,7 +231,7 @@ def match(
             matcher = Matcher.from_database(store, names, settings, restorer, db_sha256=db_sha, memory=memory,
                                             device=device)  # fmt: skip
         else:  # in-process: one fingerprint in memory at a time, only its transform is kept
-            matcher = Matcher((store.load(n) for n in names), settings, restorer, device)
+            matcher = Matcher(store.load_many(names), settings, restorer, device)
         matcher.tails, refused = tails_for(store, settings, restored=restorer is not None)
         if refused:  # the scores stand; their empirical tails are null and say why
             error_line(refused)
