@@ -100,8 +100,9 @@ def policy_text(card: dict) -> str:
                 f" and only on images whose region has at least {post['network_min_textured_fraction']:.2%} of its "
                 f"8x8 blocks textured (AC standard deviation above {post['textured_block_std_above']:g} grey levels, "
                 "from the file's own coefficients; chosen on the _0 units, where the correction lowered the "
-                "median matching PCE of every flat-field probe and raised most natural ones; below it the output is "
-                "the compression-aware residual itself)."
+                "matching PCE of the flat-field probes (all of them at Q70 and Q50, most at Q90 and Q30), which have "
+                "no textured block, and raised most natural ones; below it the output is the compression-aware "
+                "residual itself)."
                 if post.get("network_min_textured_fraction")
                 else "."
             )
