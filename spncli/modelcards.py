@@ -36,14 +36,34 @@ def find_card(weights_sha256: str | None, folder: Path = MODELS_DIR) -> dict | N
     return None
 
 
+def policy_text(card: dict) -> str:
+    """What a card's ``postprocess`` applies, and when, in words ("not recorded in the card" when absent)."""
+    post = card.get("postprocess") if isinstance(card.get("postprocess"), dict) else {}
+    parts = []
+    if isinstance(post.get("wiener_surviving_at_or_above"), (int, float)):
+        parts.append(f"the spectral Wiener filter per image, when at least {post['wiener_surviving_at_or_above']:.2%} "
+                     "of the AC luma coefficients survived quantization")  # fmt: skip
+    elif isinstance(post.get("wiener_dft_above_quality"), (int, float)):
+        parts.append(f"the spectral Wiener filter above quality {post['wiener_dft_above_quality']:g}")
+    if isinstance(post.get("network_at_or_below_quality"), (int, float)):
+        parts.append(f"the network's correction at or below quality {post['network_at_or_below_quality']:g}")
+    least = post.get("network_min_textured_fraction")
+    if isinstance(least, (int, float)) and least > 0:
+        parts.append(f"and only on images with at least {least:.2%} of their 8x8 blocks textured (AC standard "
+                     f"deviation above {post.get('textured_block_std_above', 4.0):g} grey levels); elsewhere the "
+                     "compression-aware residual itself (each row says whether the network was applied)")  # fmt: skip
+    return "; ".join(parts) if parts else "not recorded in the card"
+
+
 def describe(card: dict) -> dict[str, str]:
-    """The network, its training data and its validation, in words (``name``, ``network``, ``training``,
-    ``selection``); what a card does not say is "not recorded in the card"."""
+    """The network, its training data, its validation and its post-processing policy, in words (``name``,
+    ``network``, ``training``, ``selection``, ``policy``); what a card does not say is "not recorded in the card"."""
     missing = "not recorded in the card"
     training = card.get("training") if isinstance(card.get("training"), dict) else {}
     arch = card.get("architecture")
     arch = arch if isinstance(arch, str) else "v1"
     return {
+        "policy": policy_text(card),
         "name": str(card.get("name") or missing),
         "network": f"{arch} generator, {card.get('parameters', '?'):,} parameters; input: "
         f"{card.get('inputs') or missing}; output: {card.get('output') or missing}"

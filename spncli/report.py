@@ -482,7 +482,7 @@ def _restoration_method(weights_sha256, rows: list[dict], threshold: float) -> s
         d = describe(card)
         about = (f"<li>Restoration: network <b>{_e(d['name'])}</b> (weights SHA-256 "
                  f"<code>{_e(weights_sha256)}</code>): {_e(d['network'])}. Training data: {_e(d['training'])} "
-                 f"Weights chosen: {_e(d['selection'].rstrip('.'))}. "
+                 f"Weights chosen: {_e(d['selection'].rstrip('.'))}. Applied: {_e(d['policy'])}. "
                  "Its model card (models/) gives its accuracy on camera units that chose nothing.</li>")  # fmt: skip
     about += (
         "<li>Two residuals: each image was scored with the classic and the restored residual; it is reported "

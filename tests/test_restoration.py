@@ -424,6 +424,7 @@ def test_report_method_names_the_shipped_network_and_lists_disagreements():
     ]
     html = _restoration_method(sha, rows, 60.0)
     assert "spn-restore-v2" in html and "simulate_v2" in html and "_0 units" in html
+    assert "14.99%" in html and "1.00% of their 8x8 blocks textured" in html  # the card's policy, in words
     assert "a.jpg" in html and "b.jpg" not in html and "73.5" in html and "1 image-camera" in html
     unknown = _restoration_method("f" * 64, rows[1:], 60.0)
     assert "no model card of these weights" in unknown and "agreed on every image-camera pair" in unknown
