@@ -54,7 +54,8 @@ def reuse_freed_memory() -> bool:
     time per 12 MP image, more than the arithmetic, measured here. With
     ``mmap`` off the freed blocks are reused; peak memory is unchanged (the
     same arrays are alive at the peak) and what exceeds the kept amount is
-    trimmed. Does nothing (returns False) where the C library is not glibc.
+    trimmed; numpy's huge-page advice is dropped where it stalls (:func:`no_huge_page_stalls`). Returns
+    whether the heap was set (False where the C library is not glibc).
     """
     global _HEAP_SET
     if _HEAP_SET:
@@ -71,29 +72,33 @@ def reuse_freed_memory() -> bool:
     return _HEAP_SET
 
 
-THP_DEFRAG = Path("/sys/kernel/mm/transparent_hugepage/defrag")
+THP = Path("/sys/kernel/mm/transparent_hugepage")
 
 
-def no_huge_page_stalls(defrag: Path = THP_DEFRAG) -> bool:
-    """Stop numpy advising huge pages where the kernel would compact memory on the first touch to serve them.
+def no_huge_page_stalls(thp: Path = THP) -> bool:
+    """Stop numpy advising huge pages where that advice makes the kernel compact memory on the first touch.
 
-    NumPy marks every large array ``MADV_HUGEPAGE``. Where the kernel's
-    transparent huge page ``defrag`` setting is ``always``, ``madvise`` or
-    ``defer+madvise``,
-    a fault in such a region compacts memory synchronously until a 2 MiB page
-    is free; on a machine whose memory is fragmented (page cache, other
-    processes) the first touch then stalls. Measured here (defrag
-    ``madvise``): 1.15 GB of fresh arrays took 0.2-4.4 s to touch with the
-    advice and 0.74-0.76 s without; the 48 MP residual's spectral Wiener
-    step 2.2 s with it, 1.0 s without. Returns whether the advice was turned
-    off (not where the setting is ``defer``, ``defer+madvise`` or ``never``,
-    or on systems without it).
+    NumPy marks every large array ``MADV_HUGEPAGE``. Where transparent huge
+    pages are ``enabled`` (``always`` or ``madvise``) and the ``defrag``
+    setting compacts memory synchronously for advised regions (``always``,
+    ``madvise`` or ``defer+madvise``), a fault in such an array waits until a
+    2 MiB page is free; on a machine whose memory is fragmented (page cache,
+    other processes) the first touch then stalls. Measured here (``enabled``
+    and ``defrag`` both ``madvise``): 1.15 GB of fresh arrays took 0.2-4.4 s
+    to touch with the advice and 0.74-0.76 s without; a 48 MP residual
+    7.1-7.9 s with it, 5.5-5.9 s without. Returns whether the advice was
+    turned off: not where huge pages are off, where every region is treated
+    alike (``enabled`` and ``defrag`` both ``always``: the advice changes
+    nothing), where ``defrag`` is ``defer`` or ``never``, on systems without
+    these settings, or with a numpy that has no such switch.
     """
     try:
-        setting = defrag.read_text()
+        enabled, defrag = ((thp / name).read_text() for name in ("enabled", "defrag"))
     except OSError:
         return False
-    if not any(f"[{mode}]" in setting for mode in ("always", "madvise", "defer+madvise")):
+    if "[never]" in enabled or ("[always]" in enabled and "[always]" in defrag):
+        return False
+    if not any(f"[{mode}]" in defrag for mode in ("always", "madvise", "defer+madvise")):
         return False
     try:
         from numpy._core.multiarray import _set_madvise_hugepage

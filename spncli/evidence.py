@@ -496,17 +496,17 @@ def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> E
         raise EvidenceError(path, f"decoded size {img.shape[1]}x{img.shape[0]} differs from the header's {cols}x{rows}")
     if img.ndim == 2:
         img = img[:, :, None]
-    channels = img.shape[2]
-    if channels in (3, 4):  # OpenCV's BGR(A) to RGB, alpha dropped: one contiguous pass (a reversed-stride
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if channels == 4 else cv2.COLOR_BGR2RGB)  # view casts slowly)
-    elif channels == 2:
-        img = img[:, :, :1]  # grey + alpha
     if img.dtype == np.uint8:
         depth, scale = 8, 1.0
     elif img.dtype == np.uint16:
         depth, scale = 16, 255.0 / 65535.0
     else:
         raise EvidenceError(path, f"unsupported sample type {img.dtype} (allowed: 8- or 16-bit integer)")
+    channels = img.shape[2]
+    if channels in (3, 4):  # OpenCV's BGR(A) to RGB, alpha dropped: one contiguous pass (a reversed-stride
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if channels == 4 else cv2.COLOR_BGR2RGB)  # view casts slowly)
+    elif channels == 2:
+        img = img[:, :, :1]  # grey + alpha
     pixels = np.ascontiguousarray(img, dtype=np.float32)
     if scale != 1.0:
         pixels *= scale

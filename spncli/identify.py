@@ -543,7 +543,8 @@ class Matcher:
     Parameters
     ----------
     fingerprints : iterable of Fingerprint
-        Consumed once (a generator keeps one spatial fingerprint in memory at a time).
+        Consumed once, in order: up to two are held while transformed (plus what a generator
+        such as :meth:`spncli.store.FingerprintStore.load_many` reads ahead).
     settings : MatchSettings
     restorer : spncli.restoration.Restorer or None
         When given, images are scored with the classic and the restored
@@ -573,8 +574,8 @@ class Matcher:
                 k = centre_crop(k, (min(crop[0], k.shape[0]), min(crop[1], k.shape[1])))
             return FingerprintSpectrum(k)
 
-        # fingerprints are read (and their checksums verified) in turn while the last two are transformed on
-        # two threads (OpenCV's transform and hashlib release the GIL); at most three spatial ones are alive
+        # fingerprints are transformed on two threads (OpenCV's transform releases the GIL) while the caller's
+        # iterable reads the next ones (FingerprintStore.load_many reads ahead too); two wait here at most
         pending: collections.deque = collections.deque()
         with ThreadPoolExecutor(2, thread_name_prefix="spn-fingerprint") as pool:
             for fp in fingerprints:
@@ -582,7 +583,7 @@ class Matcher:
                 self.frames[fp.camera] = fingerprint_frame(fp.meta, fp.k.shape)
                 pending.append((fp.camera, pool.submit(transform, fp.k)))
                 del fp
-                while len(pending) > 2:
+                while len(pending) > 1:
                     camera, future = pending.popleft()
                     self.spectra[camera] = future.result()
             for camera, future in pending:
@@ -652,13 +653,23 @@ class Matcher:
                 "network_applied": False,
                 "restoration_skipped": str(exc),
             }
+        if not info.get("restored", True):  # no coefficients (a CMYK JPEG): the classic residual, and why
+            return w, False, {
+                "residual_kind": info.get("input_residual", "classic"),
+                "wiener_applied": info["wiener_dft"],
+                "fallback": None,
+                "network_applied": False,
+                "restoration_skipped": info.get("restoration_skipped", "not restored"),
+            }
+        why = {k: info[k] for k in ("network_skipped",) if k in info}
         return w, True, {
             "residual_kind": info.get("input_residual", "classic"),  # what the network refines
             "wiener_applied": info["wiener_dft"],
             "fallback": None,
             "network_applied": info["network_applied"],
-            **({"network_skipped": info["network_skipped"]} if "network_skipped" in info else {}),
+            **why,
             "weights_sha256": info["weights_sha256"],
+            "restoration_policy": info.get("policy"),
             "classic_residual": devices.postprocess(grey, s.params, device),
         }
 
@@ -732,6 +743,7 @@ class Matcher:
                     "network_applied": info["network_applied"],
                     **({"network_skipped": info["network_skipped"]} if "network_skipped" in info else {}),
                     "weights_sha256": info["weights_sha256"],
+                    "restoration_policy": info["restoration_policy"],
                 }
             if self.tails is not None:
                 record |= self.tails.fields(camera, fp_sha, record["pce"], record["jpeg_quality"])

@@ -35,7 +35,7 @@ __all__ = ["MatchJob", "ExtractJob", "RestoreJob", "save_with_provenance"]
 
 def save_with_provenance(out: Path, stem: str, array: np.ndarray, record: dict, preview: bool) -> Path:
     """Write ``stem.npy``, optionally ``stem.png``, then ``stem.json`` (last: its presence means complete)."""
-    array = np.asarray(array, dtype=np.float32)
+    array = np.ascontiguousarray(array, dtype=np.float32)  # C order in the file, whatever the caller's layout
     array_sha256 = atomic_write_npy(out / f"{stem}.npy", array)
     files = {"array": f"{stem}.npy"}
     if preview:

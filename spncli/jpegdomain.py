@@ -132,9 +132,14 @@ class LumaCoefficients:
         wall, a calibration target) has almost no such block at any quality;
         natural scenes have many.
         """
-        c = self._blocks(region).astype(np.float32) * self.qt.astype(np.float32)
-        energy = np.einsum("ijvu,ijvu->ij", c, c) - c[:, :, 0, 0] ** 2
-        return float(np.count_nonzero(energy > 64.0 * std_above**2) / max(energy.size, 1))
+        blocks = self._blocks(region)
+        q = self.qt.astype(np.float32)
+        q[0, 0] = 0.0  # the DC term is the block's mean, not its spread
+        bound, textured = 64.0 * std_above**2, 0
+        for i in range(0, blocks.shape[0], 64):  # 64 block rows at a time: small temporaries at any size
+            c = blocks[i : i + 64].astype(np.float32) * q
+            textured += int(np.count_nonzero(np.einsum("ijvu,ijvu->ij", c, c) > bound))
+        return float(textured / max(blocks.shape[0] * blocks.shape[1], 1))
 
 
 def read_luma_coefficients(data: bytes) -> LumaCoefficients:

@@ -480,9 +480,13 @@ def _restoration_method(weights_sha256, rows: list[dict], threshold: float) -> s
                  "described here.</li>")  # fmt: skip
     else:
         d = describe(card)
+        recorded = sorted({r["restoration_policy"] for r in rows if r.get("restoration_policy")})
+        applied = ("; ".join(recorded) + " (as recorded with the scores)" if recorded else
+                   "not recorded with these scores (scored by an earlier spn); the card shipped now says: "
+                   + d["policy"])
         about = (f"<li>Restoration: network <b>{_e(d['name'])}</b> (weights SHA-256 "
                  f"<code>{_e(weights_sha256)}</code>): {_e(d['network'])}. Training data: {_e(d['training'])} "
-                 f"Weights chosen: {_e(d['selection'].rstrip('.'))}. Applied: {_e(d['policy'])}. "
+                 f"Weights chosen: {_e(d['selection'].rstrip('.'))}. Applied: {_e(applied)}. "
                  "Its model card (models/) gives its accuracy on camera units that chose nothing.</li>")  # fmt: skip
     about += (
         "<li>Two residuals: each image was scored with the classic and the restored residual; it is reported "

@@ -45,7 +45,7 @@ from .evidence import Evidence
 from .jpegdomain import AwareSettings, NoCoefficients, coefficients_of
 from .jpegtables import ijg_tables
 from .networks import ARCHITECTURES, RestorationNet, build_generator
-from .modelcards import DEFAULT_CARD
+from .modelcards import DEFAULT_CARD, policy_text
 from .residual import ResidualParams, grey_residual, postprocess, wiener_dft, zero_mean_cfa
 
 __all__ = [
@@ -297,13 +297,14 @@ class Restorer:
         network = q <= self.network_max_quality
         restored = grey + self.correction(pixels, grey, cond, tile=tile, precision=precision) if network else grey
         wiener = q > self.wiener_min_quality
+        skipped = {} if network else {"network_skipped": f"quality {q} above {self.network_max_quality}"}
         return _finish(restored, wiener, params), {
             "restored": True,
             "input_residual": "classic",
             "quality_used": q,
             "network_applied": network,
             "wiener_dft": wiener,
-        } | self._record(tile, precision)
+        } | skipped | self._record(tile, precision)
 
     def _record(self, tile: int, precision: str) -> dict:
         return {
@@ -313,6 +314,7 @@ class Restorer:
             "model": self.card.get("name"),
             "architecture": self.architecture,
             "weights_sha256": self.weights_sha256,
+            "policy": policy_text(self.card),  # what this card applied: a later card may change it
         }
 
     def _restore_v2(self, ev, pixels, grey, quality, params, tile, precision, data):

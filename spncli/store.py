@@ -364,7 +364,8 @@ class FingerprintStore:
 
         Reading a camera's file and verifying its SHA-256 release the GIL, so the reads overlap each other
         and the caller's work (6 cameras of 6 MP: 0.51 s one after the other, measured). A failure is
-        raised when its camera is reached, as :meth:`load` would; at most ``threads`` fingerprints wait.
+        raised when its camera is reached, as :meth:`load` would. Besides the one the caller holds, up to
+        ``threads`` + 1 fingerprints are in memory (read, or being read) at a time.
         """
         from concurrent.futures import ThreadPoolExecutor
 
@@ -372,11 +373,10 @@ class FingerprintStore:
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="spn-load") as pool:
             pending = collections.deque(pool.submit(self.load, n) for n in itertools.islice(names, max(1, threads)))
             while pending:
-                future = pending.popleft()
                 following = next(names, None)
                 if following is not None:
                     pending.append(pool.submit(self.load, following))
-                yield future.result()
+                yield pending.popleft().result()  # no reference kept here once the caller has it
 
     def sign_digests(self, names=None) -> tuple[dict, list[str]]:
         """The pre-screen digests of the cameras (``names``, default all) and the cameras without one.

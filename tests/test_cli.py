@@ -19,7 +19,7 @@ import piexif
 import pytest
 
 from spncli.cli import app
-from spncli.evidence import load_image
+from spncli.evidence import EvidenceError, load_image
 from spncli.synthetic import encode_jpeg
 
 
@@ -245,9 +245,20 @@ def test_decoded_pixels_are_the_files_samples_in_rgb_order(tmp_path, channels, d
     path = tmp_path / f"x{channels}{np.dtype(dtype).itemsize}.png"
     cv2.imwrite(str(path), bgr)
     pixels = load_image(path).pixels
-    expected = bgr[:, :, 2::-1].astype(np.float64) * (255.0 / 65535.0 if dtype == np.uint16 else 1.0)
+    expected = np.ascontiguousarray(bgr[:, :, 2::-1], dtype=np.float32)  # the cast the decoder made before
+    if dtype == np.uint16:
+        expected *= 255.0 / 65535.0
     assert pixels.dtype == np.float32 and pixels.flags.c_contiguous and pixels.shape == (67, 93, 3)
-    np.testing.assert_allclose(pixels, expected, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(pixels, expected)  # bit for bit
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int16, np.int32, np.float32])
+def test_unsupported_sample_types_are_one_line(tmp_path, dtype):
+    path = tmp_path / f"x-{np.dtype(dtype).name}.tif"
+    assert cv2.imwrite(str(path), np.ones((70, 90, 3), dtype=dtype))
+    with pytest.raises(EvidenceError) as info:
+        load_image(path)
+    assert str(info.value) == f"{path}: unsupported sample type {np.dtype(dtype).name} (allowed: 8- or 16-bit integer)"
 
 
 def test_demo_runs(runner, tmp_path):

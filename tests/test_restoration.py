@@ -171,7 +171,8 @@ def test_restore_and_match_restore_cli(runner, synth_case, tmp_path):
         assert (r["pce"] > 60) == Path(r["image"]).name.startswith(r["camera"]), r
         assert r["pce"] == max(r["pce_classic"], r["pce_restored"]) and r["weights_sha256"] and r["residual_kind"]
         assert isinstance(r["network_applied"], bool) and r["decision_classic"] in ("consistent", "not consistent")
-        assert r["network_applied"] != ("network_skipped" in r or "restoration_skipped" in r), r  # why, when not
+        assert r["network_applied"] != ("network_skipped" in r), r  # why, when not
+        assert "14.99%" in r["restoration_policy"]  # what the card applied, recorded with the score
         assert r["decision"] == "consistent" or r["decision_classic"] == "not consistent"  # never loses this match
     res = runner.invoke(app, ["restore", str(probe), "--out", str(tmp_path / "x"), "--device", "tpu"])
     assert res.exit_code == 2 and "auto, cpu, cuda" in res.stderr
@@ -424,7 +425,10 @@ def test_report_method_names_the_shipped_network_and_lists_disagreements():
     ]
     html = _restoration_method(sha, rows, 60.0)
     assert "spn-restore-v2" in html and "simulate_v2" in html and "_0 units" in html
-    assert "14.99%" in html and "1.00% of their 8x8 blocks textured" in html  # the card's policy, in words
+    assert "not recorded with these scores" in html and "1.00% of their 8x8 blocks textured" in html
+    policy = "the spectral Wiener filter above quality 80"
+    recorded = _restoration_method(sha, [r | {"restoration_policy": policy} for r in rows], 60.0)
+    assert f"Applied: {policy} (as recorded with the scores)" in recorded and "textured" not in recorded
     assert "a.jpg" in html and "b.jpg" not in html and "73.5" in html and "1 image-camera" in html
     unknown = _restoration_method("f" * 64, rows[1:], 60.0)
     assert "no model card of these weights" in unknown and "agreed on every image-camera pair" in unknown

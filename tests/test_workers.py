@@ -183,20 +183,29 @@ def test_a_killed_runs_shared_folder_is_removed_by_the_next_run(tmp_path, monkey
     assert not dead.exists() and alive.exists() and link.is_symlink() and other.exists()
 
 
-@pytest.mark.parametrize("setting, off", [("always defer defer+madvise [madvise] never", True),
-                                          ("always defer [defer+madvise] madvise never", True),
-                                          ("always [defer] defer+madvise madvise never", False),
-                                          ("always defer defer+madvise madvise [never]", False)])  # fmt: skip
-def test_huge_page_advice_is_dropped_only_where_the_kernel_would_stall(tmp_path, setting, off):
-    from numpy._core.multiarray import _get_madvise_hugepage, _set_madvise_hugepage
+@pytest.mark.parametrize("enabled, defrag, off", [
+    ("always [madvise] never", "always defer defer+madvise [madvise] never", True),
+    ("[always] madvise never", "always defer [defer+madvise] madvise never", True),
+    ("[always] madvise never", "always defer defer+madvise [madvise] never", True),
+    ("always [madvise] never", "[always] defer defer+madvise madvise never", True),
+    ("[always] madvise never", "[always] defer defer+madvise madvise never", False),  # the advice changes nothing
+    ("always [madvise] never", "always [defer] defer+madvise madvise never", False),
+    ("always [madvise] never", "always defer defer+madvise madvise [never]", False),
+    ("always madvise [never]", "always defer defer+madvise [madvise] never", False),
+])  # fmt: skip
+def test_huge_page_advice_is_dropped_only_where_the_kernel_would_stall(tmp_path, enabled, defrag, off):
+    try:
+        from numpy._core.multiarray import _get_madvise_hugepage, _set_madvise_hugepage
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _get_madvise_hugepage, _set_madvise_hugepage
 
     from spncli.batch import no_huge_page_stalls
 
-    defrag = tmp_path / "defrag"
-    defrag.write_text(setting + "\n")
+    (tmp_path / "enabled").write_text(enabled + "\n")
+    (tmp_path / "defrag").write_text(defrag + "\n")
     before = _set_madvise_hugepage(True)
     try:
-        assert no_huge_page_stalls(defrag) is off
+        assert no_huge_page_stalls(tmp_path) is off
         assert _get_madvise_hugepage() is not off
         assert no_huge_page_stalls(tmp_path / "absent") is False
     finally:
@@ -211,9 +220,10 @@ def test_streamed_npy_is_numpy_save_byte_for_byte(tmp_path, shape):
     from spncli.provenance import atomic_write_npy
 
     array = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    expected = io.BytesIO()
-    np.save(expected, array, allow_pickle=False)
-    digest = atomic_write_npy(tmp_path / "a.npy", array)
-    assert (tmp_path / "a.npy").read_bytes() == expected.getvalue()
-    assert digest == hashlib.sha256(expected.getvalue()).hexdigest()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]  # no temporary left beside it
+    for i, a in enumerate((array, array.T, array[..., ::-1])):  # C order, Fortran order, reversed strides
+        expected = io.BytesIO()
+        np.save(expected, a, allow_pickle=False)
+        digest = atomic_write_npy(tmp_path / f"{i}.npy", a)
+        assert (tmp_path / f"{i}.npy").read_bytes() == expected.getvalue()
+        assert digest == hashlib.sha256(expected.getvalue()).hexdigest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.npy", "1.npy", "2.npy"]  # no temporary left

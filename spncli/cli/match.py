@@ -230,7 +230,7 @@ def match(
             # worker processes read the fingerprints from the database; this process never transforms one
             matcher = Matcher.from_database(store, names, settings, restorer, db_sha256=db_sha, memory=memory,
                                             device=device)  # fmt: skip
-        else:  # in-process: one fingerprint in memory at a time, only its transform is kept
+        else:  # in-process: a few fingerprints in memory at a time (read ahead, transformed), only transforms kept
             matcher = Matcher(store.load_many(names), settings, restorer, device)
         matcher.tails, refused = tails_for(store, settings, restored=restorer is not None)
         if refused:  # the scores stand; their empirical tails are null and say why
