@@ -642,32 +642,28 @@ class Matcher:
             return w, False, info
         pixels = cropped_pixels(ev, crop)
         grey = devices.grey_residual(pixels, s.params, device)
-        try:
-            w, info = self.restorer.restore(ev, pixels, grey=grey, params=s.params)
-        except NoQuantizationTables as exc:  # the classic residual alone, and the record says why
-            w = devices.postprocess(grey, s.params, device)
-            return w, False, {
+
+        def classic_only(why: str, w=None) -> tuple[np.ndarray, bool, dict]:  # the classic residual alone, and why
+            return devices.postprocess(grey, s.params, device) if w is None else w, False, {
                 "residual_kind": "classic",
                 "wiener_applied": s.params.wiener_dft,
                 "fallback": None,
                 "network_applied": False,
-                "restoration_skipped": str(exc),
+                "restoration_skipped": why,
             }
-        if not info.get("restored", True):  # no coefficients (a CMYK JPEG): the classic residual, and why
-            return w, False, {
-                "residual_kind": info.get("input_residual", "classic"),
-                "wiener_applied": info["wiener_dft"],
-                "fallback": None,
-                "network_applied": False,
-                "restoration_skipped": info.get("restoration_skipped", "not restored"),
-            }
-        why = {k: info[k] for k in ("network_skipped",) if k in info}
+
+        try:
+            w, info = self.restorer.restore(ev, pixels, grey=grey, params=s.params)
+        except NoQuantizationTables as exc:
+            return classic_only(str(exc))
+        if not info.get("restored", True):  # no coefficients (a CMYK JPEG)
+            return classic_only(info.get("restoration_skipped", "not restored"), w)  # w: post-processed already
         return w, True, {
             "residual_kind": info.get("input_residual", "classic"),  # what the network refines
             "wiener_applied": info["wiener_dft"],
             "fallback": None,
             "network_applied": info["network_applied"],
-            **why,
+            **({"network_skipped": info["network_skipped"]} if "network_skipped" in info else {}),
             "weights_sha256": info["weights_sha256"],
             "restoration_policy": info.get("policy"),
             "classic_residual": devices.postprocess(grey, s.params, device),

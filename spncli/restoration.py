@@ -174,6 +174,10 @@ class Restorer:
         post = self.card.get("postprocess", {})
         return float(post.get("network_min_textured_fraction", 0.0)), float(post.get("textured_block_std_above", 4.0))
 
+    def _above_quality(self, q: int) -> str | None:
+        """Why the network is not applied at quality ``q`` by the card's quality bound, or None."""
+        return f"quality {q} above {self.network_max_quality}" if q > self.network_max_quality else None
+
     def condition(self, ev: Evidence, quality: int | None) -> tuple[np.ndarray, int]:
         """Condition vector from the file's tables, or from ``quality`` for files without them.
 
@@ -294,17 +298,16 @@ class Restorer:
             return self._restore_v2(ev, pixels, grey, quality, params, tile, precision, data)
         grey = grey_residual(pixels, params) if grey is None else grey
         cond, q = self.condition(ev, quality)
-        network = q <= self.network_max_quality
-        restored = grey + self.correction(pixels, grey, cond, tile=tile, precision=precision) if network else grey
+        skipped = self._above_quality(q)
+        restored = grey + self.correction(pixels, grey, cond, tile=tile, precision=precision) if not skipped else grey
         wiener = q > self.wiener_min_quality
-        skipped = {} if network else {"network_skipped": f"quality {q} above {self.network_max_quality}"}
         return _finish(restored, wiener, params), {
             "restored": True,
             "input_residual": "classic",
             "quality_used": q,
-            "network_applied": network,
+            "network_applied": not skipped,
             "wiener_dft": wiener,
-        } | skipped | self._record(tile, precision)
+        } | ({"network_skipped": skipped} if skipped else {}) | self._record(tile, precision)
 
     def _record(self, tile: int, precision: str) -> dict:
         return {
@@ -338,15 +341,12 @@ class Restorer:
         r0, c0 = info["crop_offsets"]
         least, std_above = self.network_min_textured
         textured = coefficients.textured_fraction((r0, c0, r0 + residual.shape[0], c0 + residual.shape[1]), std_above)
-        network = q <= self.network_max_quality and textured >= least  # else the compression-aware residual as it is
-        skipped = {}
-        if not network:
-            skipped["network_skipped"] = (
-                f"quality {q} above {self.network_max_quality}"
-                if q > self.network_max_quality
-                else f"flat content: {textured:.2%} textured blocks, the card's policy needs {least:.2%}"
-            )
-        if network:
+        skipped = self._above_quality(q) or (  # then the compression-aware residual as it is
+            f"flat content: {textured:.2%} textured blocks, the card's policy needs {least:.2%}"
+            if textured < least
+            else None
+        )
+        if not skipped:
             residual = residual + self.correction(pixels, residual, cond, tile=tile, precision=precision,
                                                   survival=survival)  # fmt: skip
         post = self.card.get("postprocess", {})
@@ -356,13 +356,13 @@ class Restorer:
             "restored": True,
             "input_residual": "compression-aware",
             "quality_used": q,
-            "network_applied": network,
+            "network_applied": not skipped,
             "wiener_dft": bool(wiener),
             "surviving_ac_fraction": info["surviving_ac_fraction"],
             "textured_block_fraction": round(textured, 6),
             "crop_offsets": info["crop_offsets"],
             "aware_settings": info["aware_settings"],
-        } | skipped | self._record(tile, precision)
+        } | ({"network_skipped": skipped} if skipped else {}) | self._record(tile, precision)
 
 
 def _finish(residual: np.ndarray, wiener: bool, params: ResidualParams) -> np.ndarray:
