@@ -172,3 +172,32 @@ def test_concurrent_channels_give_the_same_residual_bit_for_bit(dresden):
     assert np.abs(one).max() > 0  # a real residual, not an empty plane
     with pytest.raises(ValueError, match=">= 1"):
         residual.set_channel_threads(0)
+
+
+def test_large_images_in_bands_give_the_whole_image_residual_bit_for_bit(dresden, monkeypatch):
+    """Above CONCURRENT_MAX_PIXELS the residual is computed in bands of rows with a margin of the
+    denoiser's whole reach: bit-identical to the whole image, whatever the thread count, grey images too;
+    a margin shorter than that reach changes the rows near each cut (so the comparison can fail)."""
+    from spncli import residual
+
+    image = load_image(dresden / "nat-jpg" / "Nikon_D70_0_19445.JPG")
+    pixels = np.ascontiguousarray(centre_crop(image.pixels, (1008, 640)))
+    whole = residual.grey_residual(pixels)
+    grey_whole = residual.grey_residual(pixels[:, :, 1:2])
+    assert residual.band_margin(residual.ResidualParams()) == 176
+    monkeypatch.setattr(residual, "CONCURRENT_MAX_PIXELS", 0)
+    monkeypatch.setattr(residual, "BAND_SAMPLES", 160 * 640)  # bands of 160 rows: seven cuts
+    previous = residual.set_channel_threads(2)
+    try:
+        two = residual.grey_residual(pixels)
+        residual.set_channel_threads(1)
+        one = residual.grey_residual(pixels)
+        grey_bands = residual.grey_residual(pixels[:, :, 1:2])
+        monkeypatch.setattr(residual, "band_margin", lambda params: 32)
+        short = residual.grey_residual(pixels)
+    finally:
+        residual.set_channel_threads(previous)
+    assert np.array_equal(whole, two) and np.array_equal(whole, one)
+    assert np.array_equal(grey_whole, grey_bands)
+    assert not np.array_equal(whole, short)
+    assert np.abs(whole).max() > 0
