@@ -138,13 +138,17 @@ def compute_record(request: str, device: str) -> dict:
     return {"device_requested": request, "device": device, "backend": backend_name(device)}
 
 
-def classic_residual(pixels, params, device: str = "cpu"):
-    """:func:`spncli.residual.extract_residual` on the resolved ``device`` (float32 numpy back)."""
+def classic_residual(pixels, params, device: str = "cpu", *, spectrum: bool = False):
+    """:func:`spncli.residual.extract_residual` on the resolved ``device`` (float32 numpy back).
+
+    With ``spectrum``: ``(residual, half spectrum or None)``, the spectrum where the CPU's Wiener step made it.
+    """
     if device == "cpu":
-        return residual.extract_residual(pixels, params)
+        return residual.extract_residual(pixels, params, spectrum=spectrum)
     from . import torchclassic
 
-    return torchclassic.to_numpy(torchclassic.extract_residual(pixels, params, torch_device(device)))
+    w = torchclassic.to_numpy(torchclassic.extract_residual(pixels, params, torch_device(device)))
+    return (w, None) if spectrum else w
 
 
 def grey_residual(pixels, params, device: str = "cpu"):

@@ -236,6 +236,7 @@ def residual_with_info(
     aware: AwareSettings = AwareSettings(),
     data: bytes | None = None,
     device: str = "cpu",
+    spectrum: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """Noise residual of an evidence image and what it is (``residual_kind``, Wiener, fallback).
 
@@ -246,7 +247,9 @@ def residual_with_info(
     back to the classic residual and says why under ``fallback``. ``data``
     may pass the file's bytes when already in memory. ``device`` is a
     resolved device (:func:`spncli.device.resolve_device`): ``"cpu"`` is the
-    numpy reference path, ``"cuda"`` the torch one.
+    numpy reference path, ``"cuda"`` the torch one. With ``spectrum`` a classic residual's info also
+    holds its half spectrum under ``"residual_spectrum"`` (None where none was made; see
+    :class:`spncli.pce.ResidualSpectrum`).
 
     Raises
     ------
@@ -267,8 +270,11 @@ def residual_with_info(
         else:
             grey = devices.grey_residual(ev.pixels, params, device)
             return compression_aware_residual(grey, coefficients, crop=crop, params=params, settings=aware)
-    w = devices.classic_residual(cropped_pixels(ev, crop), params, device)
-    return w, {"residual_kind": "classic", "wiener_applied": params.wiener_dft, "fallback": fallback}
+    info = {"residual_kind": "classic", "wiener_applied": params.wiener_dft, "fallback": fallback}
+    if spectrum:
+        w, info["residual_spectrum"] = devices.classic_residual(cropped_pixels(ev, crop), params, device, spectrum=True)
+        return w, info
+    return devices.classic_residual(cropped_pixels(ev, crop), params, device), info
 
 
 def _quality_stats(qualities: list[int]) -> dict:
@@ -638,7 +644,9 @@ class Matcher:
         if s.crop is not None:  # crop to what the image allows in its own orientation
             crop = (min(s.crop[0], ev.shape[0]), min(s.crop[1], ev.shape[1]))
         if self.restorer is None:
-            w, info = residual_with_info(ev, s.params, crop, kind=s.residual, aware=s.aware, device=device)
+            w, info = residual_with_info(
+                ev, s.params, crop, kind=s.residual, aware=s.aware, device=device, spectrum=device == "cpu"
+            )
             return w, False, info
         pixels = cropped_pixels(ev, crop)
         grey = devices.grey_residual(pixels, s.params, device)
@@ -681,7 +689,8 @@ class Matcher:
         records = []
         device = devices.resolve_device(self.device)
         compute = {"device": device, "backend": devices.backend_name(device)}
-        probe = ResidualSpectrum(w)  # the residual's transform, once for every camera and rotation
+        # the residual's transform, once for every camera and rotation (the Wiener step's, where it made one)
+        probe = ResidualSpectrum(w, info.get("residual_spectrum"))
         classic_probe = ResidualSpectrum(info["classic_residual"]) if restored else None
         batched = batched_classic = None
         if device != "cpu":  # every camera at once on the device (surfaces, for matches only, on the host)

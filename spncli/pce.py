@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 
 from .geometry import crop_offsets
+from .residual import ccs_half_spectrum
 
 __all__ = [
     "EXCLUDE",
@@ -108,22 +109,6 @@ def _calling_thread_blas():
         api[1](before)
 
 
-def _hermitian(packed: np.ndarray) -> np.ndarray:
-    """Full complex DFT of a real sequence from OpenCV's packed (CCS) form of it."""
-    n = packed.shape[0]
-    half = np.zeros(n // 2 + 1, np.complex64)
-    half[0] = packed[0]
-    m = (n - 1) // 2
-    half.real[1 : m + 1] = packed[1 : 2 * m : 2]
-    half.imag[1 : m + 1] = packed[2 : 2 * m + 1 : 2]
-    if n % 2 == 0:
-        half[n // 2] = packed[n - 1]
-    full = np.empty(n, np.complex64)
-    full[: half.shape[0]] = half
-    full[half.shape[0] :] = np.conj(half[n - np.arange(half.shape[0], n)])  # X[n - k] = conj X[k]
-    return full
-
-
 def rfft2(x: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Half spectrum ``numpy.fft.rfft2(x, s=shape)`` through OpenCV's (faster) real DFT.
 
@@ -145,14 +130,7 @@ def rfft2(x: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
         x = padded
     if min(rows, cols) < 2:
         return np.fft.rfft2(x).astype(np.complex64)
-    packed = cv2.dft(x)  # CCS: columns 0 and N-1 (N even) hold packed real columns, the rest (Re, Im) pairs
-    out = np.empty((rows, cols // 2 + 1), np.complex64)
-    m = (cols - 1) // 2
-    out[:, 1 : m + 1] = packed[:, 1 : 2 * m + 1].view(np.complex64)
-    out[:, 0] = _hermitian(packed[:, 0])
-    if cols % 2 == 0:
-        out[:, cols // 2] = _hermitian(packed[:, cols - 1])
-    return out
+    return ccs_half_spectrum(cv2.dft(x))
 
 
 def _irfft2(spectrum: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -237,11 +215,18 @@ class ResidualSpectrum:
     Parameters
     ----------
     residual : ndarray, float32, shape (m, n)
+    spectrum : ndarray, complex64, shape (m, n // 2 + 1), optional
+        ``rfft2`` of ``residual`` where the caller has it already (the spectral
+        Wiener step computes it: :func:`spncli.residual.wiener_dft`); used for a
+        fingerprint of the residual's own shape and orientation.
     """
 
-    def __init__(self, residual: np.ndarray):
+    def __init__(self, residual: np.ndarray, spectrum: np.ndarray | None = None):
         self.residual = np.ascontiguousarray(residual, dtype=np.float32)
         self.shape = self.residual.shape
+        if spectrum is not None and spectrum.shape != (self.shape[0], self.shape[1] // 2 + 1):
+            raise ValueError(f"spectrum {spectrum.shape} is not the half spectrum of a {self.shape} residual")
+        self._spectrum = spectrum
         self._aligned: dict = {}
 
     def aligned(self, rotation: int, shape: tuple[int, int]) -> _Aligned:
@@ -260,6 +245,8 @@ class ResidualSpectrum:
         other = self._aligned.get((90, shape)) if rotation == 270 else None
         if other is not None and res.shape == turned.shape == other.res.shape:
             conj = _turned_half(other.conj_spectrum, res.shape, shape)
+        elif rotation == 0 and self._spectrum is not None and res.shape == self.shape == tuple(shape):
+            conj = np.conj(self._spectrum)
         else:
             conj = np.conj(rfft2(res, shape))
         mean = float(cv2.mean(res)[0])

@@ -46,6 +46,7 @@ __all__ = [
     "rgb_to_grey",
     "zero_mean_cfa",
     "wiener_dft",
+    "ccs_half_spectrum",
     "postprocess",
     "noise_residual_channels",
     "extract_residual",
@@ -292,6 +293,35 @@ def _ccs_half_magnitude(ccs: np.ndarray) -> np.ndarray:
     return half
 
 
+def _hermitian(packed: np.ndarray) -> np.ndarray:
+    """Full complex DFT of a real sequence from OpenCV's packed (CCS) form of it."""
+    n = packed.shape[0]
+    half = np.zeros(n // 2 + 1, np.complex64)
+    half[0] = packed[0]
+    m = (n - 1) // 2
+    half.real[1 : m + 1] = packed[1 : 2 * m : 2]
+    half.imag[1 : m + 1] = packed[2 : 2 * m + 1 : 2]
+    if n % 2 == 0:
+        half[n // 2] = packed[n - 1]
+    full = np.empty(n, np.complex64)
+    full[: half.shape[0]] = half
+    full[half.shape[0] :] = np.conj(half[n - np.arange(half.shape[0], n)])  # X[n - k] = conj X[k]
+    return full
+
+
+def ccs_half_spectrum(packed: np.ndarray) -> np.ndarray:
+    """The ``numpy.fft.rfft2`` half spectrum (complex64, (M, N // 2 + 1)) from OpenCV's packed 2-D real DFT."""
+    rows, cols = packed.shape
+    out = np.empty((rows, cols // 2 + 1), np.complex64)
+    m = (cols - 1) // 2
+    # CCS: columns 0 and N-1 (N even) hold packed real columns, the rest (Re, Im) pairs
+    out[:, 1 : m + 1] = packed[:, 1 : 2 * m + 1].view(np.complex64)
+    out[:, 0] = _hermitian(packed[:, 0])
+    if cols % 2 == 0:
+        out[:, cols // 2] = _hermitian(packed[:, cols - 1])
+    return out
+
+
 def _ccs_apply_gain(ccs: np.ndarray, gain: np.ndarray) -> None:
     """Multiply a packed CCS spectrum in place by a real gain given on the half plane."""
     m, n = ccs.shape
@@ -305,7 +335,7 @@ def _ccs_apply_gain(ccs: np.ndarray, gain: np.ndarray) -> None:
         ccs[1 : m - 1, c] *= np.repeat(g[1:-1], 2)
 
 
-def wiener_dft(x: np.ndarray, sigma: float, windows=(3, 5, 7, 9)) -> np.ndarray:
+def wiener_dft(x: np.ndarray, sigma: float, windows=(3, 5, 7, 9), *, spectrum: bool = False):
     """Wiener-filter the Fourier spectrum of ``x`` to flatten periodic peaks [3]_.
 
     The normalised spectrum magnitude ``|F|/sqrt(MN)`` is treated as a signal
@@ -319,13 +349,20 @@ def wiener_dft(x: np.ndarray, sigma: float, windows=(3, 5, 7, 9)) -> np.ndarray:
     x : ndarray, float32, shape (M, N)
     sigma : float
         Usually the standard deviation of ``x`` itself.
+    spectrum : bool, optional
+        Also return the filtered half spectrum, which is the transform of the
+        result: a caller who correlates the result (:class:`spncli.pce.ResidualSpectrum`)
+        need not transform it again.
 
     Returns
     -------
     ndarray, float32, shape (M, N)
+        Or ``(result, half)`` with ``spectrum``: ``half`` is ``numpy.fft.rfft2`` of the
+        result (complex64, shape (M, N // 2 + 1)), up to the result's float32 rounding.
     """
     if sigma <= 0:
-        return np.zeros_like(x, dtype=np.float32)
+        zeros = np.zeros_like(x, dtype=np.float32)
+        return (zeros, np.zeros((x.shape[0], x.shape[1] // 2 + 1), np.complex64)) if spectrum else zeros
     x = np.ascontiguousarray(x, dtype=np.float32)
     even = x.shape[0] % 2 == 0 and x.shape[1] % 2 == 0
     if even:  # OpenCV's packed real transform: the fastest here
@@ -343,21 +380,30 @@ def wiener_dft(x: np.ndarray, sigma: float, windows=(3, 5, 7, 9)) -> np.ndarray:
     if even:
         _ccs_apply_gain(spec, gain)
         del gain
-        return cv2.dft(spec, dst=spec, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)  # in place
+        half = ccs_half_spectrum(spec) if spectrum else None
+        y = cv2.dft(spec, dst=spec, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)  # in place
+        return (y, half) if spectrum else y
     spec *= gain
-    return np.fft.irfft2(spec, s=x.shape).astype(np.float32)
+    y = np.fft.irfft2(spec, s=x.shape).astype(np.float32)
+    return (y, spec.astype(np.complex64)) if spectrum else y
 
 
-def postprocess(x: np.ndarray, params: ResidualParams, *, inplace: bool = False) -> np.ndarray:
+def postprocess(x: np.ndarray, params: ResidualParams, *, inplace: bool = False, spectrum: bool = False):
     """Grey residual or fingerprint -> zero-mean CFA -> Wiener DFT, as ``params`` say.
 
-    With ``inplace`` the zero-mean step overwrites ``x`` (for a caller's own temporary).
+    With ``inplace`` the zero-mean step overwrites ``x`` (for a caller's own temporary). With
+    ``spectrum`` returns ``(result, half)``: the result's half spectrum where the Wiener filter
+    computed it (:func:`wiener_dft`), else None.
     """
+    half = None
     if params.zero_mean:
         x = zero_mean_cfa(x, copy=not inplace)
     if params.wiener_dft:
-        x = wiener_dft(x, float(x.std(ddof=1)), params.windows)
-    return np.ascontiguousarray(x, dtype=np.float32)
+        x = wiener_dft(x, float(x.std(ddof=1)), params.windows, spectrum=spectrum)
+        if spectrum:
+            x, half = x
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return (x, half) if spectrum else x
 
 
 def noise_residual_channels(pixels: np.ndarray, params: ResidualParams = ResidualParams()):
@@ -378,7 +424,7 @@ def noise_residual_channels(pixels: np.ndarray, params: ResidualParams = Residua
         yield denoise_noise(pixels[:, :, c], params)
 
 
-def extract_residual(pixels: np.ndarray, params: ResidualParams = ResidualParams()) -> np.ndarray:
+def extract_residual(pixels: np.ndarray, params: ResidualParams = ResidualParams(), *, spectrum: bool = False):
     """Noise residual ``W`` of an image, ready for correlation with a fingerprint.
 
     Parameters
@@ -387,12 +433,16 @@ def extract_residual(pixels: np.ndarray, params: ResidualParams = ResidualParams
         Pixel values on the 0..255 scale, C = 1 or 3 (RGB).
     params : ResidualParams
 
+    spectrum : bool, optional
+        Also return the residual's half spectrum where the Wiener step made it (see :func:`postprocess`).
+
     Returns
     -------
     ndarray, float32, shape (M, N)
-        Grey residual after CFA zero-mean and spectral Wiener filtering.
+        Grey residual after CFA zero-mean and spectral Wiener filtering
+        (with ``spectrum``: ``(residual, half spectrum or None)``).
     """
-    return postprocess(grey_residual(pixels, params), params, inplace=True)
+    return postprocess(grey_residual(pixels, params), params, inplace=True, spectrum=spectrum)
 
 
 def grey_residual(pixels: np.ndarray, params: ResidualParams = ResidualParams()) -> np.ndarray:
