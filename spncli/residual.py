@@ -61,15 +61,18 @@ _CHANNEL_THREADS = 1
 CONCURRENT_MAX_PIXELS = 16_000_000
 """Largest plane whose channels :func:`grey_residual` denoises concurrently: each thread holds one
 channel's wavelet working set (about five planes), so larger images are denoised in bands of rows
-(:data:`BAND_SAMPLES`)."""
+(:data:`BAND_SAMPLES`) by several threads, or whole, one channel at a time, by one."""
 
-BAND_SAMPLES = 1 << 22
-"""Pixels in the core of one band of a large image (512 rows of an 8000-pixel-wide 48 MP frame).
+BAND_SAMPLES = 1 << 23
+"""Pixels in the core of one band of a large image (1024 rows of an 8000-pixel-wide 48 MP frame).
 
-Measured on 2 cores, 48 MP (8000x6000), grey residual: 5.9 s and 1551 MiB peak one channel at a time
-with OpenCV's own threads; 3.1 s and 703 MiB in bands of 512 rows, 3.3 s and 1052 MiB in bands of 1024
-(two band threads). At 12 MP bands and channel threads take the same time (0.94 s), so images up to
-:data:`CONCURRENT_MAX_PIXELS` keep the channel threads."""
+Each band also computes :func:`band_margin` rows on either side: 34 % more work at 1024 rows, 69 % at
+512. Measured on 2 cores, 48 MP (8000x6000), grey residual with two band threads: 2.8-3.1 s (peak
+1120-1198 MiB with the float pixels) in bands of 1024 rows, 3.0-3.4 s (1023-1030 MiB) in bands of 512,
+against 4.8-6.1 s (1425 MiB) one channel at a time with OpenCV's own threads. With one thread (a
+worker process) bands would only add that work, so the image is denoised whole, a channel at a time;
+the result is the same bit for bit either way. At 12 MP bands and channel threads took the same time
+(0.94 s), so images up to :data:`CONCURRENT_MAX_PIXELS` keep the channel threads."""
 
 
 def set_channel_threads(n: int) -> int:
@@ -457,7 +460,7 @@ def grey_residual(pixels: np.ndarray, params: ResidualParams = ResidualParams())
     -------
     ndarray, float32, shape (M, N)
     """
-    if pixels.shape[0] * pixels.shape[1] > CONCURRENT_MAX_PIXELS:
+    if pixels.shape[0] * pixels.shape[1] > CONCURRENT_MAX_PIXELS and _CHANNEL_THREADS > 1:
         return _banded_grey(pixels, params, min(_CHANNEL_THREADS, BAND_THREADS))
     if pixels.shape[2] == 1:
         return denoise_noise(pixels[:, :, 0], params)

@@ -190,14 +190,16 @@ def test_large_images_in_bands_give_the_whole_image_residual_bit_for_bit(dresden
     previous = residual.set_channel_threads(2)
     try:
         two = residual.grey_residual(pixels)
-        residual.set_channel_threads(1)
-        one = residual.grey_residual(pixels)
         grey_bands = residual.grey_residual(pixels[:, :, 1:2])
+        residual.set_channel_threads(3)
+        three = residual.grey_residual(pixels)
         monkeypatch.setattr(residual, "band_margin", lambda params: 32)
         short = residual.grey_residual(pixels)
+        residual.set_channel_threads(1)  # one thread: the whole image, a channel at a time
+        one = residual.grey_residual(pixels)
     finally:
         residual.set_channel_threads(previous)
-    assert np.array_equal(whole, two) and np.array_equal(whole, one)
+    assert np.array_equal(whole, two) and np.array_equal(whole, three) and np.array_equal(whole, one)
     assert np.array_equal(grey_whole, grey_bands)
     assert not np.array_equal(whole, short)
     assert np.abs(whole).max() > 0
