@@ -104,10 +104,11 @@ rng = np.random.default_rng(3)
 img = expose(dead_leaves(shape, rng), synthetic_prnu(shape, rng), rng)
 out = {}
 for q in (50, 30):
-    ev = decode(encode_jpeg(img, q), f"gpu-q{q}.jpg")
+    data = encode_jpeg(img, q)
+    ev = decode(data, f"gpu-q{q}.jpg")  # in memory: the v2 network reads the coefficients from `data`
     r = load_restorer(DEFAULT_MODEL, device)
     precisions = ("fp32", "fp16", "bf16") if device == "cuda" else ("fp32",)
-    res = {p: r.restore(ev, precision=p, tile=512)[0] for p in precisions}
+    res = {p: r.restore(ev, precision=p, tile=512, data=data)[0] for p in precisions}
     for p in precisions[1:]:
         a, b = res[p].ravel().astype(np.float64), res["fp32"].ravel().astype(np.float64)
         out[f"q{q}_{p}_vs_fp32"] = {"corr": float(np.corrcoef(a, b)[0, 1]),
@@ -159,13 +160,14 @@ rng = np.random.default_rng(0)
 img = cv2.resize(rng.uniform(60, 200, (rows // 8, cols // 8, 3)).astype(np.float32), (cols, rows),
                  interpolation=cv2.INTER_CUBIC)
 img = np.clip(img * (1 + synthetic_prnu((rows, cols), rng)[:, :, None]) + rng.normal(0, 2, img.shape), 0, 255)
-ev = decode(encode_jpeg(img.astype(np.uint8), 30), "big.jpg")  # Q30: the network runs
+data = encode_jpeg(img.astype(np.uint8), 30)
+ev = decode(data, "big.jpg")  # Q30: the network runs; in memory, so its coefficients come from `data`
 del img
 r = load_restorer(device=device)
 if device == "cuda":
     torch.cuda.reset_peak_memory_stats(); torch.cuda.synchronize()
 t = time.perf_counter()
-out, info = r.restore(ev, tile=1024, precision=precision)
+out, info = r.restore(ev, tile=1024, precision=precision, data=data)
 if device == "cuda":
     torch.cuda.synchronize()
 res = {"size": sys.argv[1], "megapixels": rows * cols / 1e6, "device": device, "precision": info["precision"],
