@@ -57,8 +57,10 @@ def reuse_freed_memory() -> bool:
     trimmed; numpy's huge-page advice is dropped where it stalls (:func:`no_huge_page_stalls`). All
     threads share the one heap (glibc would give each thread its own arena, whose large blocks it
     maps afresh: a 48 MP grey residual in two band threads took 5.4 s and 811,000 page faults with
-    per-thread arenas, 4.2 s and 94,000 with one). Returns whether the heap was set (False where the
-    C library is not glibc).
+    per-thread arenas, 4.2 s and 94,000 with one). The arena limit binds only threads started
+    afterwards (a new thread takes over the arena of one that has ended), so ``spn`` sets it first
+    thing (:func:`one_malloc_arena`, from :func:`spncli.cli.main`). Returns whether the heap was set
+    (False where the C library is not glibc).
     """
     global _HEAP_SET
     if _HEAP_SET:
@@ -72,11 +74,24 @@ def reuse_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     _HEAP_SET = (
-        bool(mallopt(_M_MMAP_MAX, 0))
-        and bool(mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
-        and bool(mallopt(_M_ARENA_MAX, 1))
+        bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES)) and one_malloc_arena()
     )
     return _HEAP_SET
+
+
+def one_malloc_arena() -> bool:
+    """Make every thread started from now on allocate from glibc's main heap (``M_ARENA_MAX`` 1).
+
+    Threads that already exist keep their arenas, and a new thread may take over the arena of one that
+    has ended, so this is called before any thread starts (:func:`spncli.cli.main`) and again by
+    :func:`reuse_freed_memory`. Returns False where the C library is not glibc.
+    """
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1))
+    except (OSError, AttributeError):
+        return False
 
 
 THP = Path("/sys/kernel/mm/transparent_hugepage")

@@ -690,7 +690,7 @@ class Matcher:
         device = devices.resolve_device(self.device)
         compute = {"device": device, "backend": devices.backend_name(device)}
         # the residual's transform, once for every camera and rotation (the Wiener step's, where it made one)
-        probe = ResidualSpectrum(w, info.get("residual_spectrum"))
+        probe = ResidualSpectrum(w, info.pop("residual_spectrum", None))  # popped: not held twice
         classic_probe = ResidualSpectrum(info["classic_residual"]) if restored else None
         batched = batched_classic = None
         if device != "cpu":  # every camera at once on the device (surfaces, for matches only, on the host)

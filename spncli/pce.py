@@ -247,6 +247,7 @@ class ResidualSpectrum:
             conj = _turned_half(other.conj_spectrum, res.shape, shape)
         elif rotation == 0 and self._spectrum is not None and res.shape == self.shape == tuple(shape):
             conj = np.conj(self._spectrum)
+            self._spectrum = None  # kept as its conjugate from now on; one copy is enough
         else:
             conj = np.conj(rfft2(res, shape))
         mean = float(cv2.mean(res)[0])

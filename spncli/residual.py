@@ -201,7 +201,8 @@ def denoise_noise(channel: np.ndarray, params: ResidualParams) -> np.ndarray:
 
 
 BAND_THREADS = 4
-"""Most bands denoised at once (each thread holds about 180 MB at 48 MP besides the image)."""
+"""Most bands denoised at once (each thread holds about 180 MB at 48 MP besides the image): two on a
+2-core machine, up to four where there are more cores."""
 
 
 def band_margin(params: ResidualParams) -> int:
@@ -227,8 +228,9 @@ def _banded_grey(pixels: np.ndarray, params: ResidualParams, threads: int) -> np
     """
     rows, cols = pixels.shape[:2]
     step = 1 << params.levels
-    core = max(step, -(-max(BAND_SAMPLES // max(cols, 1), 1) // step) * step)
     margin = band_margin(params)
+    # at least twice the margin, so that a short, wide image is one band, not the same rows three times
+    core = max(2 * margin, -(-max(BAND_SAMPLES // max(cols, 1), 1) // step) * step)
     grey = np.zeros((rows, cols), np.float32)
 
     def band(r0: int) -> None:
@@ -245,7 +247,11 @@ def _banded_grey(pixels: np.ndarray, params: ResidualParams, threads: int) -> np
     try:
         if threads > 1:
             with ThreadPoolExecutor(threads, thread_name_prefix="spn-band") as pool:
-                list(pool.map(band, range(0, rows, core)))
+                try:
+                    list(pool.map(band, range(0, rows, core)))
+                except BaseException:  # e.g. out of memory: the bands still queued are not started
+                    pool.shutdown(cancel_futures=True)
+                    raise
         else:
             for r0 in range(0, rows, core):
                 band(r0)

@@ -49,10 +49,20 @@ _BLOCK = 1 << 22
 filters are 1-D, so strips are independent) and the full-resolution temporaries stay small."""
 
 
+_COLUMNS = 512
+"""Width of the column strips of the vertical filters (:data:`_BLOCK` samples up to 8192 rows)."""
+
+
 def _strips(x: np.ndarray, axis: int) -> list[slice]:
-    """Slices along the axis that is not filtered, each about :data:`_BLOCK` samples."""
+    """Slices along the axis that is not filtered: row strips of about :data:`_BLOCK` samples for the
+    horizontal filters, column strips of :data:`_COLUMNS` for the vertical ones.
+
+    The column strips' width does not depend on the number of rows: OpenCV's vectorised filter rounds a
+    column differently from its scalar tail, so a strip layout that moved with the height would make a
+    band of rows (:func:`spncli.residual.grey_residual`) differ from the whole image in the last bits.
+    """
     n = x.shape[1 - axis]
-    step = max(16, _BLOCK // max(x.shape[axis], 1))
+    step = max(16, _BLOCK // max(x.shape[axis], 1)) if axis == 1 else _COLUMNS
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 

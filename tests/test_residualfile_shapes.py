@@ -77,7 +77,7 @@ def test_saved_residuals_in_a_walked_folder_are_matched_not_skipped(dresden, dre
     assert {r["image"].rsplit("/", 1)[1] for r in rows} == {"copy.JPG", npy.name}
     by = {(r["image"].endswith(".npy"), r["camera"]): r["pce"] for r in rows}
     own = by[(True, "Nikon_D200_1")]
-    assert own == pytest.approx(by[(False, "Nikon_D200_1")], abs=1e-3) and own > 60
+    assert own == pytest.approx(by[(False, "Nikon_D200_1")], rel=1e-6, abs=1e-3) and own > 60
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "turned.npy: array is 1024x1000" in errors[0], res.stderr
     assert "1 file(s) in the folders are not images" in res.stderr  # notes.txt; the .json beside each .npy is not

@@ -178,15 +178,17 @@ def test_large_images_in_bands_give_the_whole_image_residual_bit_for_bit(dresden
     """Above CONCURRENT_MAX_PIXELS the residual is computed in bands of rows with a margin of the
     denoiser's whole reach: bit-identical to the whole image, whatever the thread count, grey images too;
     a margin shorter than that reach changes the rows near each cut (so the comparison can fail)."""
-    from spncli import residual
+    from spncli import residual, wavelet
 
     image = load_image(dresden / "nat-jpg" / "Nikon_D70_0_19445.JPG")
     pixels = np.ascontiguousarray(centre_crop(image.pixels, (1008, 640)))
+    monkeypatch.setattr(wavelet, "_BLOCK", 1 << 16)  # strips active in both directions, as at 48 MP
+    monkeypatch.setattr(wavelet, "_COLUMNS", 96)
     whole = residual.grey_residual(pixels)
     grey_whole = residual.grey_residual(pixels[:, :, 1:2])
     assert residual.band_margin(residual.ResidualParams()) == 176
     monkeypatch.setattr(residual, "CONCURRENT_MAX_PIXELS", 0)
-    monkeypatch.setattr(residual, "BAND_SAMPLES", 160 * 640)  # bands of 160 rows: seven cuts
+    monkeypatch.setattr(residual, "BAND_SAMPLES", 160 * 640)  # bands of 352 rows (twice the margin): two cuts
     previous = residual.set_channel_threads(2)
     try:
         two = residual.grey_residual(pixels)

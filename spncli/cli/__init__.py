@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
+from ..batch import one_malloc_arena
 from ..evidence import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, MAX_BYTES_ENV
 from . import _common
 
@@ -99,6 +100,7 @@ def main() -> None:
     """Console-script entry point. Ctrl-C and SIGTERM stop cleanly: results written so far are kept."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent shell ignored it
     signal.signal(signal.SIGTERM, _stop)
+    one_malloc_arena()  # before any thread exists: glibc's arena limit binds only threads not yet started
     try:
         app(args=expand_list_options(sys.argv[1:]), prog_name="spn")
     except KeyboardInterrupt:
