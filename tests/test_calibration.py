@@ -280,6 +280,10 @@ def test_cli_calibrate_json_and_help(lab, runner, tmp_path):
     res = runner.invoke(app, [*args, "--replace"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["calibration_sha256"] == FingerprintStore(db).calibration()[1]
+    missing = tmp_path / "none.h5"  # no database: a usage error (exit 2), as for spn match, nothing measured
+    res = runner.invoke(app, ["calibrate", "--db", str(missing), str(lab["background"][0])])
+    assert res.exit_code == 2 and "no such database" in res.output and "scored" not in res.output, res.output
+    assert not missing.exists()
 
 
 def test_calibration_write_is_atomic_and_cleans_a_killed_writers_temporary(tmp_path, monkeypatch):

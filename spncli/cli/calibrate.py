@@ -165,8 +165,12 @@ def calibrate(
     except ValueError as exc:
         die(str(exc))
     try:
+        cameras = store.select()
+    except StoreError as exc:  # no database, or not one: a usage error, as for spn match
+        die(str(exc))
+    try:
         others = []
-        items = labelled_backgrounds(background, leave_one_camera_out=leave_one_camera_out, cameras=store.select(),
+        items = labelled_backgrounds(background, leave_one_camera_out=leave_one_camera_out, cameras=cameras,
                                      labels=label_map, on_error=on_error, on_other=others.append)  # fmt: skip
         note_not_images(others)
         doc = measure(
