@@ -145,7 +145,10 @@ def wiener_shrink(x: np.ndarray, noise_var: float, windows=(3, 5, 7, 9), *, inpl
     """Noise part of ``x`` under a locally adaptive Wiener model.
 
     The signal variance of each sample is the minimum over ``windows`` of
-    ``max(0, local_mean(x²) - noise_var)`` (zero padding at the borders) [2]_;
+    ``max(0, local_mean(x²) - noise_var)`` (zero padding at the borders) [2]_,
+    the local mean a direct separable filter, so that a sample's value does
+    not depend on where the filtered region starts (a band of rows equals the
+    whole image bit for bit);
     the noise estimate is ``x · noise_var / (signal_var + noise_var)``.
 
     Parameters
@@ -163,7 +166,10 @@ def wiener_shrink(x: np.ndarray, noise_var: float, windows=(3, 5, 7, 9), *, inpl
     energy = np.square(x, dtype=np.float32)
     local = None
     for w in windows:
-        m = cv2.boxFilter(energy, -1, (w, w), normalize=True, borderType=cv2.BORDER_CONSTANT)
+        # a direct separable mean, not cv2.boxFilter: the box filter keeps running column sums whose rounding
+        # depends on the region's first row, so a band of rows would differ from the whole image in rare pixels
+        k = np.full(w, 1.0 / w, np.float32)
+        m = cv2.sepFilter2D(energy, -1, k, k, borderType=cv2.BORDER_CONSTANT)
         local = m if local is None else np.minimum(local, m, out=local)
     # noise_var / (max(0, local - nv) + nv) == noise_var / max(local, nv)
     np.maximum(local, np.float32(noise_var), out=local)
