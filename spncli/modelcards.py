@@ -13,13 +13,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["MODELS_DIR", "DEFAULT_CARD", "find_card", "describe"]
+__all__ = ["MODELS_DIR", "DEFAULT_CARD", "TEXTURED_BLOCK_STD_ABOVE", "find_card", "describe", "policy_text"]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 """The shipped cards and weights (``models/`` beside the package)."""
 
 DEFAULT_CARD = MODELS_DIR / "spn-restore-v2.json"
 """The card ``spn restore`` and ``spn match --restore`` use unless ``--model`` names another."""
+
+TEXTURED_BLOCK_STD_ABOVE = 4.0
+"""A card's ``postprocess.textured_block_std_above`` where it does not say (grey levels of a block's AC
+standard deviation above which the block counts as textured; the value written into new cards)."""
 
 
 def find_card(weights_sha256: str | None, folder: Path = MODELS_DIR) -> dict | None:
@@ -49,8 +53,9 @@ def policy_text(card: dict) -> str:
         parts.append(f"the network's correction at or below quality {post['network_at_or_below_quality']:g}")
     least = post.get("network_min_textured_fraction")
     if isinstance(least, (int, float)) and least > 0:
+        std_above = post.get("textured_block_std_above", TEXTURED_BLOCK_STD_ABOVE)
         parts.append(f"and only on images with at least {least:.2%} of their 8x8 blocks textured (AC standard "
-                     f"deviation above {post.get('textured_block_std_above', 4.0):g} grey levels); elsewhere the "
+                     f"deviation above {std_above:g} grey levels); elsewhere the "
                      "compression-aware residual itself (each row says whether the network was applied)")  # fmt: skip
     return "; ".join(parts) if parts else "not recorded in the card"
 

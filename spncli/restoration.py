@@ -45,7 +45,7 @@ from .evidence import Evidence
 from .jpegdomain import AwareSettings, NoCoefficients, coefficients_of
 from .jpegtables import ijg_tables
 from .networks import ARCHITECTURES, RestorationNet, build_generator
-from .modelcards import DEFAULT_CARD, policy_text
+from .modelcards import DEFAULT_CARD, TEXTURED_BLOCK_STD_ABOVE, policy_text
 from .residual import ResidualParams, grey_residual, postprocess, wiener_dft, zero_mean_cfa
 
 __all__ = [
@@ -172,7 +172,8 @@ class Restorer:
         Cards without the field apply the network whatever the content.
         """
         post = self.card.get("postprocess", {})
-        return float(post.get("network_min_textured_fraction", 0.0)), float(post.get("textured_block_std_above", 4.0))
+        least = float(post.get("network_min_textured_fraction", 0.0))
+        return least, float(post.get("textured_block_std_above", TEXTURED_BLOCK_STD_ABOVE))
 
     def _above_quality(self, q: int) -> str | None:
         """Why the network is not applied at quality ``q`` by the card's quality bound, or None."""
@@ -524,7 +525,7 @@ def write_model_card(
                 "wiener_surviving_at_or_above": AwareSettings().wiener_above,
                 "network_at_or_below_quality": network_at_or_below_quality,
                 "network_min_textured_fraction": network_min_textured_fraction,
-                "textured_block_std_above": 4.0,
+                "textured_block_std_above": TEXTURED_BLOCK_STD_ABOVE,
             },
         }
     card |= fields or {}
