@@ -66,17 +66,23 @@ def reuse_freed_memory() -> bool:
     if _HEAP_SET:
         return True
     no_huge_page_stalls()
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _mallopt()
+    if mallopt is None:
         return False
     _HEAP_SET = (
         bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES)) and one_malloc_arena()
     )
     return _HEAP_SET
+
+
+def _mallopt():
+    """glibc's ``mallopt``, or None where the C library has none."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
 
 
 def one_malloc_arena() -> bool:
@@ -86,12 +92,8 @@ def one_malloc_arena() -> bool:
     has ended, so this is called before any thread starts (:func:`spncli.cli.main`) and again by
     :func:`reuse_freed_memory`. Returns False where the C library is not glibc.
     """
-    try:
-        import ctypes
-
-        return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1))
-    except (OSError, AttributeError):
-        return False
+    mallopt = _mallopt()
+    return mallopt is not None and bool(mallopt(_M_ARENA_MAX, 1))
 
 
 THP = Path("/sys/kernel/mm/transparent_hugepage")

@@ -7,8 +7,9 @@ model (colour-filter-array interpolation, JPEG block grid) are then removed
 by making each 2x2 CFA sub-lattice zero-mean along rows and columns and by
 Wiener-filtering the Fourier spectrum.
 
-The maths is done in float32 with OpenCV box filters and a DWT on OpenCV
-filters (symmetric extension, as in MATLAB and PyWavelets) (:mod:`spncli.wavelet`). Images up to
+The maths is done in float32 with OpenCV separable filters for the local
+variances and a DWT on OpenCV filters (symmetric extension, as in MATLAB and
+PyWavelets) (:mod:`spncli.wavelet`). Images up to
 :data:`CONCURRENT_MAX_PIXELS` are denoised a channel per thread; larger ones in bands of rows with a
 margin that covers the denoiser's whole reach (:func:`band_margin`), so each band's residual is
 bit-identical to the whole image's and memory stays a few band-sized arrays per thread.
@@ -227,7 +228,8 @@ def band_margin(params: ResidualParams) -> int:
 
 
 def _banded_grey(pixels: np.ndarray, params: ResidualParams, threads: int) -> np.ndarray:
-    """Grey residual of a large image in bands of rows, ``threads`` bands at a time (see :func:`band_margin`).
+    """Grey residual of a large image in bands of rows, ``threads`` (two or more) bands at a time (see
+    :func:`band_margin`; with one thread :func:`grey_residual` denoises the image whole).
 
     The bands depend only on the image's size and ``params``, never on ``threads``, and OpenCV runs
     single-threaded inside each, so the result is the same whatever the core count.
@@ -251,16 +253,12 @@ def _banded_grey(pixels: np.ndarray, params: ResidualParams, threads: int) -> np
     opencv_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
-        if threads > 1:
-            with ThreadPoolExecutor(threads, thread_name_prefix="spn-band") as pool:
-                try:
-                    list(pool.map(band, range(0, rows, core)))
-                except BaseException:  # e.g. out of memory: the bands still queued are not started
-                    pool.shutdown(cancel_futures=True)
-                    raise
-        else:
-            for r0 in range(0, rows, core):
-                band(r0)
+        with ThreadPoolExecutor(threads, thread_name_prefix="spn-band") as pool:
+            try:
+                list(pool.map(band, range(0, rows, core)))
+            except BaseException:  # e.g. out of memory: the bands still queued are not started
+                pool.shutdown(cancel_futures=True)
+                raise
     finally:
         cv2.setNumThreads(opencv_threads)
     return grey
