@@ -59,3 +59,43 @@ def test_classic_commands_never_import_torch_or_dask(dresden, tmp_path):
     assert len(list((tmp_path / "residuals").glob("*.residual.npy"))) == 1
     record = json.loads(res.stdout.strip().splitlines()[-1])
     assert record["camera"] == "cam" and record["rows"] == 256
+
+
+LAZY = r"""
+import json, sys
+from spncli.cli import main
+sys.argv = ["spn", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("spncli.cli."))), file=sys.stderr)
+"""
+
+
+def _cli_modules(*argv: str) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-c", LAZY, *argv], capture_output=True, text=True, env=env, timeout=120)
+    return json.loads(res.stderr.strip().splitlines()[-1])
+
+
+def test_a_command_line_imports_only_its_own_command():
+    from spncli.cli import COMMAND_MODULES, command_of
+
+    assert command_of(["--max-pixels", "5", "match", "x.jpg"]) == "match"
+    assert command_of(["--max-bytes=9", "eval", "--db", "d"]) == "eval"
+    assert command_of(["--help"]) is None and command_of(["nosuch"]) is None
+    commands = {f"spncli.cli.{m}" for m in COMMAND_MODULES.values()}
+    loaded = set(_cli_modules("--max-pixels", "7", "extract", "--help")) & commands
+    assert loaded == {"spncli.cli.extract"}
+    loaded = set(_cli_modules("db", "--help")) & commands
+    assert loaded == {"spncli.cli.db"}
+    # help, and an unknown command's error, list every command
+    assert set(_cli_modules("--help")) >= commands
+    assert set(_cli_modules("nosuch")) >= commands
+    # the library's app has them all too
+    import typer
+
+    import spncli.cli
+
+    assert set(typer.main.get_command(spncli.cli.app).commands) == set(COMMAND_MODULES)

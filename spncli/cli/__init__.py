@@ -7,67 +7,64 @@ on; the exit code is 1 when some input failed, 2 for a usage error.
 
 from __future__ import annotations
 
-import os
+import importlib
 import signal
 import sys
-from typing import Annotated
 
-import typer
-
-from .. import __version__
 from ..batch import one_malloc_arena
-from ..evidence import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, MAX_BYTES_ENV
-from . import _common
+from . import _app, _common
 
-app = typer.Typer(
-    name="spn",
-    help="Camera identification from sensor pattern noise (PRNU): extract, fingerprint, match.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    rich_markup_mode=None,
-)
+COMMAND_MODULES = {
+    "case": "case",
+    "db": "db",
+    "degrade": "degrade",
+    "demo": "demo",
+    "eval": "evaluate",
+    "extract": "extract",
+    "fingerprint": "fingerprint",
+    "match": "match",
+    "quality": "quality",
+    "report": "report",
+    "restore": "restore",
+    "train": "train",
+    "cluster": "cluster",
+    "calibrate": "calibrate",
+}
+"""Each command's module, in the order ``spn --help`` lists them as registered."""
 
-
-class State:
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_bytes: int = DEFAULT_MAX_BYTES
-
-
-def _version(value: bool):
-    if value:
-        typer.echo(f"spn {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    max_pixels: Annotated[
-        int, typer.Option("--max-pixels", min=1, help="Refuse images whose header declares more pixels than this.")
-    ] = DEFAULT_MAX_PIXELS,
-    max_bytes: Annotated[
-        int,
-        typer.Option(
-            "--max-bytes",
-            min=1,
-            max=DEFAULT_MAX_BYTES,
-            help="Refuse files larger than this many bytes, before reading them (at most 2 GiB - 1, "
-            "the decoder's limit).",
-        ),
-    ] = DEFAULT_MAX_BYTES,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
-):
-    """Camera identification from sensor pattern noise (PRNU)."""
-    State.max_pixels = max_pixels
-    State.max_bytes = max_bytes
-    os.environ[MAX_BYTES_ENV] = str(max_bytes)  # read by evidence.read_bytes here and in local worker processes
+_ROOT_OPTIONS_WITH_VALUE = ("--max-pixels", "--max-bytes")
 
 
-from . import case, db, degrade, demo, evaluate, extract, fingerprint, match, quality, report, restore, train  # noqa: E402,F401  (register commands)
-from . import cluster  # noqa: E402,F401  (spn cluster)
-from . import calibrate  # noqa: E402,F401  (spn calibrate)
+def register(command: str | None = None):
+    """Import the module of ``command`` (every command's with None) so that it is on the app; returns the app."""
+    names = COMMAND_MODULES.values() if command is None else (COMMAND_MODULES[command],)
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}")
+    return _app.app
+
+
+def __getattr__(name: str):
+    """``spncli.cli.app`` is the application with every command (library users and tests)."""
+    if name == "app":
+        return register()
+    if name == "State":
+        return _app.State
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The command a command line names (after the root options), or None (help, version, a typo)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _ROOT_OPTIONS_WITH_VALUE:
+            i += 2
+            continue
+        if arg.startswith("-"):
+            i += 1
+            continue
+        return arg if arg in COMMAND_MODULES else None
+    return None
 
 
 def expand_list_options(argv: list[str], command: str = "degrade", options=("--quality", "-q")) -> list[str]:
@@ -102,7 +99,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop)
     one_malloc_arena()  # before any thread exists: glibc's arena limit binds only threads not yet started
     try:
-        app(args=expand_list_options(sys.argv[1:]), prog_name="spn")
+        argv = expand_list_options(sys.argv[1:])
+        register(command_of(argv))(args=argv, prog_name="spn")
     except KeyboardInterrupt:
         _common.err.print("interrupted: results written so far are kept")
         raise SystemExit(130) from None

@@ -14,7 +14,7 @@ from ..identify import Matcher, MatchSettings, gather_inputs
 from ..leaks import match_warnings
 from ..pooling import WEIGHTINGS, pool_match
 from ..store import FingerprintStore, StoreError
-from . import State
+from ._app import State
 from ._common import EXIT_SOME_FAILED, Format, die, err, fail_line, note_not_images, render, warn
 
 POOL_COLUMNS = ["camera", "pce", "p_fa", "verdict", "n_images", "best_single_pce", "rotation"]

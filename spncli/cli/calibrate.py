@@ -22,7 +22,7 @@ from ..calibration import (
 from ..identify import MatchSettings
 from ..residual import ResidualParams
 from ..store import FingerprintStore, StoreError
-from . import State, app
+from ._app import State, app
 from ._common import (
     EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, finite, note, note_not_images, render, warn,
 )  # fmt: skip

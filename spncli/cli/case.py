@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..casefile import Case, CaseError
-from . import app
+from ._app import app
 from ._common import EXIT_SOME_FAILED, die, err, fail_line, out
 
 case_app = typer.Typer(help="Case folders: verify the evidence, the case files and the audit trail.",

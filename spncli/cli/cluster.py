@@ -18,7 +18,7 @@ from ..leaks import Screener, screen_summary
 from ..plots import similarity_png
 from ..provenance import OutputInsideEvidence, atomic_write_json, check_output_location
 from ..store import FingerprintStore, StoreError, check_camera_id
-from . import State, app
+from ._app import State, app
 from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, note_not_images, render, warn
 
 CLUSTER_COLUMNS = ["cluster", "size", "image", "rotation", "member_z", "jpeg_quality", "sha256"]

@@ -10,7 +10,7 @@ import typer
 
 from ..leaks import check_unscreened, store_flags
 from ..store import FingerprintStore, StoreError
-from . import app
+from ._app import app
 from ._common import EXIT_SOME_FAILED, Format, die, error_line, finite, out, render
 
 db_app = typer.Typer(help="Manage a fingerprint database: list, show, leaks, remove.", no_args_is_help=True)

@@ -19,7 +19,7 @@ from ..provenance import (
     tool_info,
     utc_now,
 )
-from . import State, app
+from ._app import State, app
 from ._common import EXIT_SOME_FAILED, die, err, fail_line
 
 

@@ -14,7 +14,7 @@ from ..identify import Matcher, MatchSettings, build_fingerprint, gather_inputs
 from ..provenance import atomic_write_bytes, atomic_write_json, tool_info, utc_now
 from ..store import FingerprintStore
 from ..synthetic import dead_leaves, encode_jpeg, expose, flat_field, synthetic_prnu
-from . import app
+from ._app import app
 from ._common import Format, crop_option, err
 from .match import render_matches
 

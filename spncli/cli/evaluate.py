@@ -23,7 +23,7 @@ from ..provenance import (
     utc_now,
 )
 from ..store import FingerprintStore, StoreError
-from . import State, app
+from ._app import State, app
 from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, render
 from .restore import DeviceOption, ModelOption, TileOption, open_restorer
 

@@ -12,7 +12,7 @@ from ..jobs import ExtractJob
 from ..jpegdomain import RESIDUAL_KINDS
 from ..provenance import OutputInsideEvidence, check_output_location
 from ..residual import ResidualParams
-from . import State, app
+from ._app import State, app
 from ._batch import SchedulerOption, WorkersOption, run_jobs
 from ._common import EXIT_SOME_FAILED, DeviceOption, crop_option, device_option, die, err
 

@@ -12,7 +12,7 @@ from ..leaks import Screener, screen_summary
 from ..provenance import OutputInsideEvidence, check_output_location
 from ..residual import ResidualParams
 from ..store import FingerprintStore, StoreError, check_camera_id
-from . import State, app
+from ._app import State, app
 from ._common import (
     EXIT_SOME_FAILED, DeviceOption, crop_option, device_option, die, fail_line, finite, note, note_not_images, warn
 )

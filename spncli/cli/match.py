@@ -19,7 +19,7 @@ from ..prescreen import Prescreen, parse_prescreen
 from ..residual import ResidualParams
 from ..spectra import parse_bytes
 from ..store import FingerprintStore, StoreError
-from . import State, app
+from ._app import State, app
 from ._batch import BatchProgress, run_jobs
 from ._common import (
     EXIT_SOME_FAILED, DeviceOption, Format, crop_option, device_option, die, err, error_line, fail_line, finite, note,

@@ -11,7 +11,7 @@ import typer
 from ..evidence import EvidenceError, read_bytes
 from ..identify import gather_inputs
 from ..jpegtables import JpegFormatError, estimate_quality, parse_jpeg
-from . import State, app
+from ._app import State, app
 from ._common import EXIT_SOME_FAILED, Format, fail_line, render
 
 COLUMNS = ["image", "quality", "exact", "fit_error", "tables", "components", "progressive", "sha256"]

@@ -14,7 +14,7 @@ import typer
 from ..casefile import Case, CaseError
 from ..provenance import OutputInsideEvidence, atomic_write_bytes, check_output_location
 from ..report import build_report
-from . import app
+from ._app import app
 from ._common import EXIT_SOME_FAILED, die, err, fail_line
 
 CASE_FILES = frozenset({"results.jsonl", "results.csv", "errors.jsonl", "manifest.json", "audit.jsonl", "case.lock"})

@@ -15,7 +15,7 @@ from ..provenance import (
     check_output_location,
 )
 from ..residual import ResidualParams
-from . import State, app
+from ._app import State, app
 from ._batch import SchedulerOption, WorkersOption, run_jobs
 from ._common import EXIT_SOME_FAILED, crop_option, die, err
 
