@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evidence import sha256_file
+from .evidence import EvidenceError, sha256_file
 from .provenance import atomic_write_bytes, tool_info, utc_now
 
 __all__ = ["ANALYSES", "CSV_COLUMNS", "GENESIS", "Case", "CaseError", "CaseBusy", "Verification"]
@@ -66,6 +66,8 @@ REGENERATED = ("results.csv", "manifest.json", "errors.jsonl")
 RUN_END = (
     "match-completed", "match-interrupted", "cluster-completed", "cluster-failed", "pool-completed", "pool-failed",
 )  # fmt: skip
+CHECKPOINT = "-checkpoint"
+"""Suffix of the audit events a run writes after each committed image (:meth:`Case.checkpoint`)."""
 RUN_KINDS = ("match-", "cluster-", "pool-")
 """Audit events of a run start with one of these; a run ends with one of :data:`RUN_END`."""
 ANALYSES = ("cluster/", "pool/")
@@ -124,12 +126,34 @@ def _read(path: Path) -> bytes | None:
         return f.read()
 
 
-def _jsonl(data: bytes | None) -> tuple[list[dict], int]:
-    """Rows of JSON Lines bytes up to the last newline, and that byte count (a partial line is not a row)."""
+def _jsonl(data: bytes | None, name: str = "results.jsonl", keys: tuple[str, ...] = ()) -> tuple[list[dict], int]:
+    """Rows of JSON Lines bytes up to the last newline, and that byte count (a partial line is not a row).
+
+    Raises
+    ------
+    CaseError
+        Naming ``name`` and the line, for a line that is not JSON, not an object, or lacks one of ``keys``
+        as a string.
+    """
     if not data:
         return [], 0
     end = data.rfind(b"\n") + 1
-    return [json.loads(line) for line in data[:end].decode().splitlines() if line.strip()], end
+    rows = []
+    for n, line in enumerate(data[:end].decode(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise CaseError(f"{name} line {n}: not JSON") from None
+        if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in keys):
+            raise CaseError(f"{name} line {n}: not a {name} row (an object with {', '.join(keys) or 'fields'})")
+        rows.append(row)
+    return rows, end
+
+
+ROW_KEYS = ("image", "sha256", "camera", "decision")
+"""Fields every row of results.jsonl holds as strings."""
 
 
 def _is_temp(rel: str) -> bool:
@@ -205,6 +229,10 @@ class Case:
         self.audit_log = self.root / AUDIT
         self.lock_file = self.root / LOCK
         self.artifacts = self.root / "artifacts"
+        self._tracked: list | None = None  # running SHA-256 and size of results.jsonl during a run
+        self._pending: dict[str, dict] = {}  # pictures written since the last checkpoint
+        self._chain: tuple[int, str] | None = None  # (next seq, last hash) while this object holds the lock
+        self._locked = False
 
     # -- the folder itself --------------------------------------------------
     def _real_dir(self, folder: Path, create: bool = True) -> None:
@@ -309,9 +337,12 @@ class Case:
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
             os.fsync(fd)
+            self._locked = True
             try:
                 yield holder
             finally:
+                self._locked, self._chain, self._tracked = False, None, None
+                self._pending.clear()
                 os.ftruncate(fd, 0)
         finally:
             os.close(fd)
@@ -353,24 +384,33 @@ class Case:
             os.close(folder)
 
     # -- writing (under the lock) --------------------------------------------
-    def _append(self, path: Path, lines: list[str]) -> None:
+    def _append(self, path: Path, lines: list[str]) -> tuple[bool, bytes]:
         """Append whole lines in one write, then fsync: a kill leaves at most a partial last line, which the
-        next append cuts off first (it never glues a row onto a torn one)."""
+        next append cuts off first (it never glues a row onto a torn one). Returns whether a torn line was
+        cut, and the bytes appended."""
         fd = _open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         try:
             size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
+            torn = bool(size) and os.pread(fd, 1, size - 1) != b"\n"
+            if torn:
                 os.ftruncate(fd, _last_line_end(fd, size))
-            os.write(fd, "".join(line + "\n" for line in lines).encode())
+            data = "".join(line + "\n" for line in lines).encode()
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
+        return torn, data
 
     def _write(self, path: Path, data: bytes) -> None:
-        """Atomic write (the rename replaces a link at that name, never follows it), then fsync the folder."""
+        """Atomic write (the rename replaces a link at that name, never follows it), then fsync the folder.
+
+        A picture's digest is kept for the next :meth:`checkpoint`."""
         self._real_dir(path.parent)
         atomic_write_bytes(path, data)
         _fsync_dir(path.parent)
+        rel = path.relative_to(self.root).as_posix()
+        if rel.startswith("artifacts/"):
+            self._pending[rel] = _digest(data)
 
     def write_analysis(self, rel: str, data: bytes) -> None:
         """Atomic write of one file of an analysis folder (:data:`ANALYSES`), e.g. ``cluster/clusters.json``."""
@@ -398,17 +438,26 @@ class Case:
         self._write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
 
     # -- results ----------------------------------------------------------
-    def done(self, cameras: set[str]) -> dict[tuple[str, str], list[dict]]:
+    def done(self, cameras: set[str], protected: int | None = None) -> dict[tuple[str, str], list[dict]]:
         """Images fully scored, by (path, SHA-256). Repairs what a kill left: a partial last line is cut,
-        the rows of an image without a row for every camera are removed (the image is scored again)."""
+        the rows of an image without a row for every camera are removed (the image is scored again), and
+        with ``protected`` (the size of results.jsonl the audit trail records) the rows past it are
+        removed: a killed run's rows that no audit entry covers are never adopted.
+
+        Starts the running digest of results.jsonl that :meth:`checkpoint` records."""
         data = _read(self.results)
-        rows, end = _jsonl(data)
+        if data is not None and protected is not None and len(data) > protected:
+            data = data[:protected]  # rows no audit entry covers: dropped, their images scored again
+            self._write(self.results, data)
+        rows, end = _jsonl(data, keys=ROW_KEYS)
         by_key: dict[tuple[str, str], list[dict]] = {}
         for r in rows:
             by_key.setdefault((r["image"], r["sha256"]), []).append(r)
         complete = {k: rs for k, rs in by_key.items() if _all_scored(rs, cameras)}
         if data is not None and (end < len(data) or len(complete) != len(by_key)):
             self._rewrite_jsonl(self.results, [r for r in rows if (r["image"], r["sha256"]) in complete])
+        data = _read(self.results) or b""
+        self._tracked = [hashlib.sha256(data), len(data)]
         return complete
 
     def commit_image(
@@ -421,22 +470,44 @@ class Case:
         """One image as one unit: its pictures first, its rows last (one append, fsync'd)."""
         if surfaces:
             self.save_artifacts(rows[0]["sha256"], preview_png, surfaces, thumbnail_jpeg)
-        self._append(self.results, [json.dumps(r, ensure_ascii=False) for r in rows])
+        written = self._append(self.results, [json.dumps(r, ensure_ascii=False) for r in rows])
+        if self._tracked is not None:
+            if written[0]:  # a torn line was cut first: the running digest starts again from the file
+                data = _read(self.results) or b""
+                self._tracked = [hashlib.sha256(data), len(data)]
+            else:
+                self._tracked[0].update(written[1])
+                self._tracked[1] += len(written[1])
 
-    def add_error(self, path: str, reason: str) -> None:
-        self._append(self.errors, [json.dumps({"file": path, "reason": reason}, ensure_ascii=False)])
+    def checkpoint(self, event: str = "match-checkpoint") -> dict:
+        """Record in the audit trail what the run has committed so far: results.jsonl (SHA-256 and size)
+        and the pictures written since the last checkpoint. After a kill, a resume keeps exactly what the
+        last checkpoint covers (:meth:`done`), and verify checks it."""
+        files = dict(self._pending)
+        if self._tracked is not None:
+            files["results.jsonl"] = {"sha256": self._tracked[0].hexdigest(), "size": self._tracked[1]}
+        entry = self.audit(event, light=True, files=files)
+        self._pending.clear()
+        return entry
+
+    def add_error(self, path: str, reason: str, sha256: str | None = None) -> None:
+        """One errors.jsonl row; ``sha256`` when the file was read (its bytes were refused)."""
+        row = {"file": path, "reason": reason} | ({"sha256": sha256} if sha256 else {})
+        self._append(self.errors, [json.dumps(row, ensure_ascii=False)])
 
     def rows(self) -> list[dict]:
-        return _jsonl(_read(self.results))[0]
+        return _jsonl(_read(self.results), "results.jsonl", ROW_KEYS)[0]
 
     def error_rows(self) -> list[dict]:
-        return _jsonl(_read(self.errors))[0]
+        return _jsonl(_read(self.errors), "errors.jsonl", ("file", "reason"))[0]
 
     def settle_errors(self) -> list[dict]:
-        """Keep one error per file (its latest), none for a file scored since; sorted by file."""
-        scored = {r["image"] for r in self.rows()}
-        latest = {e["file"]: e for e in self.error_rows() if e["file"] not in scored}
-        errors = [latest[f] for f in sorted(latest)]
+        """Keep one error per file (its latest), none for a file scored since (with those bytes); sorted by file."""
+        scored = {(r["image"], r["sha256"]) for r in self.rows()}
+        paths = {image for image, _ in scored}
+        latest = {e["file"]: e for e in self.error_rows()}
+        errors = [latest[f] for f in sorted(latest)
+                  if f not in paths or (latest[f].get("sha256") and (f, latest[f]["sha256"]) not in scored)]
         if errors or self.errors.exists():
             self._rewrite_jsonl(self.errors, errors)
         return errors
@@ -532,7 +603,14 @@ class Case:
                 continue
             entries.append(entry)
         prev = GENESIS
+        in_run = False
         for i, e in enumerate(entries):
+            event = str(e.get("event", ""))
+            if event in RUN_END:
+                in_run = False
+            elif event.startswith(RUN_KINDS) and event.endswith("-start"):
+                in_run = True
+            problems += _entry_problems(i, e, in_run)
             if e.get("seq") != i:
                 problems.append(f"audit entry {i}: out of sequence (seq {e.get('seq')})")
             if e.get("prev_hash") != prev:
@@ -547,66 +625,104 @@ class Case:
     def head(self) -> str:
         """The hash of the last audit entry (the genesis hash for an empty trail)."""
         entries, _ = self.audit_entries()
-        return entries[-1]["hash"] if entries else GENESIS
+        return str(entries[-1].get("hash")) if entries else GENESIS
 
-    def audit(self, event: str, **fields) -> dict:
-        """Append an audit entry chained to the previous one by its SHA-256 (a partial last line is cut)."""
-        data = _read(self.audit_log) or b""
-        end = data.rfind(b"\n") + 1
-        entries, _ = _jsonl(data[:end])
+    def audit(self, event: str, *, light: bool = False, **fields) -> dict:
+        """Append an audit entry chained to the previous one by its SHA-256 (a partial last line is cut).
+
+        ``light`` leaves out the tool's versions (a run's checkpoints: its start entry has them). While
+        this object holds the lock the chain's end is remembered, so a run's entries do not re-read the trail.
+        """
+        if self._chain is None:
+            data = _read(self.audit_log) or b""
+            end = data.rfind(b"\n") + 1
+            entries, _ = _jsonl(data[:end], AUDIT)
+            chain = (len(entries), entries[-1].get("hash") if entries else GENESIS)
+        else:
+            chain = self._chain
         entry = {
-            "seq": len(entries),
+            "seq": chain[0],
             "utc": utc_now(),
             "event": event,
-            **tool_info(),
+            **({} if light else tool_info()),
             **fields,
-            "prev_hash": entries[-1]["hash"] if entries else GENESIS,
+            "prev_hash": chain[1],
         }
         entry["hash"] = _entry_hash(entry)
         self._append(self.audit_log, [json.dumps(entry, ensure_ascii=False, sort_keys=True)])
+        if self._locked:
+            self._chain = (chain[0] + 1, entry["hash"])
         return entry
 
     # -- proof ----------------------------------------------------------------
     @staticmethod
     def recorded_files(entries: list[dict]) -> tuple[dict[str, dict], int | None]:
-        """The files the audit trail says the case holds: the last run's end entry, plus the reports written
-        after it; and the index of that run-end entry (``None``: no run ended)."""
-        last = next((i for i in range(len(entries) - 1, -1, -1) if entries[i].get("event") in RUN_END), None)
-        if last is None:
-            return {}, None
-        files = dict(entries[last].get("files", {}))
-        for e in entries[last + 1 :]:
-            files.update(e.get("report_files", {}))
+        """The files the audit trail says the case holds: the last run's end entry, the checkpoints of a
+        run started after it (killed: :meth:`checkpoint`), and the reports written after it; and the index
+        of that run-end entry (``None``: no run ended)."""
+        files, _, last = _recorded(entries)
         return files, last
 
     @staticmethod
     def _last_run_open(entries: list[dict]) -> dict | None:
         """The last run's start entry if that run wrote no end entry (killed, running, or the trail was cut)."""
-        runs = [e for e in entries if str(e.get("event", "")).startswith(RUN_KINDS)]
+        runs = [e for e in entries if str(e.get("event", "")).startswith(RUN_KINDS)
+                and not str(e.get("event")).endswith(CHECKPOINT)]  # fmt: skip
         return runs[-1] if runs and str(runs[-1].get("event")).endswith("-start") else None
 
-    def _compare(self, recorded: dict[str, dict], now: dict[str, dict], since: str, killed: bool) -> list[str]:
-        """Differences between recorded and present files (after a killed run, appends and new pictures pass)."""
+    def _compare(self, recorded: dict[str, dict], now: dict[str, dict], by: dict[str, str], killed: bool
+                 ) -> list[str]:  # fmt: skip
+        """Differences between recorded and present files (after a killed run, rows appended after the last
+        checkpoint and pictures it did not record pass: a resume drops or removes them). ``by`` names the
+        entry that recorded each file."""
         problems = []
+        since = by.get("", "the start of the case")
         for rel in sorted(recorded.keys() | now.keys()):
             rec, cur = recorded.get(rel), now.get(rel)
             if killed and (rel in REGENERATED or _is_temp(rel) or (rec is None and rel.startswith(("artifacts/",
                                                                                                    *ANALYSES)))):
                 continue
             if cur is None:
-                problems.append(f"{rel}: missing (recorded by {since}, SHA-256 {rec['sha256'][:16]}...)")
+                problems.append(f"{rel}: missing (recorded by {by.get(rel, since)}, SHA-256 {rec['sha256']})")
             elif rec is None:
                 if not (killed and rel in APPEND_ONLY):
                     problems.append(f"{rel}: not recorded in the audit trail (added after {since})")
             elif cur["sha256"] != rec["sha256"]:
-                if killed and rel in APPEND_ONLY and cur["size"] >= rec["size"]:
-                    data = _read(self.root / rel) or b""
-                    if _digest(data[: rec["size"]]) == rec:
-                        continue  # rows appended by the killed run after the recorded ones
+                if killed and rel in APPEND_ONLY and self._extends(rel, rec, cur):
+                    continue  # rows appended by the killed run after the recorded ones
                 problems.append(
-                    f"{rel}: changed since {since} recorded it "
-                    f"(SHA-256 now {cur['sha256'][:16]}..., recorded {rec['sha256'][:16]}...)"
+                    f"{rel}: changed since {by.get(rel, since)} recorded it "
+                    f"(SHA-256 now {cur['sha256']}, recorded {rec['sha256']})"
                 )
+        return problems
+
+    def _extends(self, rel: str, rec: dict, cur: dict) -> bool:
+        """Whether the case file ``rel`` (now ``cur``) begins with the recorded bytes ``rec``."""
+        if cur["size"] < rec["size"]:
+            return False
+        data = _read(self.root / rel) or b""
+        return _digest(data[: rec["size"]]) == rec
+
+    def _after_head(self, entries: list[dict], at: int, now: dict[str, dict]) -> list[str]:
+        """Files recorded when the noted head (entry ``at``) was written that later entries changed, beyond
+        what later entries may do: a later run appends rows and writes its CSV, manifest, errors and
+        pictures again; a later report writes its own files."""
+        recorded, by, _ = _recorded(entries[: at + 1])
+        later = entries[at + 1 :]
+        run_after = any(str(e.get("event", "")).endswith("-start") for e in later)
+        problems = []
+        for rel, rec in sorted(recorded.items()):
+            cur = now.get(rel)
+            if cur is None or cur["sha256"] == rec["sha256"]:
+                continue  # a missing file is reported against the present record
+            if rel in APPEND_ONLY and self._extends(rel, rec, cur):
+                continue
+            if run_after and (rel in REGENERATED or rel.startswith(("artifacts/", *ANALYSES))):
+                continue
+            if _is_report_name(rel) and any(rel in (e.get("report_files") or {}) for e in later):
+                continue
+            problems.append(f"{rel}: changed after the noted head (recorded by {by.get(rel)}, SHA-256 "
+                            f"{rec['sha256']}; now {cur['sha256']})")  # fmt: skip
         return problems
 
     def _link_problems(self) -> list[str]:
@@ -630,9 +746,8 @@ class Case:
             if now:
                 problems.append("the case holds files but no audit trail records them")
             return problems, entries
-        recorded, last = self.recorded_files(entries)
-        since = f"audit entry {last} ({entries[last]['utc']})" if last is not None else "the start of the case"
-        problems += self._compare(recorded, now, since, killed=self._last_run_open(entries) is not None)
+        recorded, by, _ = _recorded(entries)
+        problems += self._compare(recorded, now, by, killed=self._last_run_open(entries) is not None)
         return problems, entries
 
     def base_entries(self) -> list[dict] | None:
@@ -677,7 +792,7 @@ class Case:
             return v
         v.problems += problems
         v.entries = len(entries)
-        v.head = entries[-1]["hash"] if entries else GENESIS
+        v.head = str(entries[-1].get("hash")) if entries else GENESIS
         recorded, last_end = self.recorded_files(entries)
         v.files_checked = len(recorded)
         open_run = self._last_run_open(entries)
@@ -698,17 +813,15 @@ class Case:
                     f"audit trail: the noted head {head} is not in the chain (entries were removed or rewritten)"
                 )
             elif hashes.index(head) < len(hashes) - 1:
-                after = [e.get("event") for e in entries[hashes.index(head) + 1 :]]
-                v.notes.append(f"{len(after)} audit entr(y/ies) after the noted head: {', '.join(after)}")
+                at = hashes.index(head)
+                after = [str(e.get("event")) for e in entries[at + 1 :]]
+                shown = ", ".join(after[:8]) + (f" and {len(after) - 8} more" if len(after) > 8 else "")
+                v.notes.append(f"{len(after)} audit entr(y/ies) after the noted head: {shown}")
+                v.problems += self._after_head(entries, at, self.files())
         try:
-            seen: dict[tuple, int] = {}
-            for r in self.rows():
-                key = (r.get("image"), r.get("sha256"), r.get("camera"))
-                seen[key] = seen.get(key, 0) + 1
-            for (image, _, camera), n in sorted((k, n) for k, n in seen.items() if n > 1):
-                v.problems.append(f"results.jsonl: {n} rows for {image} against {camera} (one expected)")
-        except (CaseError, ValueError) as exc:
-            v.problems.append(f"results.jsonl: unreadable ({exc})")
+            v.problems += row_problems(self.rows())
+        except CaseError as exc:
+            v.problems.append(str(exc))
         if inputs:
             self._verify_inputs(v)
         return v
@@ -719,28 +832,183 @@ class Case:
         except (ValueError, CaseError) as exc:
             v.problems.append(f"manifest.json: unreadable ({exc})")
             return
-        items = list((manifest or {}).get("inputs", []))
+        items = input_items(manifest, "manifest.json", v.problems)
         for rel in sorted(self.files()):
             if rel.startswith(ANALYSES) and rel.endswith(".json"):
                 try:
-                    items += json.loads(_read(self.root / rel) or b"{}").get("inputs", [])
-                except (ValueError, AttributeError, CaseError) as exc:
+                    record = json.loads(_read(self.root / rel) or b"{}")
+                except (ValueError, CaseError) as exc:
                     v.problems.append(f"{rel}: unreadable ({exc})")
-        for item in {(i.get("path"), i.get("sha256")): i for i in items}.values():  # each input once
-            if not item.get("sha256"):
-                continue
-            path = Path(item["path"])
+                    continue
+                items += input_items(record, rel, v.problems)
+        for item in {(i["path"], i.get("sha256")): i for i in items}.values():  # each input once
             v.inputs_checked += 1
-            try:
-                digest = sha256_file(path)
-            except FileNotFoundError:
-                v.problems.append(f"{path}: missing (recorded SHA-256 {item['sha256'][:16]}...)")
-                continue
-            except OSError as exc:
-                v.problems.append(f"{path}: cannot read ({exc.strerror or exc})")
-                continue
-            if digest != item["sha256"]:
-                v.problems.append(f"{path}: changed (SHA-256 {digest[:16]}... recorded {item['sha256'][:16]}...)")
+            v.problems += input_problems(item)
+
+
+def input_items(record, name: str, problems: list[str]) -> list[dict]:
+    """The ``inputs`` of a manifest or an analysis record, each with a path; a wrong shape is a problem."""
+    if record is None:
+        return []
+    inputs = record.get("inputs", []) if isinstance(record, dict) else None
+    if not isinstance(inputs, list):
+        problems.append(f"{name}: not a case record (an object with a list of inputs is expected)")
+        return []
+    good = []
+    for n, item in enumerate(inputs):
+        if (
+            isinstance(item, dict)
+            and isinstance(item.get("path"), str)
+            and item["path"]
+            and (item.get("sha256") is None or _is_hex64(item["sha256"]))
+        ):
+            good.append(item)
+        else:
+            problems.append(f"{name}: input {n} is not an input record (a path and a SHA-256 or null expected)")
+    return good
+
+
+def _is_hex64(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def input_problems(item: dict) -> list[str]:
+    """An input re-hashed (as the evidence reader reads it: no link followed, no FIFO opened) against the record.
+
+    A scored input must have the recorded SHA-256. One that could not be hashed then (``unhashed``: a link,
+    a FIFO, a missing file) must still not be: a readable file in its place is a change too.
+    """
+    path, recorded = Path(item["path"]), item.get("sha256")
+    try:
+        digest, reason = sha256_file(path), None
+    except FileNotFoundError:
+        digest, reason = None, "no such file"
+    except EvidenceError as exc:
+        digest, reason = None, exc.reason
+    except OSError as exc:
+        digest, reason = None, f"cannot read: {exc.strerror or exc}"
+    if recorded:
+        if digest is None:
+            return [f"{path}: {'missing' if reason == 'no such file' else reason} (recorded SHA-256 {recorded})"]
+        if digest != recorded:
+            return [f"{path}: changed (SHA-256 now {digest}, recorded {recorded})"]
+        return []
+    if "unhashed" not in item:
+        return []  # written before unscored inputs were hashed: nothing recorded to compare
+    if digest is not None:
+        return [f"{path}: now a readable file (SHA-256 {digest}); when recorded: {item['unhashed']}"]
+    if reason != item["unhashed"]:
+        return [f"{path}: now {reason}; when recorded: {item['unhashed']}"]
+    return []
+
+
+PCE_ROUNDING = 0.5e-4
+"""Half the last decimal a row's PCE is stored with (``round(pce, 4)``)."""
+
+
+def row_problems(rows: list[dict]) -> list[str]:
+    """Rows the tool cannot have written: two rows for one image and camera (paths compared after
+    normalisation), or a decision or a false-alarm probability that does not follow from the row's PCE
+    and threshold (:func:`spncli.identify.decision_text`, :func:`spncli.pce.false_alarm_probability`)."""
+    from .pce import false_alarm_probability
+
+    problems = []
+    seen: dict[tuple, int] = {}
+    for r in rows:
+        key = (os.path.normpath(r["image"]), r["camera"])
+        seen[key] = seen.get(key, 0) + 1
+        what = f"results.jsonl: the row for {r['image']} against {r['camera']}"
+        try:
+            threshold = float(r["threshold"])
+            pces = [float(r[k]) for k in ("pce_classic", "pce_restored") if r.get(k) is not None] or [float(r["pce"])]
+            n = int(r.get("n_shifts") or 1)
+            p_fa = float(r["p_fa"]) if r.get("p_fa") is not None else None
+        except (KeyError, TypeError, ValueError):
+            problems.append(f"{what} lacks a numeric PCE or threshold")
+            continue
+        expected = "consistent" if any(x > threshold for x in pces) else "not consistent"
+        if r["decision"] != expected:
+            problems.append(f"{what} says {r['decision']!r} at PCE {', '.join(f'{x:g}' for x in pces)} and threshold "
+                            f"{threshold:g}: {expected!r} follows")  # fmt: skip
+        if p_fa is not None:
+            # PCEs are stored to 4 decimals: p_fa must lie between its values half a unit either side
+            bounds = []
+            for d in (PCE_ROUNDING, -PCE_ROUNDING):
+                singles = [false_alarm_probability(x + d, n) for x in pces]
+                bounds.append(singles[0] if len(singles) == 1 else min(1.0, 2.0 * min(singles)))
+            want = false_alarm_probability(pces[0], n) if len(pces) == 1 else min(
+                1.0, 2.0 * min(false_alarm_probability(x, n) for x in pces))
+            if not bounds[0] * (1 - 1e-9) - 1e-300 <= p_fa <= bounds[1] * (1 + 1e-9) + 1e-300:
+                problems.append(f"{what} gives p_fa {p_fa:.3g}, but PCE {', '.join(f'{x:g}' for x in pces)} over "
+                                f"{n} shift(s) gives {want:.3g}")  # fmt: skip
+    for (image, camera), n in sorted((k, n) for k, n in seen.items() if n > 1):
+        problems.append(f"results.jsonl: {n} rows for {image} against {camera} (one expected)")
+    return problems
+
+
+def _file_map(value) -> dict[str, dict] | None:
+    """A ``files``/``report_files`` record as {relative path: {sha256, size}}, or None if it is not one."""
+    if not isinstance(value, dict):
+        return None
+    for d in value.values():
+        if not (isinstance(d, dict) and _is_hex64(d.get("sha256")) and isinstance(d.get("size"), int)
+                and not isinstance(d.get("size"), bool) and d["size"] >= 0):  # fmt: skip
+            return None
+    return value
+
+
+def _is_report_name(rel: str) -> bool:
+    """A file ``spn report`` writes into a case: a top-level .html (and its .pdf)."""
+    return "/" not in rel and rel.endswith((".html", ".pdf"))
+
+
+def _entry_problems(i: int, e: dict, in_run: bool) -> list[str]:
+    """What makes audit entry ``i`` malformed: fields of the wrong type, a files record that is not one,
+    report files that a report never writes, a checkpoint outside a run."""
+    event = e.get("event")
+    name = f"audit entry {i} ({event})" if isinstance(event, str) else f"audit entry {i}"
+    problems = []
+    if not isinstance(event, str) or not isinstance(e.get("utc"), str):
+        problems.append(f"{name}: malformed (an event and a UTC time expected)")
+    for key in ("files", "report_files"):
+        if key in e and _file_map(e[key]) is None:
+            problems.append(f"{name}: malformed {key} (path: SHA-256 and size expected)")
+    report = e.get("report_files")
+    if isinstance(report, dict):
+        wrong = sorted(rel for rel in report if event != "report" or not _is_report_name(rel))
+        if wrong:
+            problems.append(f"{name}: records {', '.join(wrong)} as report files, which a report never writes")
+    if isinstance(event, str) and event.endswith(CHECKPOINT) and not in_run:
+        problems.append(f"{name}: a checkpoint outside a run")
+    return problems
+
+
+def _recorded(entries: list[dict]) -> tuple[dict[str, dict], dict[str, str], int | None]:
+    """The files the trail records (see :meth:`Case.recorded_files`), the entry that recorded each (``""``:
+    the last run end), and the index of the last run end. Malformed records are skipped (verify names them)."""
+    last = next((i for i in range(len(entries) - 1, -1, -1) if entries[i].get("event") in RUN_END), None)
+    files: dict[str, dict] = {}
+    by: dict[str, str] = {}
+
+    def take(i: int, record) -> None:
+        label = f"audit entry {i} ({entries[i].get('event')}, {entries[i].get('utc')})"
+        for rel, d in (_file_map(record) or {}).items():
+            files[rel], by[rel] = d, label
+
+    if last is not None:
+        take(last, entries[last].get("files"))
+        by[""] = f"audit entry {last} ({entries[last].get('event')}, {entries[last].get('utc')})"
+    in_run = False
+    for i in range(0 if last is None else last + 1, len(entries)):
+        event = str(entries[i].get("event", ""))
+        if event.startswith(RUN_KINDS) and event.endswith("-start"):
+            in_run = True
+        elif event.endswith(CHECKPOINT) and in_run:
+            take(i, entries[i].get("files"))
+        if event == "report":
+            take(i, {k: v for k, v in (_file_map(entries[i].get("report_files")) or {}).items()
+                     if _is_report_name(k)})  # fmt: skip
+    return files, by, last
 
 
 def _all_scored(rows: list[dict], cameras: set[str]) -> bool:

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .batch import close_client, execute, make_client
-from .casefile import Case, CaseBusy, CaseError
-from .evidence import DEFAULT_MAX_PIXELS
+from .casefile import Case, CaseBusy, CaseError, input_items, input_problems
+from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, sha256_file
 from .identify import Matcher, gather_inputs
 from .jobs import MatchJob
 from .provenance import OutputInsideEvidence, check_apart, utc_now
@@ -81,13 +81,15 @@ def _scoring(params: dict) -> dict:
     return json.loads(json.dumps({k: v for k, v in params.items() if k not in RUN_ONLY}))
 
 
-def _check_resume(case: Case, parameters: dict, db_sha: str) -> bool:
-    """Refuse a case that does not verify, or one started with another database or parameters.
+def _check_resume(case: Case, parameters: dict, db_sha: str) -> tuple[bool, int | None]:
+    """Refuse a case that does not verify (its files, and the scored inputs re-hashed), or one started with
+    another database or parameters.
 
-    Returns whether the last run ended without an end entry (killed)."""
+    Returns whether the last run ended without an end entry (killed), and then the size of results.jsonl
+    that the audit trail covers (its last checkpoint): the rows past it are not adopted."""
     entries = case.base_entries()
     if entries is None:
-        return False  # a new case (Case.create refused a folder holding files but no audit trail)
+        return False, None  # a new case (Case.create refused a folder holding files but no audit trail)
     open_run = case._last_run_open(entries)
     if open_run is not None and open_run.get("event") != "match-start":
         raise CaseError(f"{case.root}: its last run ({open_run.get('event')}) has no end entry; run that command "
@@ -104,11 +106,47 @@ def _check_resume(case: Case, parameters: dict, db_sha: str) -> bool:
         if changed:
             diff = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
             raise CaseError(f"{case.root}: the case was started with other parameters ({diff}); use a new case folder")
-    return open_run is not None
+    _check_scored_inputs(case)
+    if open_run is None:
+        return False, None
+    recorded, _ = case.recorded_files(entries)
+    return True, recorded.get("results.jsonl", {}).get("size", 0)
 
 
-def _inputs(case: Case, walked: list[str], errors: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Every input (scored, error, or not reached) and the groups of paths holding the same bytes."""
+def _check_scored_inputs(case: Case) -> None:
+    """Refuse to build on a case whose scored evidence changed: every input the manifest records as scored is
+    re-hashed (inputs that failed or were not reached are tried again by the run)."""
+    problems: list[str] = []
+    try:
+        manifest = case.read_manifest()
+    except ValueError as exc:
+        raise CaseError(f"{case.root}: manifest.json: unreadable ({exc}); run spn case verify {case.root}") from None
+    for item in input_items(manifest, "manifest.json", problems):
+        if item.get("status") == "scored":
+            problems += input_problems(item)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CaseError(f"{case.root}: the evidence changed since the case scored it: {problems[0]}{more}; a case "
+                        "is built on unchanged evidence: restore it, or use a new case folder")  # fmt: skip
+
+
+def _unscored_digest(path: str) -> dict:
+    """SHA-256 of an input that was not scored (an error, not an image, not reached), so that a later change
+    to it is seen; or why it cannot be hashed (a link, a FIFO, a missing file), which verify checks again."""
+    try:
+        return {"sha256": sha256_file(path)}
+    except FileNotFoundError:
+        return {"sha256": None, "unhashed": "no such file"}
+    except EvidenceError as exc:
+        return {"sha256": None, "unhashed": exc.reason}
+    except OSError as exc:
+        return {"sha256": None, "unhashed": f"cannot read: {exc.strerror or exc}"}
+
+
+def _inputs(case: Case, walked: list[str], errors: list[dict], others: Sequence[str] = ()
+            ) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """Every input (scored, error, not an image, or not reached) and the groups of paths holding the same
+    bytes. Inputs that were not scored are hashed here (:func:`_unscored_digest`)."""
     rows_of: dict[str, list[dict]] = {}
     for r in case.rows():
         rows_of.setdefault(r["image"], []).append(r)
@@ -117,12 +155,17 @@ def _inputs(case: Case, walked: list[str], errors: list[dict]) -> tuple[list[dic
         inputs[path] = {"path": path, "sha256": rs[0]["sha256"], "size_bytes": rs[0].get("size_bytes"),
                         "status": "scored", "rows": len(rs)}  # fmt: skip
     for e in errors:
-        inputs.setdefault(e["file"], {"path": e["file"], "sha256": None, "status": "error", "reason": e["reason"]})
+        inputs.setdefault(e["file"], {"path": e["file"], "status": "error", "reason": e["reason"]})
+    for path in others:
+        inputs.setdefault(path, {"path": path, "status": "not an image or saved residual: not read"})
     for path in walked:
-        inputs.setdefault(path, {"path": path, "sha256": None, "status": "not reached (run interrupted)"})
+        inputs.setdefault(path, {"path": path, "status": "not reached (run interrupted)"})
+    for item in inputs.values():
+        if item["status"] != "scored":
+            item.update(_unscored_digest(item["path"]))
     by_sha: dict[str, list[str]] = {}
     for item in inputs.values():
-        if item["sha256"]:
+        if item["sha256"] and item["status"] == "scored":
             by_sha.setdefault(item["sha256"], []).append(item["path"])
     duplicates = []
     for sha, paths in sorted(by_sha.items()):
@@ -233,12 +276,20 @@ def run_case(
     case = open_case(folder, evidence)
     parameters = case_parameters(matcher, max_pixels=max_pixels, workers=workers, scheduler=scheduler)
     with case.lock(), _deferred_signals(handle_signals, on_notice) as asked:
-        killed = _check_resume(case, parameters, db_sha)
+        killed, protected = _check_resume(case, parameters, db_sha)
+        cameras = {c for c, _ in matcher.cameras}
         if killed:
+            before = len(case.rows())
+            done = case.done(cameras, protected=protected)
+            dropped = before - len(case.rows())
+            if dropped:
+                on_notice(f"dropped {dropped} row(s) of a killed run that no audit entry covers: their images are "
+                          "scored again")  # fmt: skip
             removed = case.tidy()
             if removed:
                 on_notice(f"removed {len(removed)} file(s) a killed run left unfinished")
-        done = case.done({c for c, _ in matcher.cameras})
+        else:
+            done = case.done(cameras)
         client = None
         if cluster or scheduler:
             try:
@@ -261,7 +312,7 @@ def _run(case, matcher, evidence, parameters, client, done, asked, stop, *, db, 
         previous_runs = (case.read_manifest() or {}).get("runs", [])
     except ValueError:  # only after a killed run (a finished one verified): the runs are in the audit trail too
         previous_runs = []
-    given = [str(Path(p).absolute()) for p in evidence]
+    given = [os.path.abspath(p) for p in evidence]  # absolute and normal: one key per file, whatever the spelling
     case.audit(
         "match-start",
         parameters=parameters,
@@ -273,7 +324,7 @@ def _run(case, matcher, evidence, parameters, client, done, asked, stop, *, db, 
         resumed_images=len(done),
     )
     others: list = []
-    paths = [str(Path(p).absolute()) for p in gather_inputs(evidence, on_other=others.append, residuals=True)]
+    paths = [os.path.abspath(p) for p in gather_inputs(evidence, on_other=others.append, residuals=True)]
     if others:  # nothing skipped silently
         on_notice(f"{len(others)} file(s) in the folders are not images or saved residuals: not read")
     on_start(len(paths))
@@ -286,12 +337,13 @@ def _run(case, matcher, evidence, parameters, client, done, asked, stop, *, db, 
         if result.get("lost") and stopping():
             raise _Stop  # its worker was stopped with us: not an error of the file; a resume retries it
         if "error" in result:
-            case.add_error(result["path"], result["error"])
+            case.add_error(result["path"], result["error"], result.get("sha256"))
             counts["errors"] += 1
         elif result.get("skipped"):
             counts["skipped"] += 1
         else:
             case.commit_image(result["records"], result["preview"], result["surfaces"], result.get("thumbnail"))
+            case.checkpoint()  # what a resume after a kill may keep
             counts["scored"] += 1
         on_result(result)
         if stopping():
@@ -308,7 +360,7 @@ def _run(case, matcher, evidence, parameters, client, done, asked, stop, *, db, 
         status = "interrupted"
     errors = case.settle_errors()
     case.write_csv()
-    inputs, duplicates = _inputs(case, paths, errors)
+    inputs, duplicates = _inputs(case, paths, errors, [os.path.abspath(p) for p in others])
     rows = case.rows()
     run = {
         "started_utc": started,

@@ -216,10 +216,45 @@ class Evidence:
         }
 
 
+def _open_regular(path: str | os.PathLike, max_bytes: int | None = None) -> tuple[int, os.stat_result]:
+    """An open descriptor of a regular evidence file and its ``fstat``; never through a link, never blocking.
+
+    The entry is ``lstat``-ed first, so a symbolic link, FIFO, socket, device or folder is refused
+    without being opened (a FIFO cannot hang the caller), then opened with ``O_NOFOLLOW`` and
+    ``O_NONBLOCK`` and checked again on the descriptor. Raises :class:`EvidenceError` naming the
+    reason, or ``FileNotFoundError`` (a dangling link too).
+    """
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        if not os.path.exists(path):
+            raise FileNotFoundError(path)
+        raise EvidenceError(path, LINK_REFUSED)
+    if stat.S_ISDIR(st.st_mode):
+        raise EvidenceError(path, "is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise EvidenceError(path, not_regular_reason(st.st_mode))
+    if max_bytes is not None:
+        _check_size(path, st.st_size, max_bytes)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    st = os.fstat(fd)  # the entry may have changed since lstat
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise EvidenceError(path, not_regular_reason(st.st_mode))
+    if max_bytes is not None and st.st_size > max_bytes:
+        os.close(fd)
+        _check_size(path, st.st_size, max_bytes)
+    return fd, st
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, read in chunks (for files not otherwise loaded)."""
+    """SHA-256 of an evidence file, read in chunks (for files not otherwise loaded).
+
+    Read as :func:`read_bytes` reads: a link, a FIFO, a device or a folder raises
+    :class:`EvidenceError` without being opened; a missing file ``FileNotFoundError``.
+    """
+    fd, _ = _open_regular(path)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(fd, "rb", closefd=True) as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -423,22 +458,8 @@ def read_bytes(path: str | os.PathLike, *, max_bytes: int | None = None) -> byte
     """
     limit = default_max_bytes() if max_bytes is None else min(max_bytes, DEFAULT_MAX_BYTES)
     try:
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            if not os.path.exists(path):
-                raise FileNotFoundError(path)
-            raise EvidenceError(path, LINK_REFUSED)
-        if stat.S_ISDIR(st.st_mode):
-            raise EvidenceError(path, "is a directory, not an image file")
-        if not stat.S_ISREG(st.st_mode):
-            raise EvidenceError(path, not_regular_reason(st.st_mode))
-        _check_size(path, st.st_size, limit)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd, st = _open_regular(path, limit)
         with open(fd, "rb", closefd=True) as f:
-            st = os.fstat(f.fileno())  # the entry may have changed since lstat
-            if not stat.S_ISREG(st.st_mode):
-                raise EvidenceError(path, not_regular_reason(st.st_mode))
-            _check_size(path, st.st_size, limit)
             data = f.read(st.st_size + 1)  # not a buffer of ``limit`` bytes
             if len(data) > st.st_size:  # grew since fstat: read on, up to the bound
                 data += f.read(limit + 1 - len(data))

@@ -73,13 +73,27 @@ class MatchJob:
     artifacts: bool = True
     preview_side: int = 768
 
+    def __post_init__(self):
+        self._scored = {path: sha for path, sha in self.skip}  # a path the case scored with other bytes: refused
+
+    def _already(self, path: str, sha: str) -> dict | None:
+        """The skip or error result of a file the case holds already (by path), else None."""
+        if (path, sha) in self.skip:
+            return {"path": path, "sha256": sha, "skipped": True}
+        if path in self._scored:
+            reason = (f"changed since the case scored it (SHA-256 now {sha}, scored {self._scored[path]}); a case is "
+                      "built on unchanged evidence")  # fmt: skip
+            return {"path": path, "sha256": sha, "error": reason}
+        return None
+
     def __call__(self, path: str) -> dict:
         """``{"path", "error"}``, ``{"path", "sha256", "skipped": True}``, or the records (and artifacts)."""
         if is_residual_file(path):  # a residual saved by spn extract / spn restore, with its provenance
             try:
                 saved = load_residual_file(path)
-                if (path, saved.sha256) in self.skip:  # a case holds it already (rows name the source's SHA-256)
-                    return {"path": path, "sha256": saved.sha256, "skipped": True}
+                already = self._already(path, saved.sha256)  # in the case? (rows name the source's SHA-256)
+                if already:
+                    return already
                 records = match_saved(self.matcher, saved, screen=_screened)  # --prescreen as for an image
             except EvidenceError as exc:
                 return {"path": path, "error": exc.reason}
@@ -90,8 +104,9 @@ class MatchJob:
         try:
             data = read_bytes(path)
             sha = hashlib.sha256(data).hexdigest()
-            if (path, sha) in self.skip:
-                return {"path": path, "sha256": sha, "skipped": True}
+            already = self._already(path, sha)
+            if already:
+                return already
             ev = decode(data, path, max_pixels=self.max_pixels)
             del data
             residual = self.matcher.residual(ev)

@@ -53,8 +53,14 @@ def tool_info() -> dict:
         "numpy": numpy.__version__,
         "opencv": cv2.__version__,
         "pywavelets": pywt.__version__,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join([_program(), *sys.argv[1:]]),
     }
+
+
+def _program() -> str:
+    """The program's name as typed: ``spn`` for the console script and for ``python -m spncli``."""
+    name = Path(sys.argv[0]).name
+    return "spn" if name == "__main__.py" and Path(sys.argv[0]).parent.name == "spncli" else name
 
 
 def _file_mode() -> int:
@@ -169,6 +175,8 @@ def check_output_location(output: str | os.PathLike, inputs) -> None:
     """
     out = Path(output).resolve()
     for item in inputs:
+        if not os.path.lexists(item):
+            continue  # nothing there to protect: its reader says "no such file"
         p = Path(item).resolve()
         folder = p if p.is_dir() else p.parent
         if out == p or out.is_relative_to(folder):

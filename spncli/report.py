@@ -139,17 +139,47 @@ def pce_scale_svg(pce: float, threshold: float, width: int = 360) -> str:
     )
 
 
-def _fingerprint_section(database: str | None, cameras: list[str]) -> str:
-    """Per camera: the fingerprint's source images (path, SHA-256, size, JPEG quality), their count and quality."""
+def _fingerprint_section(database: str | None, cameras: list[str], recorded_sha: str | None = None,
+                         scored: dict[str, set] | None = None) -> str:  # fmt: skip
+    """Per camera: the fingerprint's source images (path, SHA-256, size, JPEG quality), their count and quality.
+
+    Only for the fingerprints the case scored: the database as it is now is checked against the SHA-256 the
+    case recorded (``recorded_sha``), and each camera's fingerprint against the SHA-256 its rows name
+    (``scored``); a camera whose fingerprint changed is said so, and its sources are not shown.
+    """
     out = ["<h2>Fingerprints</h2>"]
     try:
         store = FingerprintStore(database) if database else None
-        metas = {cam: store.meta(cam) for cam in cameras} if store else {}
+        held = set(store.cameras()) if store else set()
+        now = store.file_sha256() if store else None
     except (StoreError, OSError) as exc:
         return out[0] + f"<p class='note'>The fingerprint database could not be read for this section: {_e(exc)}</p>"
+    metas: dict[str, dict | str] = {}
+    for cam in sorted(held & set(cameras)):
+        try:
+            metas[cam] = store.meta(cam)
+        except StoreError as exc:  # a damaged camera: said so, the others still described
+            metas[cam] = str(exc)
+    if recorded_sha and now != recorded_sha:
+        out.append(
+            f"<p class='note' style='color:#c00'><b>The fingerprint database changed since the case was scored</b> "
+            f"(SHA-256 now <code>{_e(now)}</code>, recorded <code>{_e(recorded_sha)}</code>): only the cameras whose "
+            "fingerprint is still the one scored are described below.</p>"
+        )
     for cam in cameras:
         meta = metas.get(cam)
-        if meta is None:
+        if not isinstance(meta, dict):
+            why = meta or "not in the database now"
+            out.append(f"<h3>{_e(cam)}</h3><p class='note' style='color:#c00'>{_e(why)}: its source images cannot "
+                       "be shown.</p>")  # fmt: skip
+            continue
+        used = (scored or {}).get(cam)
+        if used and meta.get("sha256") not in used:
+            out.append(
+                f"<h3>{_e(cam)}</h3><p class='note' style='color:#c00'>The database's fingerprint of this camera "
+                f"(SHA-256 <code>{_e(meta.get('sha256'))}</code>) is not the one the case scored (<code>"
+                f"{_e(', '.join(sorted(used)))}</code>): its source images are not shown.</p>"
+            )
             continue
         q = meta.get("quality") or {}
         quality = (
@@ -343,7 +373,11 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
     for cam in cameras:
         w(f"<tr><td>{_e(cam)}</td><td>{len(by_camera.get(cam, []))}</td></tr>")
     w("</table>")
-    w(_fingerprint_section(manifest.get("database"), cameras))
+    scored = defaultdict(set)
+    for r in rows:
+        if r.get("fingerprint_sha256"):
+            scored[r["camera"]].add(r["fingerprint_sha256"])
+    w(_fingerprint_section(manifest.get("database"), cameras, manifest.get("database_sha256"), scored))
     w(_calibration_section(manifest.get("database"), threshold, consistent))
     for cam in cameras:
         matches = sorted(by_camera.get(cam, []), key=lambda r: -r["pce"])

@@ -108,7 +108,10 @@ def test_batch_case_folder_resume_and_verify(db, evidence, tmp_path):
     assert len(manifest["inputs"]) == 10 and all(len(i["sha256"]) == 64 for i in manifest["inputs"])
     assert manifest["runs"][-1]["status"] == "completed" and manifest["version"]
     audit = [json.loads(x) for x in (case / "audit.jsonl").read_text().splitlines()]
-    assert [a["event"] for a in audit] == ["match-start", "match-completed"]
+    assert [a["event"] for a in audit] == ["match-start", *["match-checkpoint"] * 10, "match-completed"]
+    # each checkpoint records results.jsonl as it stood, growing image by image
+    sizes = [a["files"]["results.jsonl"]["size"] for a in audit[1:-1]]
+    assert sizes == sorted(sizes) and sizes[-1] == (case / "results.jsonl").stat().st_size
     assert audit[1]["prev_hash"] == audit[0]["hash"] and audit[0]["examiner"] == "A. Examiner"
     assert list((case / "artifacts").glob("*/surface-*.npy")) and list((case / "artifacts").glob("*/residual.png"))
     first = _csv(case)
@@ -203,6 +206,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(db, synth_case, tmp_path)
     assert f"{kept} already done" in res.stderr
     same_results(_csv(part), full)
     events = [json.loads(x)["event"] for x in (part / "audit.jsonl").read_text().splitlines()]
+    events = [e for e in events if e != "match-checkpoint"]
     assert events == ["match-start", "match-interrupted", "match-start", "match-completed"]
 
 

@@ -110,7 +110,7 @@ def test_run_records_every_path_duplicates_and_the_head(done_case, evidence):
     assert [d["path"] for d in dup["paths"]] == same
     assert all(len(d["rows"]) == 2 for d in dup["paths"])
     audit = [json.loads(x) for x in (case / "audit.jsonl").read_text().splitlines()]
-    assert [a["event"] for a in audit] == ["match-start", "match-completed"]
+    assert [a["event"] for a in audit if a["event"] != "match-checkpoint"] == ["match-start", "match-completed"]
     assert audit[-1]["hash"] == summary.head
     files = audit[-1]["files"]
     assert {"results.jsonl", "results.csv", "errors.jsonl", "manifest.json"} <= set(files)
@@ -424,9 +424,10 @@ def test_killed_at_every_write_step_resumes_to_the_same_case(evidence, db, tmp_p
                     with open(path, "ab") as f:
                         f.write(data[: max(1, len(data) // 2)])
                     raise Killed
-                real_append(self, path, lines)
+                written = real_append(self, path, lines)
                 if calls["n"] == k:
                     raise Killed
+                return written
 
             def write(self, path, data, torn=torn):
                 calls["n"] += 1
@@ -495,3 +496,182 @@ def test_no_import_cycle_under_cli_and_the_workflow_is_library():
     for name in ("casework.py", "casefile.py", "jobs.py", "batch.py"):
         text = (root / name).read_text()
         assert "import typer" not in text and "from rich" not in text and "from .cli" not in text, name
+
+
+def _rechain(case: Path, edit) -> None:
+    """Apply ``edit`` to the audit entries, then recompute every entry's hash and link (a forger's work)."""
+    from spncli.casefile import GENESIS, _entry_hash
+
+    entries = [json.loads(x) for x in (case / "audit.jsonl").read_text().splitlines()]
+    entries = edit(entries)
+    prev = GENESIS
+    for i, e in enumerate(entries):
+        e["seq"], e["prev_hash"] = i, prev
+        e["hash"] = _entry_hash(e)
+        prev = e["hash"]
+    (case / "audit.jsonl").write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+
+
+def _forged_row(case: Path) -> dict:
+    row = json.loads((case / "results.jsonl").read_text().splitlines()[0])
+    return row | {"camera": "CAM-B", "pce": 5000.0, "decision": "consistent", "p_fa": 0.0}
+
+
+def test_rows_a_killed_run_left_past_its_last_checkpoint_are_never_adopted(done_case, evidence, db, tmp_path):
+    """A forged row appended after a kill (past what the last checkpoint records) is dropped by the resume, and
+    its image scored again: the case ends as the uninterrupted one."""
+    case = _copy(done_case, tmp_path)
+    c = Case(case)
+    with c.lock():
+        c.audit("match-start", evidence=[str(evidence)])  # a run that was killed before its first commit
+    with open(case / "results.jsonl", "a") as f:
+        f.write(json.dumps(_forged_row(case)) + "\n")
+    assert not c.verify().ok  # a killed run is never a finished case
+    notices = []
+    summary = _run(evidence, case, db, on_notice=notices.append)
+    assert any("dropped 1 row(s) of a killed run" in n for n in notices), notices
+    same_results((case / "results.csv").read_bytes(), (done_case[0] / "results.csv").read_bytes())
+    assert all(r["pce"] != 5000.0 for r in Case(case).rows())
+    assert Case(case).verify(head=summary.head).ok
+
+
+def test_checkpoints_record_each_committed_image_and_verify_checks_them(done_case, evidence, db, tmp_path):
+    """Checkpoints record results.jsonl and the pictures as each image is committed; a picture a checkpoint
+    recorded that is changed after a kill is caught, and a checkpoint outside a run is named."""
+    entries = [json.loads(x) for x in (done_case[0] / "audit.jsonl").read_text().splitlines()]
+    checkpoints = [e for e in entries if e["event"] == "match-checkpoint"]
+    assert len(checkpoints) == done_case[1].scored
+    pictures = {rel for e in checkpoints for rel in e["files"] if rel.startswith("artifacts/")}
+    assert pictures == {rel for rel in entries[-1]["files"] if rel.startswith("artifacts/")}
+    assert all("version" not in e for e in checkpoints)  # light entries: the start entry has the versions
+    # killed run with a recorded picture altered
+    case = _copy(done_case, tmp_path)
+    _rechain(case, lambda es: es[:-1])  # as if killed before its end entry
+    victim = sorted(pictures)[0]
+    (case / victim).write_bytes(b"tampered")
+    problems = Case(case).verify().problems
+    assert any(p.startswith(f"{victim}: changed since audit entry") for p in problems), problems
+    with pytest.raises(CaseError, match="changed since"):
+        _run(evidence, case, db)
+    # a forged checkpoint after the run ended
+    case = _copy(done_case, tmp_path / "b")
+
+    def forge(es):
+        return es + [dict(es[1], event="match-checkpoint")]
+
+    _rechain(case, forge)
+    assert any("a checkpoint outside a run" in p for p in Case(case).verify().problems)
+
+
+def test_audit_entries_after_the_noted_head_cannot_re_record_case_files(done_case, tmp_path):
+    """A forged report entry after the noted head that re-records results.jsonl is caught, as is a row changed
+    after the head (not only noted)."""
+    import hashlib
+
+    case = _copy(done_case, tmp_path)
+    head = done_case[1].head
+    lines = (case / "results.jsonl").read_text().splitlines()
+    row = json.loads(lines[0])
+    lines[0] = json.dumps(row | {"pce": 812.5, "decision": "consistent"})
+    data = ("\n".join(lines) + "\n").encode()
+    (case / "results.jsonl").write_bytes(data)
+
+    def forge(es):
+        files = {"results.jsonl": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}}
+        return es + [{"event": "report", "utc": es[-1]["utc"], "report_files": files}]
+
+    _rechain(case, forge)
+    new_head = json.loads((case / "audit.jsonl").read_text().splitlines()[-2])["hash"]
+    assert new_head == head  # the forger left the noted head in place
+    v = Case(case).verify(head=head)
+    assert any("which a report never writes" in p for p in v.problems), v.problems
+    assert any(p.startswith("results.jsonl: changed after the noted head") for p in v.problems), v.problems
+
+
+def test_rows_that_do_not_follow_from_their_scores_are_caught(done_case, tmp_path):
+    case = _copy(done_case, tmp_path)
+    with open(case / "results.jsonl", "a") as f:
+        f.write(json.dumps(_forged_row(case) | {"image": "/elsewhere/../" + _forged_row(case)["image"].lstrip("/"),
+                                                "pce": 2.1}) + "\n")
+    from spncli.casefile import row_problems
+
+    problems = row_problems(Case(case).rows())
+    assert any("says 'consistent' at PCE 2.1" in p for p in problems), problems
+    assert any("gives p_fa 0" in p for p in problems), problems
+    assert any("2 rows for" in p for p in problems), problems  # the same image spelled with "..": one key
+    assert not row_problems(Case(done_case[0]).rows())  # the tool's own rows follow from their scores
+
+
+def test_case_files_of_the_wrong_shape_are_one_problem_each_not_a_crash(done_case, tmp_path):
+    case = _copy(done_case, tmp_path)
+    _rechain(case, lambda es: [{k: v for k, v in e.items() if k != "utc"} if i == 1 else e
+                               for i, e in enumerate(es)])  # fmt: skip
+    assert any("malformed (an event and a UTC time expected)" in p for p in Case(case).verify().problems)
+    case = _copy(done_case, tmp_path / "b")
+    _rechain(case, lambda es: es[:-1] + [dict(es[-1], files="x")])
+    assert any("malformed files" in p for p in Case(case).verify().problems)
+    for bad in ("[1, 2]", "5", '{"image": 3}'):
+        case = _copy(done_case, tmp_path / f"c{len(bad)}")
+        with open(case / "results.jsonl", "a") as f:
+            f.write(bad + "\n")
+        assert any("results.jsonl line" in p for p in Case(case).verify().problems)
+    case = _copy(done_case, tmp_path / "d")
+    (case / "manifest.json").write_text('{"inputs": ["x", {"path": null}]}')
+    problems = Case(case).verify().problems
+    assert any("manifest.json: input 0 is not an input record" in p for p in problems), problems
+
+
+def test_evidence_changed_or_made_a_fifo_is_caught_without_hanging(evidence, db, tmp_path):
+    ev = tmp_path / "ev"
+    shutil.copytree(evidence, ev)
+    case = tmp_path / "case"
+    _run(ev, case, db)
+    manifest = json.loads((case / "manifest.json").read_text())
+    broken = next(i for i in manifest["inputs"] if i["path"].endswith("broken.jpg"))
+    assert broken["status"] == "error" and len(broken["sha256"]) == 64  # a failed input is hashed too
+    (ev / "broken.jpg").write_bytes(b"something else")
+    (ev / "CAM-A_1.jpg").unlink()
+    os.mkfifo(ev / "CAM-A_1.jpg")
+    problems = Case(case).verify().problems  # returns: the FIFO is never opened for reading
+    assert any(p.startswith(f"{ev / 'broken.jpg'}: changed") for p in problems), problems
+    assert any(p.startswith(f"{ev / 'CAM-A_1.jpg'}: not a regular file") for p in problems), problems
+    with pytest.raises(CaseError, match="the evidence changed since the case scored it"):
+        _run(ev, case, db)
+
+
+def test_a_file_the_case_scored_with_other_bytes_is_refused_not_scored_twice(evidence, db, tmp_path):
+    """After a kill (so that the manifest does not list it yet), an image whose bytes changed is an error,
+    not a second set of rows."""
+    ev = tmp_path / "ev"
+    shutil.copytree(evidence, ev)
+    case = tmp_path / "case"
+    _run(ev, case, db)
+    _rechain(case, lambda es: es[:-1])  # killed before its end entry: its rows stand on the checkpoints
+    (case / "manifest.json").write_text("{}")  # regenerated at a run's end: free after a kill
+    img = ev / "CAM-B_0.jpg"
+    img.write_bytes(img.read_bytes()[:-2] + b"\x00\xff\xd9")
+    summary = _run(ev, case, db)
+    errors = {Path(e["file"]).name: e["reason"] for e in Case(case).error_rows()}
+    assert errors["CAM-B_0.jpg"].startswith("changed since the case scored it") and summary.errors == 2
+    rows = [r for r in Case(case).rows() if r["image"] == str(img)]
+    assert len(rows) == 2  # its first rows only
+
+
+def test_report_describes_only_the_fingerprints_the_case_scored(evidence, db, synth_case, tmp_path):
+    from spncli.report import build_report
+
+    own = tmp_path / "db" / "cams.h5"
+    own.parent.mkdir()
+    store = FingerprintStore(own)
+    for cam in FingerprintStore(db).cameras():
+        fp = FingerprintStore(db).load(cam)
+        store.add(cam, fp.k, fp.meta)
+    matcher = Matcher((store.load(n) for n in store.cameras()), MatchSettings())
+    case = tmp_path / "case"
+    run_case([evidence], case, matcher, db=own, db_sha=store.file_sha256(), cluster=False, handle_signals=False)
+    assert "changed since the case was scored" not in build_report(case)
+    other = store.load("CAM-B")
+    store.add("CAM-A", other.k, other.meta, replace=True)  # another camera's fingerprint under the name
+    page = build_report(case)
+    assert "The fingerprint database changed since the case was scored" in page
+    assert "is not the one the case scored" in page

@@ -14,6 +14,7 @@ import typer
 from ..casefile import Case, CaseError
 from ..provenance import OutputInsideEvidence, atomic_write_bytes, check_output_location
 from ..report import build_report
+from ..store import FingerprintStore, StoreError
 from ._app import app
 from ._common import EXIT_SOME_FAILED, die, err, fail_line
 
@@ -90,6 +91,7 @@ def report(
             given = [p for e in case.audit_entries()[0] if str(e.get("event", "")).endswith("-start")
                      for p in e.get("evidence", [])]  # fmt: skip
             _check_target(folder, target, (case.read_manifest() or {}).get("evidence", []) + given)
+            _warn_database_changed(case.read_manifest() or {})
             page = build_report(folder, problems=v.problems, head=v.head).encode()
             atomic_write_bytes(target, page)
             written = {target: page}
@@ -110,6 +112,22 @@ def report(
             )
     except CaseError as exc:
         die(str(exc), EXIT_SOME_FAILED)
+
+
+def _warn_database_changed(manifest: dict) -> None:
+    """One warning line when the fingerprint database is not the one the case recorded (the report says so too)."""
+    database, recorded = manifest.get("database"), manifest.get("database_sha256")
+    if not database or not recorded:
+        return
+    try:
+        now = FingerprintStore(database).file_sha256()
+    except (StoreError, OSError) as exc:
+        err.print(f"warning: {database}: the fingerprint database cannot be read ({exc}); the report's fingerprint "
+                  "section says so")  # fmt: skip
+        return
+    if now != recorded:
+        err.print(f"warning: {database}: the fingerprint database changed since the case was scored (SHA-256 now "
+                  f"{now}, recorded {recorded}); the report describes only the fingerprints still the ones scored")
 
 
 def _print_pdf(html: Path) -> bytes:
