@@ -129,6 +129,11 @@ def unsupported_reason(fmt: str) -> str:
     )
 
 
+def unreadable_folder_reason(exc: OSError) -> str:
+    """Why a folder's files were not walked (it cannot be listed)."""
+    return f"folder that cannot be read ({exc.strerror or exc}): nothing in it was walked"
+
+
 def not_regular_reason(mode: int) -> str:
     """The one-line reason for a non-regular file (from its ``st_mode``)."""
     kinds = (
@@ -230,6 +235,11 @@ def _open_regular(path: str | os.PathLike, max_bytes: int | None = None) -> tupl
             raise FileNotFoundError(path)
         raise EvidenceError(path, LINK_REFUSED)
     if stat.S_ISDIR(st.st_mode):
+        try:
+            with os.scandir(path):
+                pass
+        except OSError as exc:  # walked folders that cannot be listed are reported by this line
+            raise EvidenceError(path, unreadable_folder_reason(exc)) from None
         raise EvidenceError(path, "is a directory, not an image file")
     if not stat.S_ISREG(st.st_mode):
         raise EvidenceError(path, not_regular_reason(st.st_mode))
@@ -260,19 +270,47 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _tiff_size(data: bytes) -> tuple[int, int]:
+def _tiff_tags(data: bytes) -> dict[int, int]:
+    """ImageWidth (256), ImageLength (257) and Orientation (274) of a TIFF's first directory (the one decoded)."""
     endian = "<" if data[:2] == b"II" else ">"
     (ifd,) = struct.unpack_from(endian + "I", data, 4)
     (count,) = struct.unpack_from(endian + "H", data, ifd)
-    dims = {}
+    tags = {}
     for i in range(count):
         tag, typ, _n, value = struct.unpack_from(endian + "HHI4s", data, ifd + 2 + 12 * i)
-        if tag in (256, 257):
+        if tag in (256, 257, 274):
             fmt = "H" if typ == 3 else "I"
-            dims[tag] = struct.unpack_from(endian + fmt, value)[0]
+            tags[tag] = struct.unpack_from(endian + fmt, value)[0]
+    return tags
+
+
+def _tiff_size(data: bytes) -> tuple[int, int]:
+    dims = _tiff_tags(data)
     if 256 not in dims or 257 not in dims:
         raise ValueError("TIFF without ImageWidth/ImageLength")
     return dims[257], dims[256]
+
+
+_UNDO_ORIENTATION = {
+    1: lambda x: x,
+    2: lambda x: x[:, ::-1],
+    3: lambda x: x[::-1, ::-1],
+    4: lambda x: x[::-1],
+    5: lambda x: np.swapaxes(x, 0, 1),
+    6: lambda x: np.rot90(x, 1),
+    7: lambda x: np.swapaxes(x, 0, 1)[::-1, ::-1],
+    8: lambda x: np.rot90(x, -1),
+}
+"""The inverse of each TIFF/EXIF orientation's display transform: OpenCV's TIFF decoder applies the
+orientation whatever ``IMREAD_IGNORE_ORIENTATION`` says, so it is undone (tested for all eight)."""
+
+
+def _sensor_orientation_tiff(img: np.ndarray, data: bytes, path: str) -> np.ndarray:
+    """A decoded TIFF back in the order its samples are stored (sensor orientation)."""
+    orientation = _tiff_tags(data).get(274, 1)
+    if orientation not in _UNDO_ORIENTATION:
+        raise EvidenceError(path, f"TIFF orientation {orientation} is not one of 1..8")
+    return np.ascontiguousarray(_UNDO_ORIENTATION[orientation](img))
 
 
 def _webp_size(data: bytes) -> tuple[int, int]:
@@ -513,6 +551,8 @@ def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> E
         img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None or img.size == 0:
         raise EvidenceError(path, f"{fmt.upper()} data could not be decoded (corrupt or unsupported)")
+    if fmt == "tiff":
+        img = _sensor_orientation_tiff(img, data, path)
     if img.shape[:2] != (rows, cols):
         raise EvidenceError(path, f"decoded size {img.shape[1]}x{img.shape[0]} differs from the header's {cols}x{rows}")
     if img.ndim == 2:

@@ -9,6 +9,7 @@ caller) decides how to show them.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import stat
 import statistics
@@ -30,6 +31,7 @@ from .evidence import (
     image_format,
     load_image,
     not_regular_reason,
+    unreadable_folder_reason,
     unsupported_reason,
 )
 from .fingerprint import FingerprintAccumulator
@@ -85,6 +87,14 @@ def _head_reason(path: Path) -> tuple[bool, str | None]:
     return path.suffix.lower() in IMAGE_SUFFIXES | UNSUPPORTED_SUFFIXES, None
 
 
+def _resolved(path: Path) -> Path | None:
+    """The path with every link resolved; None for a link loop."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # "Symlink loop from ..." (RuntimeError before Python 3.13)
+        return None
+
+
 def _entry(f: Path, root: Path, seen: set[Path], residuals: bool = False) -> tuple[Path, str | None] | None:
     """Classify one walked entry without opening anything but regular files; None: not evidence here."""
     try:
@@ -92,7 +102,9 @@ def _entry(f: Path, root: Path, seen: set[Path], residuals: bool = False) -> tup
     except OSError as exc:
         return f, f"cannot read: {exc.strerror or exc}"
     if stat.S_ISLNK(st.st_mode):
-        real = f.resolve()
+        real = _resolved(f)
+        if real is None or not os.path.exists(f):
+            return f, "symbolic link whose target does not exist (dangling, or a loop): not followed"
         if not real.is_relative_to(root):
             return f, LINK_REFUSED
         return None  # a link inside the folder: its target is walked under its own name
@@ -153,20 +165,29 @@ def walk_inputs(
             yield p, None if stat.S_ISREG(mode) else not_regular_reason(mode)
             continue
         root = p.resolve()
-        for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
+        unreadable: list[OSError] = []  # folders os.walk cannot list: each reported, never skipped in silence
+        for dirpath, dirnames, filenames in os.walk(p, followlinks=False, onerror=unreadable.append):
+            while unreadable:
+                exc = unreadable.pop(0)
+                yield Path(exc.filename), unreadable_folder_reason(exc)
             dirnames.sort()
             for name in [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
                 dirnames.remove(name)  # never descended into; a link out of the folder is reported
-                if not (Path(dirpath) / name).resolve().is_relative_to(root):
+                real = _resolved(Path(dirpath) / name)
+                if real is None:
+                    yield Path(dirpath) / name, "symbolic link loop: not followed"
+                elif not real.is_relative_to(root):
                     yield Path(dirpath) / name, LINK_REFUSED
             for name in sorted(filenames):
                 f = Path(dirpath) / name
                 entry = _entry(f, root, seen, residuals)
                 if entry is not None:
                     yield entry
-                elif not f.is_symlink() and f.is_file() and f.resolve() not in seen:
+                elif not f.is_symlink() and f.is_file() and _resolved(f) not in seen:
                     if not (residuals and f.suffix.lower() == ".json" and f.with_suffix(".npy").is_file()):
                         on_other(f)
+        for exc in unreadable:
+            yield Path(exc.filename), unreadable_folder_reason(exc)
 
 
 def gather_inputs(
@@ -472,6 +493,8 @@ class MatchSettings:
     def __post_init__(self):
         if self.residual not in RESIDUAL_KINDS:
             raise ValueError(f"residual kind {self.residual!r} is not one of {', '.join(RESIDUAL_KINDS)}")
+        if not (math.isfinite(self.threshold) and self.threshold > 0):  # at or below 0 every camera would match
+            raise ValueError(f"threshold must be a finite PCE > 0, got {self.threshold}")
 
     def as_dict(self) -> dict:
         return {

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import hashlib
 import itertools
@@ -508,46 +509,71 @@ class FingerprintStore:
         """
         self._check_not_link()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._writers_lock():
+            # temporaries exist only while a writer holds the lock: any now are from a killed writer
+            for stale in self.path.parent.glob(f".{self.path.name}.*.tmp.h5"):
+                stale.unlink(missing_ok=True)
+            marker = self.folder / ".writing"
+            killed = marker.exists() and not self.folder.is_symlink()
+            if not self.folder.is_symlink():
+                self.folder.mkdir(exist_ok=True)
+                marker.touch()
+            committed = 0
+            with atomic_path(self.path, suffix=".h5") as tmp:
+                with h5py.File(tmp, "w", locking=False) as new:
+                    new.attrs["format"] = FORMAT
+                    if self.path.exists():
+                        with self._open_read() as old:
+                            committed = int(old.attrs.get("prescreen_bytes", 0))
+                            if "cameras" in old:
+                                h5py.h5o.copy(old.id, b"cameras", new.id, b"cameras")
+                    cams = new.require_group("cameras")
+                    new.attrs["prescreen_bytes"] = committed
+                    held = {name for name in drop if name in cams}
+                    for name in held:
+                        del cams[name]
+                    yield new, held
+                    keep = None
+                    if drop or killed:
+                        links = cams.id.links
+                        keep = {
+                            links.get_val(n.encode())[0].decode("utf-8", "replace").rpartition("/")[2]
+                            for n in cams.keys()
+                            if links.get_info(n.encode()).type == h5py.h5l.TYPE_EXTERNAL
+                        }
+            if keep is not None:
+                self._collect(keep)
+            marker.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _writers_lock(self):
+        """Hold the writers' exclusive ``flock`` on ``<db>.lock`` for the block.
+
+        The lock file is opened without following a link and without blocking, and must be a regular file
+        with one name: a FIFO put in its place cannot hang a writer, a link cannot make one create or lock
+        a file elsewhere.
+        """
         lock_path = self.path.with_name(self.path.name + ".lock")
-        with open(lock_path, "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(lock_path, flags, 0o644)
+        except OSError as exc:
+            why = "a symbolic link" if exc.errno == errno.ELOOP else "not openable as a file"
+            raise StoreError(f"{lock_path}: the database's lock file is {why} ({exc.strerror}); nothing was "
+                             "written") from None  # fmt: skip
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+                raise StoreError(f"{lock_path}: the database's lock file is not a regular file with one name; "
+                                 "nothing was written")  # fmt: skip
+            os.set_blocking(fd, True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                # temporaries exist only while a writer holds the lock: any now are from a killed writer
-                for stale in self.path.parent.glob(f".{self.path.name}.*.tmp.h5"):
-                    stale.unlink(missing_ok=True)
-                marker = self.folder / ".writing"
-                killed = marker.exists() and not self.folder.is_symlink()
-                if not self.folder.is_symlink():
-                    self.folder.mkdir(exist_ok=True)
-                    marker.touch()
-                committed = 0
-                with atomic_path(self.path, suffix=".h5") as tmp:
-                    with h5py.File(tmp, "w", locking=False) as new:
-                        new.attrs["format"] = FORMAT
-                        if self.path.exists():
-                            with self._open_read() as old:
-                                committed = int(old.attrs.get("prescreen_bytes", 0))
-                                if "cameras" in old:
-                                    h5py.h5o.copy(old.id, b"cameras", new.id, b"cameras")
-                        cams = new.require_group("cameras")
-                        new.attrs["prescreen_bytes"] = committed
-                        held = {name for name in drop if name in cams}
-                        for name in held:
-                            del cams[name]
-                        yield new, held
-                        keep = None
-                        if drop or killed:
-                            links = cams.id.links
-                            keep = {
-                                links.get_val(n.encode())[0].decode("utf-8", "replace").rpartition("/")[2]
-                                for n in cams.keys()
-                                if links.get_info(n.encode()).type == h5py.h5l.TYPE_EXTERNAL
-                            }
-                if keep is not None:
-                    self._collect(keep)
-                marker.unlink(missing_ok=True)
+                yield
             finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def _writing(self, drop=frozenset()):
@@ -663,26 +689,21 @@ class FingerprintStore:
         doc = dict(doc, format=CALIBRATION_FORMAT)
         doc["seal"] = calibration_seal(doc)
         data = (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
-        lock_path = self.path.with_name(self.path.name + ".lock")
         try:
             self.folder.mkdir(exist_ok=True)
             problem = self.calibration_target_problem()
             if problem:
                 raise StoreError(f"{self.calibration_path}: {problem}; nothing was stored")
-            with open(lock_path, "a") as lock:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-                try:
-                    for stale in self.folder.glob(f".{CALIBRATION_FILE}.*.tmp"):  # a killed writer's
-                        stale.unlink(missing_ok=True)
-                    with atomic_path(self.calibration_path) as tmp:
-                        tmp.write_bytes(data)
-                    folder = os.open(self.folder, os.O_RDONLY)
-                    try:  # the new name is durable
-                        os.fsync(folder)
-                    finally:
-                        os.close(folder)
+            with self._writers_lock():
+                for stale in self.folder.glob(f".{CALIBRATION_FILE}.*.tmp"):  # a killed writer's
+                    stale.unlink(missing_ok=True)
+                with atomic_path(self.calibration_path) as tmp:
+                    tmp.write_bytes(data)
+                folder = os.open(self.folder, os.O_RDONLY)
+                try:  # the new name is durable
+                    os.fsync(folder)
                 finally:
-                    fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+                    os.close(folder)
         except OSError as exc:
             raise StoreError(
                 f"{self.calibration_path}: cannot write the calibration ({exc.strerror or exc}); "

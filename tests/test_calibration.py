@@ -320,3 +320,15 @@ def test_calibration_path_that_cannot_be_written_is_refused_before_measuring(lab
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {cal}: ") and "nothing was measured" in lines[0], lines
     assert target.read_bytes() == lab["root"].joinpath("db.h5.d", "calibration.json").read_bytes()
+
+
+def test_calibration_is_never_written_inside_the_background_evidence(lab, runner, tmp_path):
+    """The calibration goes to <db>.d beside the database: a database inside a background folder is refused
+    before anything is measured (it wrote into the evidence folder)."""
+    folder = tmp_path / "evidence"
+    db = _copy_db(lab, folder)
+    shutil.copy(lab["background"][0], folder / "probe.jpg")
+    before = (folder / "db.h5.d" / "calibration.json").read_bytes()
+    res = runner.invoke(app, ["calibrate", "--db", str(db), str(folder), "--qualities", "none", "--replace"])
+    assert res.exit_code == 2 and "inside the evidence folder" in res.output and "scored" not in res.output
+    assert (folder / "db.h5.d" / "calibration.json").read_bytes() == before

@@ -574,3 +574,64 @@ def test_unsealed_fingerprints_of_older_databases_are_not_used(tmp_path):
     assert store.load("new").meta == {"camera": "new"}
     with pytest.raises(StoreError, match="no seal"):
         store.load("old")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_tiff_pixels_stay_in_sensor_orientation_whatever_the_tag(orientation, tmp_path):
+    """OpenCV's TIFF decoder applies the orientation tag despite IMREAD_IGNORE_ORIENTATION: undone, so the
+    pixels are the file's samples in stored order (8-bit RGB and 16-bit grey, non-square)."""
+    import io
+
+    from PIL import Image
+
+    from spncli.evidence import decode
+
+    rng = np.random.default_rng(orientation)
+    rgb = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    grey = rng.integers(0, 65536, (64, 80), dtype=np.uint16)
+    for samples, want in ((rgb, rgb.astype(np.float32)), (grey, grey[:, :, None].astype(np.float32) * (255 / 65535))):
+        exif = Image.Exif()
+        exif[274] = orientation
+        buf = io.BytesIO()
+        Image.fromarray(samples).save(buf, format="TIFF", exif=exif.tobytes())
+        ev = decode(buf.getvalue(), f"o{orientation}.tif", max_pixels=10**6)
+        assert ev.shape == (64, 80) and ev.exif.get("orientation") == orientation
+        np.testing.assert_allclose(ev.pixels, want, rtol=1e-6)
+
+
+def test_link_loops_dangling_links_and_unreadable_folders_are_each_one_line(tmp_path, monkeypatch):
+    """A link loop used to crash the walk (RuntimeError from Path.resolve); a dangling link and a folder that
+    cannot be listed were skipped in silence. Each is now yielded with its reason, and the reader says why."""
+    ev = tmp_path / "ev"
+    (ev / "loop").mkdir(parents=True)
+    os.symlink("loopA", ev / "loop" / "loopB")
+    os.symlink("loopB", ev / "loop" / "loopA")
+    os.symlink("self.jpg", ev / "self.jpg")
+    os.symlink("missing.jpg", ev / "dangle.jpg")
+    locked = ev / "locked"
+    locked.mkdir()
+    real_scandir, real_walk = os.scandir, os.walk
+
+    def scandir(path="."):
+        if Path(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    def walk(top, topdown=True, onerror=None, followlinks=False):  # root reads every folder: simulate one it cannot
+        for dirpath, dirnames, filenames in real_walk(top, topdown, onerror, followlinks):
+            if "locked" in dirnames:
+                dirnames.remove("locked")
+                if onerror:
+                    onerror(PermissionError(errno.EACCES, "Permission denied", str(locked)))
+            yield dirpath, dirnames, filenames
+
+    monkeypatch.setattr(os, "walk", walk)
+    found = {p.relative_to(ev).as_posix(): reason for p, reason in walk_inputs([ev])}
+    assert "does not exist" in found["dangle.jpg"] and "does not exist" in found["self.jpg"]
+    assert "loop" in found["loop/loopA"] and "loop" in found["loop/loopB"]
+    assert found["locked"].startswith("folder that cannot be read (Permission denied)")
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(EvidenceError, match="folder that cannot be read"):
+        read_bytes(locked)
+    with pytest.raises(EvidenceError, match="no such file"):
+        read_bytes(ev / "self.jpg")

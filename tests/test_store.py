@@ -153,3 +153,30 @@ def test_a_killed_writers_files_are_collected_by_the_next(tmp_path):
     store.add("d", _k(3), {})
     assert not orphan.exists() and not (store.folder / ".writing").exists()
     assert store.cameras() == ["a", "c", "d"] and all(store.load(n).camera == n for n in "acd")
+
+
+def test_a_fifo_or_a_link_at_the_writers_lock_is_refused_not_followed(tmp_path):
+    """``<db>.lock`` was opened with open(..., "a"): a FIFO there hung every writer, a link made one create a
+    file outside the database's folder."""
+    import os
+
+    import numpy as np
+    import pytest
+
+    from spncli.store import FingerprintStore, StoreError
+
+    db = tmp_path / "db" / "cams.h5"
+    store = FingerprintStore(db)
+    k = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    store.add("a", k, {"synthetic": True})
+    lock = db.with_name(db.name + ".lock")
+    lock.unlink()
+    os.mkfifo(lock)
+    with pytest.raises(StoreError, match="lock file is not a regular file"):
+        store.add("b", k, {"synthetic": True})
+    lock.unlink()
+    outside = tmp_path / "outside"
+    os.symlink(outside, lock)
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.remove("a")
+    assert not outside.exists() and store.cameras() == ["a"]

@@ -20,6 +20,7 @@ from ..calibration import (
     summary_rows,
 )
 from ..identify import MatchSettings
+from ..provenance import OutputInsideEvidence, check_output_location
 from ..residual import ResidualParams
 from ..store import FingerprintStore, StoreError
 from ._app import State, app
@@ -88,7 +89,9 @@ def calibrate(
     max_shift: Annotated[int, typer.Option(min=0, help="Peak search +-N pixels, as spn match will use it.")] = 0,
     rotations: Annotated[bool, typer.Option(help="Try 90/270-degree rotations, as spn match will.")] = True,
     threshold: Annotated[
-        float, typer.Option(help="Decision threshold the tails are summarized at.", callback=finite("--threshold"))
+        float,
+        typer.Option(help="Decision threshold the tails are summarized at.",
+                     callback=finite("--threshold", positive=True)),  # fmt: skip
     ] = 60.0,
     show: Annotated[bool, typer.Option("--show", help="Print the stored calibration; measure nothing.")] = False,
     replace: Annotated[
@@ -151,6 +154,10 @@ def calibrate(
     if stored:
         die(f"{db}: a calibration is stored already ({store.calibration_path}); use --replace to measure a new one "
             "(spn calibrate --db DB --show prints it)")  # fmt: skip
+    try:  # the calibration is written beside the database: never inside the evidence it measures
+        check_output_location(store.calibration_path, [*(background or []), *([labels] if labels else [])])
+    except OutputInsideEvidence as exc:
+        die(str(exc))
     settings = MatchSettings(threshold=threshold, crop=crop_option(crop), max_shift=max_shift, rotations=rotations,
                              params=ResidualParams())  # fmt: skip
     failed = 0

@@ -102,7 +102,8 @@ def leaks(
     ] = False,
     threshold: Annotated[
         float,
-        typer.Option(help="PCE above which --check-unscreened flags a pair (finite).", callback=finite("--threshold")),
+        typer.Option(help="PCE above which --check-unscreened flags a pair (finite, > 0).",
+                     callback=finite("--threshold", positive=True)),  # fmt: skip
     ] = 60.0,
 ):
     """Leak flags of the database: camera pairs whose fingerprints correlate, and periodic artifacts.

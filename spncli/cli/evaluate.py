@@ -24,7 +24,7 @@ from ..provenance import (
 )
 from ..store import FingerprintStore, StoreError
 from ._app import State, app
-from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, render
+from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, finite, render
 from .restore import DeviceOption, ModelOption, TileOption, open_restorer
 
 
@@ -37,7 +37,9 @@ def evaluate(
     db: Annotated[Path, typer.Option("--db", help="HDF5 fingerprint database of the probes' cameras.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for eval.json, eval.csv, eval.png.")] = None,
     crop: Annotated[str | None, typer.Option(help="Centre crop of probes and fingerprints: N or HxW.")] = "1024",
-    threshold: Annotated[float, typer.Option(help="PCE decision threshold.")] = 60.0,
+    threshold: Annotated[
+        float, typer.Option(help="PCE decision threshold (finite, > 0).", callback=finite("--threshold", positive=True))
+    ] = 60.0,
     units: Annotated[
         str, typer.Option(help="Count matching pairs only for cameras whose id ends with this (e.g. _1).")
     ] = "",

@@ -107,7 +107,8 @@ def match(
     threshold: Annotated[
         float,
         typer.Option(
-            help="PCE above which an image is consistent with a camera (finite).", callback=finite("--threshold")
+            help="PCE above which an image is consistent with a camera (finite, > 0).",
+            callback=finite("--threshold", positive=True),
         ),
     ] = 60.0,
     crop: Annotated[str | None, typer.Option(help="Centre crop of images and fingerprints: N or HxW.")] = None,
