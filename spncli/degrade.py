@@ -80,6 +80,7 @@ def encode(pixels: np.ndarray, settings: DegradeSettings) -> bytes:
     return buf.tobytes()
 
 
-def output_name(stem: str, sha256: str, settings: DegradeSettings) -> str:
-    """``<stem>-<sha8>.<suffix>``: unique per source and settings."""
-    return f"{stem}-{sha256[:8]}.{settings.suffix}"
+def output_name(stem: str, settings: DegradeSettings) -> str:
+    """``<stem>.<suffix>`` for the output stem of a source (:func:`spncli.provenance.output_stem`): unique per
+    source and settings."""
+    return f"{stem}.{settings.suffix}"

@@ -17,11 +17,15 @@ geometry of the sensor pattern noise.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import stat
 import struct
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -186,6 +190,11 @@ class Evidence:
         ``make``, ``model``, ``serial``, ``orientation`` where present (the
         orientation is recorded, never applied); for HEIC also
         ``heif_transforms``, the container's display transforms (undone).
+    warnings : list of str
+        What the decoder reported while decoding (e.g. libjpeg's "Corrupt JPEG
+        data: premature end of data segment" for a file whose scan data is cut
+        or damaged: the missing part decodes grey). The image is still used;
+        every output records these and the command prints them.
     """
 
     path: str
@@ -198,6 +207,7 @@ class Evidence:
     jpeg: jpegtables.JpegStructure | None = None
     quality: jpegtables.QualityEstimate | None = None
     exif: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -218,6 +228,7 @@ class Evidence:
             "jpeg_quality": None if q is None else q.quality,
             "jpeg_quality_exact": None if q is None else q.exact,
             "exif": self.exif,
+            "decoder_warnings": list(self.warnings),
         }
 
 
@@ -516,6 +527,50 @@ def _check_size(path, size: int, limit: int) -> None:
         raise EvidenceError(path, f"{size:,} bytes exceeds the bound of {limit:,} bytes (--max-bytes)")
 
 
+_STDERR = threading.Lock()
+
+
+@contextlib.contextmanager
+def decoder_messages():
+    """The lines the image libraries print on the process's standard error while the block runs.
+
+    libjpeg reports damaged scan data ("Corrupt JPEG data: premature end of
+    data segment", "... bad Huffman code") only as such warnings, and OpenCV
+    passes them to ``stderr`` without the file's name. File descriptor 2 is
+    pointed at a temporary file for the block (a file, not a pipe: a flood of
+    warnings cannot block the decoder), one block at a time; lines that do not
+    come from a decoder (another thread's output) are written on afterwards.
+    """
+    lines: list[str] = []
+    with _STDERR, tempfile.TemporaryFile() as sink:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(1 << 20).decode("utf-8", "replace")
+            passed = []
+            for line in text.splitlines():
+                if line.startswith(_DECODER_PREFIXES):
+                    if line not in lines and len(lines) < 20:
+                        lines.append(line.strip())
+                elif line.strip():
+                    passed.append(line)
+            if passed:
+                os.write(2, ("\n".join(passed) + "\n").encode())
+
+
+_DECODER_PREFIXES = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters", "Warning:",
+                     "Inconsistent progression", "Bogus", "libpng warning", "libpng error", "TIFFRead",
+                     "TIFFFetch", "imread_", "Unsupported marker", "Not a JPEG file")  # fmt: skip
+"""Start of the lines libjpeg, libpng and libtiff print for damaged or unusual data."""
+
+
 def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Evidence:
     """Hash, sniff, bound and decode image bytes already in memory (``path`` labels errors).
 
@@ -548,7 +603,8 @@ def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> E
         if img.ndim == 3 and img.shape[2] in (3, 4):
             img = img[:, :, 2::-1]  # RGB(A) to OpenCV's BGR, alpha dropped
     else:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        with decoder_messages() as messages:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None or img.size == 0:
         raise EvidenceError(path, f"{fmt.upper()} data could not be decoded (corrupt or unsupported)")
     if fmt == "tiff":
@@ -583,4 +639,5 @@ def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> E
         jpeg=structure,
         quality=quality,
         exif=exif,
+        warnings=[] if fmt == "heic" else messages,
     )

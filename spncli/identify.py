@@ -416,6 +416,7 @@ def build_fingerprint(
         acc = TorchFingerprintAccumulator(params, devices.torch_device(resolved))
     sources, qualities, exif_seen = [], [], []
     first = None
+    used: dict[str, str] = {}  # SHA-256 -> the path that brought those bytes in
     for path in paths:
         try:
             ev = load_image(path, max_pixels=max_pixels, max_bytes=max_bytes)
@@ -423,6 +424,10 @@ def build_fingerprint(
         except EvidenceError as exc:
             on_error(exc.path, exc.reason)
             continue
+        if ev.sha256 in used:  # one picture counted twice would weigh its scene twice and inflate the count
+            on_warning(f"{path}: the same bytes as {used[ev.sha256]} (SHA-256 {ev.sha256}): used once")
+            continue
+        used[ev.sha256] = str(path)
         _check_source(ev, first, allow_mixed)
         first = first or ev
         acc.add(pixels, ev.saturation)
@@ -743,6 +748,7 @@ class Matcher:
                 "rows": int(w.shape[0]),
                 "cols": int(w.shape[1]),
                 "jpeg_quality": ev.quality.quality if ev.quality else None,
+                "decoder_warnings": list(ev.warnings),
                 "restored": restored,
                 "residual_kind": info["residual_kind"],
                 "wiener_applied": info["wiener_applied"],

@@ -25,7 +25,7 @@ from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, decode, load_image, rea
 from .identify import Matcher, cropped_pixels, residual_with_info
 from .jpegdomain import AwareSettings
 from .plots import detail_png, preview_png, thumbnail_jpeg
-from .provenance import atomic_write_bytes, atomic_write_json, atomic_write_npy, tool_info, utc_now
+from .provenance import atomic_write_bytes, atomic_write_json, atomic_write_npy, output_stem, tool_info, utc_now
 from .residualfile import is_residual_file, load_residual_file, match_saved
 from .residual import ResidualParams
 from .store import StoreError
@@ -131,6 +131,7 @@ class MatchJob:
             "surfaces": surfaces,
             "preview": preview,
             "thumbnail": thumbnail,
+            "warnings": ev.warnings,
         }
 
 
@@ -206,6 +207,7 @@ class ExtractJob:
     kind: str = "classic"
     aware: AwareSettings = AwareSettings()
     device: str = "cpu"
+    clashes: frozenset = frozenset()  # input names shared by several inputs (provenance.clashing_stems)
 
     def __call__(self, path: str) -> dict:
         try:
@@ -220,7 +222,7 @@ class ExtractJob:
         aware = info["residual_kind"] == "compression-aware"
         written = save_with_provenance(
             self.out,
-            f"{Path(path).stem}-{ev.sha256[:8]}.{'ca-residual' if aware else 'residual'}",
+            f"{output_stem(path, ev.sha256, self.clashes)}.{'ca-residual' if aware else 'residual'}",
             w,
             {
                 "kind": (
@@ -238,7 +240,8 @@ class ExtractJob:
             },
             self.preview,
         )
-        return {"path": path, "sha256": ev.sha256, "written": str(written), "residual_kind": info["residual_kind"]}
+        return {"path": path, "sha256": ev.sha256, "written": str(written), "residual_kind": info["residual_kind"],
+                "warnings": ev.warnings}  # fmt: skip
 
 
 @dataclass
@@ -254,6 +257,7 @@ class RestoreJob:
     precision: str = "auto"
     quality: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    clashes: frozenset = frozenset()  # input names shared by several inputs (provenance.clashing_stems)
 
     def __call__(self, path: str) -> dict:
         try:
@@ -273,7 +277,7 @@ class RestoreJob:
             return {"path": path, "error": str(exc)}
         written = save_with_provenance(
             self.out,
-            f"{Path(path).stem}-{ev.sha256[:8]}.restored",
+            f"{output_stem(path, ev.sha256, self.clashes)}.restored",
             restored,
             {
                 "kind": "restored sensor noise (quality-conditioned restoration network)",
@@ -292,4 +296,5 @@ class RestoreJob:
             "written": str(written),
             "quality": info["quality_used"],
             "device": info["device"],
+            "warnings": ev.warnings,
         }

@@ -8,6 +8,7 @@ earlier results whole and never a half-written file.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as _dt
 import errno
@@ -185,6 +186,61 @@ def check_output_location(output: str | os.PathLike, inputs) -> None:
                 f"{output}: output would be written inside the evidence {what} {folder}; "
                 "choose a path outside the evidence (evidence is read-only)"
             )
+
+
+def clashing_stems(paths) -> frozenset[str]:
+    """File names without suffix (case-folded) that more than one of ``paths`` has: :func:`output_stem` tells
+    their outputs apart by the path, so that none overwrites another's."""
+    counts = collections.Counter(Path(p).stem.casefold() for p in paths)
+    return frozenset(stem for stem, n in counts.items() if n > 1)
+
+
+def output_stem(path: str | os.PathLike, sha256: str, clashes: frozenset[str] = frozenset()) -> str:
+    """``NAME-SHA8``, the stem of an input's outputs; ``NAME-SHA8-PPPPPP`` (six hex digits of the SHA-256 of its
+    absolute path) when another input of the run has the same name (:func:`clashing_stems`): two files
+    ``a/x.jpg`` and ``b/x.JPG`` with the same bytes would otherwise write one output, named by the last."""
+    stem = Path(path).stem
+    name = f"{stem}-{sha256[:8]}"
+    if stem.casefold() in clashes:
+        name += "-" + hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:6]
+    return name
+
+
+def writable_folder(folder: str | os.PathLike) -> None:
+    """Create an output folder (and its parents) and check that a file can be written in it, before any work.
+
+    Raises
+    ------
+    ValueError
+        One line naming the folder: it exists and is not a folder, or it cannot be created or written.
+    """
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{folder}: exists and is not a folder; --out needs a folder (new or existing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".spn-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise ValueError(f"{folder}: cannot write there ({why}); choose a writable output folder") from None
+
+
+def writable_file(path: str | os.PathLike) -> None:
+    """Check, before any work, that an output file can be written at ``path`` (its folder is created).
+
+    Raises
+    ------
+    ValueError
+        One line naming the path: it is a folder, or its folder cannot be created or written.
+    """
+    if Path(path).is_dir():
+        raise ValueError(f"{path}: is a folder; give a file name")
+    try:
+        writable_folder(Path(path).parent)
+    except ValueError:
+        raise ValueError(f"{path}: its folder {Path(path).parent} cannot be written") from None
 
 
 def check_apart(output: str | os.PathLike, inputs) -> None:

@@ -60,6 +60,8 @@ class SavedResidual:
         SHA-256 of the ``.npy`` file.
     provenance : dict
         The JSON beside it.
+    provenance_sha256 : str
+        SHA-256 of that JSON's bytes (every match row records it: the row depends on it).
     """
 
     path: str
@@ -71,8 +73,16 @@ class SavedResidual:
     file_sha256: str
     provenance: dict = field(repr=False)
     size_bytes: int = 0
+    provenance_sha256: str | None = None
     quality: SavedQuality | None = None
     pixels: None = None  # no image: no thumbnail
+
+    @property
+    def warnings(self) -> list[str]:
+        """The decoder's warnings about the source image, as its provenance recorded them."""
+        source = self.provenance.get("input") if isinstance(self.provenance.get("input"), dict) else {}
+        found = source.get("decoder_warnings") or []
+        return [str(w) for w in found] if isinstance(found, list) else []
 
     def info(self) -> dict:
         """What a match row records about the residual (the Matcher's residual ``info``)."""
@@ -90,6 +100,7 @@ class SavedResidual:
             "restored": self.kind == "restored",
             "residual_file": self.path,
             "residual_file_sha256": self.file_sha256,
+            "residual_provenance_sha256": self.provenance_sha256,
             "residual_crop": list(self.crop) if self.crop else None,
         }
         if self.kind == "restored":
@@ -146,7 +157,8 @@ def load_residual_file(path) -> SavedResidual:
     side = Path(path).with_suffix(".json")
     how = "(spn extract and spn restore write it as STEM.json beside STEM.npy)"
     try:
-        prov = json.loads(read_bytes(side, max_bytes=_MAX_JSON).decode("utf-8"))
+        side_bytes = read_bytes(side, max_bytes=_MAX_JSON)
+        prov = json.loads(side_bytes.decode("utf-8"))
     except EvidenceError as exc:
         raise EvidenceError(path, f"no valid provenance {side.name} beside it: {exc.reason} {how}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -160,6 +172,12 @@ def load_residual_file(path) -> SavedResidual:
         problems.append("no SHA-256 of the source image (input.sha256)")
     if kind not in SAVED_KINDS:
         problems.append(f"residual kind {kind!r} is not one of {', '.join(SAVED_KINDS)}")
+    restoration = prov.get("restoration")
+    recorded = isinstance(restoration, dict) and isinstance(restoration.get("weights_sha256"), str)
+    if kind == "restored" and not recorded:
+        problems.append("residual kind 'restored' without the restoration record (weights SHA-256) spn restore writes")
+    if kind in ("classic", "compression-aware") and restoration is not None:
+        problems.append(f"residual kind {kind!r} with a restoration record (spn restore's residuals are 'restored')")
     if prov.get("array_sha256") != file_sha:
         problems.append("array_sha256 differs from the file's SHA-256 (changed since written, or another file's)")
     if (prov.get("files") or {}).get("array") not in (None, Path(path).name):
@@ -209,6 +227,7 @@ def load_residual_file(path) -> SavedResidual:
         file_sha256=file_sha,
         provenance=prov,
         size_bytes=len(data),
+        provenance_sha256=hashlib.sha256(side_bytes).hexdigest(),
         quality=SavedQuality(q if isinstance(q, int) and not isinstance(q, bool) else None),
     )
 

@@ -635,3 +635,90 @@ def test_link_loops_dangling_links_and_unreadable_folders_are_each_one_line(tmp_
         read_bytes(locked)
     with pytest.raises(EvidenceError, match="no such file"):
         read_bytes(ev / "self.jpg")
+
+
+def _dup_names(root: Path) -> list[Path]:
+    """a/x.jpg, b/x.jpg and b/x.JPG with the same bytes: one output name each before the fix."""
+    data = encode_jpeg(dead_leaves((96, 128), np.random.default_rng(4)), 90)
+    files = [root / "a" / "x.jpg", root / "b" / "x.jpg", root / "b" / "x.JPG"]
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(data)
+    return files
+
+
+def test_inputs_with_one_name_get_one_output_each(runner, tmp_path):
+    files = _dup_names(tmp_path / "ev")
+    if len({p.name for p in (tmp_path / "ev" / "b").iterdir()}) < 2:
+        pytest.skip("a case-insensitive file system")
+    res = runner.invoke(app, ["extract", str(tmp_path / "ev"), "--out", str(tmp_path / "res")])
+    assert res.exit_code == 0, res.output
+    sources = sorted(json.loads(p.read_text())["input"]["path"] for p in (tmp_path / "res").glob("*.residual.json"))
+    assert sources == sorted(str(f) for f in files)  # three records, none overwritten
+    res = runner.invoke(app, ["degrade", str(tmp_path / "ev"), "--out", str(tmp_path / "deg"), "-q", "70"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "deg" / "manifest.json").read_text())
+    assert len({e["output"] for e in manifest["files"]}) == 3 and len(list((tmp_path / "deg").glob("*.jpg"))) == 3
+
+
+def test_degrade_into_a_used_folder_keeps_the_earlier_manifest_entries(runner, tmp_path):
+    files = _dup_names(tmp_path / "ev")
+    out = tmp_path / "deg"
+    assert runner.invoke(app, ["degrade", str(files[0]), "--out", str(out), "-q", "80"]).exit_code == 0
+    assert runner.invoke(app, ["degrade", str(files[1]), "--out", str(out), "-q", "70"]).exit_code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(e["quality"] for e in manifest["files"]) == [70, 80] and len(manifest["runs"]) == 2
+    (out / "manifest.json").write_text("[]")
+    res = runner.invoke(app, ["degrade", str(files[1]), "--out", str(out), "-q", "60"])
+    assert res.exit_code == 2 and "is not a manifest of spn degrade" in res.output
+    assert (out / "manifest.json").read_text() == "[]"
+
+
+@pytest.mark.parametrize("command", ["extract", "degrade", "restore"])
+def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_work(runner, tmp_path, command):
+    files = _dup_names(tmp_path / "ev")
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    res = runner.invoke(app, [command, str(files[0]), "--out", str(blocker)])
+    assert res.exit_code == 2 and "exists and is not a folder" in res.output and "Traceback" not in res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+
+
+def test_damaged_jpeg_scan_data_is_decoded_with_a_warning_that_names_the_file(runner, tmp_path, capfd):
+    """libjpeg reports a cut or damaged scan only on stderr, without the file's name: the warning is now caught,
+    recorded in every output (decoder_warnings) and printed as one line naming the file."""
+    good = encode_jpeg(dead_leaves((256, 256), np.random.default_rng(6)), 90)
+    sos = good.index(b"\xff\xda")
+    cut = good[: sos + (len(good) - sos) // 2] + b"\xff\xd9"  # half the scan, then an end marker
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "cut.jpg").write_bytes(cut)
+    (tmp_path / "ev" / "good.jpg").write_bytes(good)
+    from spncli.evidence import decode
+
+    assert decode(good, "good.jpg").warnings == []
+    ev = decode(cut, "cut.jpg")
+    assert ev.warnings and ev.warnings[0].startswith("Corrupt JPEG data") and ev.provenance()["decoder_warnings"]
+    res = runner.invoke(app, ["extract", str(tmp_path / "ev"), "--out", str(tmp_path / "res")])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if "decoder:" in line]
+    assert len(lines) == 1 and "cut.jpg: decoder: Corrupt JPEG data" in lines[0], res.output
+    records = {json.loads(p.read_text())["input"]["path"].rsplit("/", 1)[1]: json.loads(p.read_text())
+               for p in (tmp_path / "res").glob("*.json")}  # fmt: skip
+    assert records["cut.jpg"]["input"]["decoder_warnings"] and not records["good.jpg"]["input"]["decoder_warnings"]
+    assert "Corrupt JPEG data" not in capfd.readouterr().err  # caught, not left unattributed on stderr
+
+
+def test_the_same_picture_twice_counts_once_in_a_fingerprint(tmp_path):
+    rng = np.random.default_rng(8)
+    k = synthetic_prnu((128, 160), rng)
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"f{i}.jpg")
+        files[-1].write_bytes(encode_jpeg(expose(flat_field((128, 160), rng), k, rng), 95))
+    copy = tmp_path / "copy.jpg"
+    shutil.copy(files[0], copy)
+    warnings = []
+    fp, meta = build_fingerprint([*files, copy], "cam", on_warning=warnings.append)
+    assert meta["image_count"] == 3 and [s["path"] for s in meta["sources"]] == [str(f) for f in files]
+    assert any(w.startswith(f"{copy}: the same bytes as {files[0]}") for w in warnings), warnings

@@ -118,3 +118,16 @@ def test_npy_header_declaring_more_than_the_file_holds_is_refused_before_allocat
     npy.with_suffix(".json").write_text(json.dumps(prov))
     with pytest.raises(EvidenceError, match=r"header declares \[200000, 200000\] float32 .* holds 4,096 bytes"):
         load_residual_file(npy)
+
+
+def test_an_edited_residual_kind_is_refused_and_rows_record_the_provenance_hash(saved, tmp_path):
+    """A classic residual's JSON edited to say 'restored' was matched as a restored residual with no weights."""
+    good = load_residual_file(saved)
+    assert good.provenance_sha256 == hashlib.sha256(saved.with_suffix(".json").read_bytes()).hexdigest()
+    assert good.row_fields()["residual_provenance_sha256"] == good.provenance_sha256
+    forged = _forge(saved, tmp_path, "kind", good.residual, residual_kind="restored")
+    with pytest.raises(EvidenceError, match="'restored' without the restoration record"):
+        load_residual_file(forged)
+    forged = _forge(saved, tmp_path, "kind2", good.residual, restoration={"weights_sha256": "0" * 64})
+    with pytest.raises(EvidenceError, match="with a restoration record"):
+        load_residual_file(forged)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import die, err, fail_line, progress
+from ._common import decoder_warnings, die, err, fail_line, note, progress
 
 WorkersOption = Annotated[
     int | None, typer.Option(min=1, help="Run in N worker processes (Dask local cluster) [default: in-process].")
@@ -81,7 +81,8 @@ def run_jobs(
         if "error" in result:
             fail_line(result["path"], result["error"])
             return True
-        err.print(f"{result['path']} -> {result['written']}")
+        decoder_warnings(result)
+        note(f"{result['path']} -> {result['written']}")
         return False
 
     handle = on_result or default

@@ -74,6 +74,12 @@ def warn(message: str) -> None:
     err.print("[bold yellow]warning[/]: " + escape(printable(message)), markup=True, highlight=False)
 
 
+def decoder_warnings(result: dict) -> None:
+    """One ``warning:`` line per decoder message of a file (damaged data that was still decoded)."""
+    for message in result.get("warnings") or ():
+        warn(f"{result['path']}: decoder: {message} (the image was used; its outputs record this)")
+
+
 def finite(name: str, *, positive: bool = False):
     """A Typer callback refusing NaN and infinity (and values <= 0 with ``positive``), naming what is allowed."""
 

@@ -16,10 +16,10 @@ from ..evidence import EvidenceError
 from ..identify import gather_inputs
 from ..leaks import Screener, screen_summary
 from ..plots import similarity_png
-from ..provenance import OutputInsideEvidence, atomic_write_json, check_output_location
+from ..provenance import OutputInsideEvidence, atomic_write_json, check_output_location, writable_file
 from ..store import FingerprintStore, StoreError, check_camera_id
 from ._app import State, app
-from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, note_not_images, render, warn
+from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, note, note_not_images, render, warn
 
 CLUSTER_COLUMNS = ["cluster", "size", "image", "rotation", "member_z", "jpeg_quality", "sha256"]
 CLUSTER_CAPTION = (
@@ -35,7 +35,8 @@ def _check_outputs(outputs, inputs) -> None:
         if path is not None:
             try:
                 check_output_location(path, inputs)
-            except OutputInsideEvidence as exc:
+                writable_file(path)
+            except (OutputInsideEvidence, ValueError) as exc:
                 die(str(exc))
 
 
@@ -207,7 +208,7 @@ def _cluster(inputs, settings: ClusterSettings, store) -> tuple[ClusterResult, i
         settings,
         max_pixels=State.max_pixels,
         on_error=fail_line,
-        on_progress=lambda p: err.print(f"residual {p}"),
+        on_progress=lambda p: note(f"residual {p}"),
     )
     note_not_images(others)
     failed = len(result.failed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -16,11 +17,33 @@ from ..provenance import (
     atomic_write_bytes,
     atomic_write_json,
     check_output_location,
+    clashing_stems,
+    output_stem,
     tool_info,
     utc_now,
+    writable_folder,
 )
 from ._app import State, app
-from ._common import EXIT_SOME_FAILED, die, err, fail_line
+from ._common import EXIT_SOME_FAILED, die, err, fail_line, note
+
+
+def previous_manifest(path: Path) -> dict | None:
+    """The manifest a previous ``spn degrade`` left in the output folder (its files are kept in the new one).
+
+    Raises
+    ------
+    ValueError
+        One line, when a manifest.json there is not a degrade manifest (nothing is written over it).
+    """
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        doc = json.loads(path.read_bytes()) if path.is_file() and not path.is_symlink() else None
+    except (OSError, ValueError):
+        doc = None
+    if not (isinstance(doc, dict) and isinstance(doc.get("files"), list)):
+        raise ValueError(f"{path}: exists and is not a manifest of spn degrade; choose another --out")
+    return doc
 
 
 @app.command()
@@ -47,11 +70,32 @@ def degrade(
     try:
         settings = [DegradeSettings(q, codec, subsampling) for q in (quality or [90, 70, 50, 30])]
         check_output_location(out, images)
+        writable_folder(out)
     except (ValueError, OutputInsideEvidence) as exc:
         die(str(exc))
     manifest_path = out / "manifest.json"
+    try:
+        earlier = previous_manifest(manifest_path)
+    except ValueError as exc:
+        die(str(exc))
     entries, failed = [], 0
-    for path in gather_inputs(images):
+    paths = list(gather_inputs(images))
+    clashes = clashing_stems(paths)
+    started = utc_now()
+
+    def write_manifest() -> None:  # after each image: a kill leaves every written file in the manifest
+        mine = {e["output"] for e in entries}
+        atomic_write_json(manifest_path, {
+            "created_utc": earlier.get("created_utc", started) if earlier else started,
+            "updated_utc": utc_now(),
+            "settings": [s.as_dict() for s in settings],
+            "runs": [*(earlier or {}).get("runs", []), {"started_utc": started, **tool_info()}],
+            "files": [e for e in (earlier or {}).get("files", []) if e.get("output") not in mine] + entries,
+            "seed": None,
+            **tool_info(),
+        })  # fmt: skip
+
+    for path in paths:
         try:
             ev = load_image(path, max_pixels=State.max_pixels)
         except EvidenceError as exc:
@@ -60,7 +104,7 @@ def degrade(
             continue
         for s in settings:
             data = encode(ev.pixels, s)
-            name = output_name(path.stem, ev.sha256, s)
+            name = output_name(output_stem(path, ev.sha256, clashes), s)
             atomic_write_bytes(out / name, data)
             entries.append(
                 {
@@ -72,17 +116,9 @@ def degrade(
                     **s.as_dict(),
                 }
             )
-        err.print(f"{path}: {len(settings)} version(s) written")
-    atomic_write_json(
-        manifest_path,
-        {
-            "created_utc": utc_now(),
-            "settings": [s.as_dict() for s in settings],
-            "files": entries,
-            "seed": None,
-            **tool_info(),
-        },
-    )
+        write_manifest()
+        note(f"{path}: {len(settings)} version(s) written")
+    write_manifest()
     err.print(f"{len(entries)} file(s) written to {out}, {failed} input(s) failed; manifest {manifest_path}")
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)

@@ -21,6 +21,7 @@ from ..provenance import (
     check_output_location,
     tool_info,
     utc_now,
+    writable_folder,
 )
 from ..store import FingerprintStore, StoreError
 from ._app import State, app
@@ -66,7 +67,8 @@ def evaluate(
     if out is not None:
         try:
             check_output_location(out, probes)
-        except OutputInsideEvidence as exc:
+            writable_folder(out)
+        except (OutputInsideEvidence, ValueError) as exc:
             die(str(exc))
     try:
         store = FingerprintStore(db)

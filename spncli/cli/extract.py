@@ -10,7 +10,7 @@ import typer
 from ..identify import gather_inputs
 from ..jobs import ExtractJob
 from ..jpegdomain import RESIDUAL_KINDS
-from ..provenance import OutputInsideEvidence, check_output_location
+from ..provenance import OutputInsideEvidence, check_output_location, clashing_stems, writable_folder
 from ..residual import ResidualParams
 from ._app import State, app
 from ._batch import SchedulerOption, WorkersOption, run_jobs
@@ -58,10 +58,12 @@ def extract(
     try:
         params = ResidualParams(sigma=sigma)
         check_output_location(out, images)
+        writable_folder(out)
     except (ValueError, OutputInsideEvidence) as exc:
         die(str(exc))
-    job = ExtractJob(out.absolute(), params, size, preview, State.max_pixels, kind=kind, device=device)
     paths = [p.absolute() for p in gather_inputs(images)]
+    job = ExtractJob(out.absolute(), params, size, preview, State.max_pixels, kind=kind, device=device,
+                     clashes=clashing_stems(paths))  # fmt: skip
     done, failed = run_jobs(paths, job, workers=workers, scheduler=scheduler, label="extract", gpu=device == "cuda")
     err.print(f"{done} residual(s) written to {out}, {failed} failed")
     if failed:

@@ -22,8 +22,8 @@ from ..store import FingerprintStore, StoreError
 from ._app import State, app
 from ._batch import BatchProgress, run_jobs
 from ._common import (
-    EXIT_SOME_FAILED, DeviceOption, Format, crop_option, device_option, die, err, error_line, fail_line, finite, note,
-    note_not_images, render, warn,
+    EXIT_SOME_FAILED, DeviceOption, Format, crop_option, decoder_warnings, device_option, die, err, error_line,
+    fail_line, finite, note, note_not_images, render, warn,
 )
 from .extract import ResidualOption, check_residual_kind
 from .restore import ModelOption, open_restorer
@@ -273,6 +273,7 @@ def _match_plain(images, matcher, *, db_sha, workers, scheduler, format, size) -
         if "error" in result:
             fail_line(result["path"], result["error"])
             return True
+        decoder_warnings(result)
         records = [r | extra for r in result["records"]]
         if format is Format.json:
             render(records, format, COLUMNS)  # stream: one line per record as soon as it is known
@@ -300,13 +301,14 @@ def _match_case(images, folder, matcher, *, db, db_sha, workers, scheduler, exam
         def on_result(result: dict) -> None:
             if "error" in result:
                 fail_line(result["path"], result["error"])
+            decoder_warnings(result)
             bar.advance("error" in result)
 
         try:
             summary = run_case(
                 images, folder, matcher, db=db, db_sha=db_sha, max_pixels=State.max_pixels, cluster=True,
                 workers=workers, scheduler=scheduler, examiner=examiner, case_id=case_id,
-                on_start=bar.start, on_result=on_result, on_notice=err.print,
+                on_start=bar.start, on_result=on_result, on_notice=note,
             )  # fmt: skip
         except CaseError as exc:
             die(str(exc))

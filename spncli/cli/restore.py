@@ -13,6 +13,8 @@ from ..jobs import RestoreJob
 from ..provenance import (
     OutputInsideEvidence,
     check_output_location,
+    clashing_stems,
+    writable_folder,
 )
 from ..residual import ResidualParams
 from ._app import State, app
@@ -80,13 +82,15 @@ def restore(
     out = out or default_out()
     try:
         check_output_location(out, images)
-    except OutputInsideEvidence as exc:
+        writable_folder(out)
+    except (OutputInsideEvidence, ValueError) as exc:
         die(str(exc))
     restorer = open_restorer(model, device)
-    job = RestoreJob(
-        out.absolute(), restorer, ResidualParams(), size, preview, tile, precision, quality, State.max_pixels
-    )
     paths = [p.absolute() for p in gather_inputs(images)]
+    job = RestoreJob(
+        out.absolute(), restorer, ResidualParams(), size, preview, tile, precision, quality, State.max_pixels,
+        clashes=clashing_stems(paths),
+    )
     done, failed = run_jobs(paths, job, workers=workers, scheduler=scheduler, label="restore", gpu=True)
     err.print(f"{done} restored residual(s) written to {out}, {failed} failed")
     if failed:
