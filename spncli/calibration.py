@@ -162,6 +162,10 @@ def _key(path: str | os.PathLike) -> str:
     return os.path.realpath(path)
 
 
+LABELS_MAX_BYTES = 64 << 20
+"""Largest labels CSV read (about a million rows)."""
+
+
 def read_labels(path: str | os.PathLike) -> dict[str, str]:
     """``{real path: camera}`` from a CSV with the header ``path,camera`` (relative paths: from the CSV's folder).
 
@@ -172,10 +176,12 @@ def read_labels(path: str | os.PathLike) -> dict[str, str]:
         one file labelled twice with different cameras).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: labels unreadable ({getattr(exc, 'strerror', None) or exc})") from None
+    try:  # read as evidence is read: never a link followed, never a FIFO opened (it would hang)
+        text = read_bytes(path, max_bytes=LABELS_MAX_BYTES).decode("utf-8-sig")
+    except EvidenceError as exc:
+        raise ValueError(f"{path}: labels unreadable ({exc.reason})") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: labels unreadable ({exc})") from None
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or not {"path", "camera"} <= set(reader.fieldnames):
         raise ValueError(f"{path}: labels need the header 'path,camera' (found {reader.fieldnames})")

@@ -332,3 +332,19 @@ def test_calibration_is_never_written_inside_the_background_evidence(lab, runner
     res = runner.invoke(app, ["calibrate", "--db", str(db), str(folder), "--qualities", "none", "--replace"])
     assert res.exit_code == 2 and "inside the evidence folder" in res.output and "scored" not in res.output
     assert (folder / "db.h5.d" / "calibration.json").read_bytes() == before
+
+
+def test_a_labels_file_that_is_a_fifo_or_a_link_is_refused_without_hanging(tmp_path):
+    import os
+
+    fifo = tmp_path / "labels.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="labels unreadable .*FIFO"):
+        read_labels(fifo)
+    real = tmp_path / "real.csv"
+    real.write_text("path,camera\nx.jpg,cam\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    with pytest.raises(ValueError, match="labels unreadable"):
+        read_labels(link)
+    assert list(read_labels(real).values()) == ["cam"]  # the file itself is read

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -197,8 +198,12 @@ def test_eval_cli(runner, synth_case, tmp_path):
     assert all(r["matching_pairs"] == 4 and r["non_matching_pairs"] == 4 for r in rows)
     assert rows[0]["classic_tpr"] == 1.0 and rows[0]["restored_tpr"] is not None
     assert rows[0]["aware_tpr"] == 1.0 and rows[0]["aware_fp"] == 0 and rows[0]["classic_nowiener_median"] > 60
-    pairs = json.loads((out / "eval.json").read_text())["pairs"]
+    record = json.loads((out / "eval.json").read_text())
+    pairs = record["pairs"]
     assert {p["aware_kind"] for p in pairs} == {"compression-aware"}
+    # every probe's SHA-256 is recorded (the pairs depend on it), and nothing failed
+    assert {i["path"] for i in record["inputs"]} == {p["image"] for p in pairs} and record["failed"] == []
+    assert all(i["sha256"] == hashlib.sha256(Path(i["path"]).read_bytes()).hexdigest() for i in record["inputs"])
     assert (out / "eval.png").stat().st_size > 1000 and json.loads((out / "eval.json").read_text())["weights_sha256"]
 
 

@@ -25,7 +25,7 @@ from ..provenance import (
 )
 from ..store import FingerprintStore, StoreError
 from ._app import State, app
-from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, finite, render
+from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, finite, note, render
 from .restore import DeviceOption, ModelOption, TileOption, open_restorer
 
 
@@ -81,27 +81,35 @@ def evaluate(
         die(str(exc))
     restorer = open_restorer(model, device)
     aware_settings = AwareSettings() if aware else None
-    pairs, failed = [], 0
+    pairs, inputs, failures = [], [], []
+
+    def failed_input(path, reason: str) -> None:
+        fail_line(str(path), reason)
+        failures.append({"path": str(path), "reason": reason})
+
     for path in gather_inputs(probes):
         true = camera_for(path, cams)
         if true is None:
-            fail_line(str(path), f"no database camera id starts the file name (cameras: {', '.join(cams)})")
-            failed += 1
+            failed_input(path, f"no database camera id starts the file name (cameras: {', '.join(cams)})")
             continue
         try:
             ev = load_image(path, max_pixels=State.max_pixels)
             pairs += score_probe(ev, quality_label(ev), true, spectra, size, restorer, tile=tile, aware=aware_settings)
         except (EvidenceError, ValueError) as exc:
-            fail_line(str(path), getattr(exc, "reason", str(exc)))
-            failed += 1
+            failed_input(path, getattr(exc, "reason", str(exc)))
             continue
-        err.print(f"scored {path}")
+        inputs.append({"path": str(path), "sha256": ev.sha256, "size_bytes": ev.size_bytes, "camera": true,
+                       "quality": quality_label(ev), "decoder_warnings": ev.warnings})  # fmt: skip
+        note(f"scored {path}")
+    failed = len(failures)
     rows = summarize(pairs, threshold, (lambda c: c.endswith(units)) if units else (lambda c: True))
     columns = ALL_COLUMNS if aware else COLUMNS
     render(rows, format, columns, title=f"Residuals compared (crop {crop}, threshold {threshold:g})")
     if out is not None:
         record = {
             "rows": rows,
+            "inputs": inputs,
+            "failed": failures,
             "pairs": [p.__dict__ for p in pairs],
             "settings": {
                 "crop": list(size) if size else None,
