@@ -444,18 +444,23 @@ class Case:
         with ``protected`` (the size of results.jsonl the audit trail records) the rows past it are
         removed: a killed run's rows that no audit entry covers are never adopted.
 
-        Starts the running digest of results.jsonl that :meth:`checkpoint` records."""
+        Keys are normalised paths (``os.path.abspath``), whatever spelling earlier runs recorded. Starts the
+        running digest of results.jsonl that :meth:`checkpoint` records; ``self.dropped_lines`` counts the
+        lines cut past ``protected``."""
         data = _read(self.results)
+        self.dropped_lines = 0
         if data is not None and protected is not None and len(data) > protected:
+            self.dropped_lines = data[protected:].count(b"\n") + (not data.endswith(b"\n"))
             data = data[:protected]  # rows no audit entry covers: dropped, their images scored again
             self._write(self.results, data)
         rows, end = _jsonl(data, keys=ROW_KEYS)
         by_key: dict[tuple[str, str], list[dict]] = {}
         for r in rows:
-            by_key.setdefault((r["image"], r["sha256"]), []).append(r)
+            by_key.setdefault((os.path.abspath(r["image"]), r["sha256"]), []).append(r)
         complete = {k: rs for k, rs in by_key.items() if _all_scored(rs, cameras)}
         if data is not None and (end < len(data) or len(complete) != len(by_key)):
-            self._rewrite_jsonl(self.results, [r for r in rows if (r["image"], r["sha256"]) in complete])
+            self._rewrite_jsonl(self.results, [r for r in rows
+                                               if (os.path.abspath(r["image"]), r["sha256"]) in complete])  # fmt: skip
         data = _read(self.results) or b""
         self._tracked = [hashlib.sha256(data), len(data)]
         return complete
@@ -495,8 +500,10 @@ class Case:
         row = {"file": path, "reason": reason} | ({"sha256": sha256} if sha256 else {})
         self._append(self.errors, [json.dumps(row, ensure_ascii=False)])
 
-    def rows(self) -> list[dict]:
-        return _jsonl(_read(self.results), "results.jsonl", ROW_KEYS)[0]
+    def rows(self, upto: int | None = None) -> list[dict]:
+        """The rows of results.jsonl (with ``upto``, of its first ``upto`` bytes only)."""
+        data = _read(self.results)
+        return _jsonl(data if upto is None or data is None else data[:upto], "results.jsonl", ROW_KEYS)[0]
 
     def error_rows(self) -> list[dict]:
         return _jsonl(_read(self.errors), "errors.jsonl", ("file", "reason"))[0]
@@ -514,6 +521,10 @@ class Case:
 
     def write_csv(self) -> None:
         """results.csv from results.jsonl, sorted by image then camera."""
+        self._write(self.csv, self.csv_bytes())
+
+    def csv_bytes(self) -> bytes:
+        """What results.csv holds: the rows of results.jsonl, sorted by image then camera."""
         from .calibration import FIELDS as TAIL_FIELDS  # the empirical tail beside p_fa (spn calibrate)
 
         at = CSV_COLUMNS.index("p_fa") + 1
@@ -525,7 +536,7 @@ class Case:
         for r in rows:
             r = r | {"warnings": "; ".join(r.get("warnings") or ())}
             writer.writerow({c: "" if r.get(c) is None else r.get(c) for c in columns})
-        self._write(self.csv, buf.getvalue().encode())
+        return buf.getvalue().encode()
 
     # -- artifacts for the report -----------------------------------------
     def artifact_dir(self, sha256: str) -> Path:
@@ -541,11 +552,14 @@ class Case:
         self._real_dir(self.artifacts)
         folder = self.artifact_dir(sha256)
         self._real_dir(folder)
-        if thumbnail_jpeg is not None:
+        # pictures already there (the same bytes at another path, scored earlier) are kept as recorded
+        if thumbnail_jpeg is not None and not (folder / "thumbnail.jpg").exists():
             self._write(folder / "thumbnail.jpg", thumbnail_jpeg)
-        if preview_png is not None:
+        if preview_png is not None and not (folder / "residual.png").exists():
             self._write(folder / "residual.png", preview_png)
         for camera, surface in surfaces.items():
+            if (folder / f"surface-{camera}.npy").exists():
+                continue
             buf = io.BytesIO()
             np.save(buf, surface.astype(np.float32), allow_pickle=False)
             self._write(folder / f"surface-{camera}.npy", buf.getvalue())
@@ -709,15 +723,19 @@ class Case:
         pictures again; a later report writes its own files."""
         recorded, by, _ = _recorded(entries[: at + 1])
         later = entries[at + 1 :]
-        run_after = any(str(e.get("event", "")).endswith("-start") for e in later)
+        match_after = any(e.get("event") == "match-start" for e in later)
         problems = []
         for rel, rec in sorted(recorded.items()):
             cur = now.get(rel)
-            if cur is None or cur["sha256"] == rec["sha256"]:
-                continue  # a missing file is reported against the present record
+            if cur is None:  # no run removes a file it recorded
+                problems.append(f"{rel}: missing (recorded at the noted head by {by.get(rel)}, SHA-256 "
+                                f"{rec['sha256']})")  # fmt: skip
+                continue
+            if cur["sha256"] == rec["sha256"]:
+                continue
             if rel in APPEND_ONLY and self._extends(rel, rec, cur):
                 continue
-            if run_after and (rel in REGENERATED or rel.startswith(("artifacts/", *ANALYSES))):
+            if match_after and rel in REGENERATED:  # pictures and analyses are never rewritten
                 continue
             if _is_report_name(rel) and any(rel in (e.get("report_files") or {}) for e in later):
                 continue
@@ -741,7 +759,7 @@ class Case:
         """
         entries, problems = self.audit_entries()
         problems += self._link_problems()
-        now = self.files()
+        now = self._files_now = self.files()
         if not entries:
             if now:
                 problems.append("the case holds files but no audit trail records them")
@@ -817,9 +835,11 @@ class Case:
                 after = [str(e.get("event")) for e in entries[at + 1 :]]
                 shown = ", ".join(after[:8]) + (f" and {len(after) - 8} more" if len(after) > 8 else "")
                 v.notes.append(f"{len(after)} audit entr(y/ies) after the noted head: {shown}")
-                v.problems += self._after_head(entries, at, self.files())
+                v.problems += self._after_head(entries, at, self._files_now)
         try:
             v.problems += row_problems(self.rows())
+            if open_run is None and entries and self.csv.exists() and _read(self.csv) != self.csv_bytes():
+                v.problems.append("results.csv: not the rows of results.jsonl (a run writes it from them)")
         except CaseError as exc:
             v.problems.append(str(exc))
         if inputs:
@@ -833,6 +853,16 @@ class Case:
             v.problems.append(f"manifest.json: unreadable ({exc})")
             return
         items = input_items(manifest, "manifest.json", v.problems)
+        try:
+            scored = scored_inputs(self.rows())
+        except CaseError:
+            scored = []  # named by verify already
+        by_path = {i["path"]: i["sha256"] for i in scored}
+        for item in items:  # the manifest's scored inputs must be the rows' (it is rewritten at each run's end)
+            if item.get("status") == "scored" and by_path.get(item["path"]) != item.get("sha256"):
+                v.problems.append(f"manifest.json: {item['path']} recorded as scored with SHA-256 {item.get('sha256')}"
+                                  f", its rows say {by_path.get(item['path'])}")  # fmt: skip
+        items = scored + [i for i in items if i.get("status") != "scored"]
         for rel in sorted(self.files()):
             if rel.startswith(ANALYSES) and rel.endswith(".json"):
                 try:
@@ -842,8 +872,26 @@ class Case:
                     continue
                 items += input_items(record, rel, v.problems)
         for item in {(i["path"], i.get("sha256")): i for i in items}.values():  # each input once
-            v.inputs_checked += 1
-            v.problems += input_problems(item)
+            if item.get("sha256") or "unhashed" in item:
+                v.inputs_checked += 1
+                v.problems += input_problems(item)
+
+
+def scored_digest(row: dict) -> dict:
+    """The SHA-256 of the file a row was scored from: the image's, or a saved residual's own file's (its
+    rows name the source image's SHA-256, kept as ``source_sha256``)."""
+    if row.get("residual_file_sha256"):
+        return {"sha256": row["residual_file_sha256"], "source_sha256": row["sha256"]}
+    return {"sha256": row["sha256"]}
+
+
+def scored_inputs(rows: list[dict]) -> list[dict]:
+    """One input record (path, SHA-256) per file the rows were scored from."""
+    found: dict[tuple, dict] = {}
+    for r in rows:
+        item = {"path": r["image"], **scored_digest(r)}
+        found.setdefault((item["path"], item["sha256"]), item)
+    return list(found.values())
 
 
 def input_items(record, name: str, problems: list[str]) -> list[dict]:
@@ -926,8 +974,11 @@ def row_problems(rows: list[dict]) -> list[str]:
         except (KeyError, TypeError, ValueError):
             problems.append(f"{what} lacks a numeric PCE or threshold")
             continue
+        # the decision was taken on the unrounded PCE: only one no PCE within its rounding allows is impossible
+        possible = {"consistent": any(x + PCE_ROUNDING > threshold for x in pces),
+                    "not consistent": all(x - PCE_ROUNDING <= threshold for x in pces)}  # fmt: skip
         expected = "consistent" if any(x > threshold for x in pces) else "not consistent"
-        if r["decision"] != expected:
+        if not possible.get(r["decision"], False):
             problems.append(f"{what} says {r['decision']!r} at PCE {', '.join(f'{x:g}' for x in pces)} and threshold "
                             f"{threshold:g}: {expected!r} follows")  # fmt: skip
         if p_fa is not None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .batch import close_client, execute, make_client
-from .casefile import Case, CaseBusy, CaseError, input_items, input_problems
+from .casefile import Case, CaseBusy, CaseError, input_problems, scored_digest, scored_inputs
 from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, sha256_file
 from .identify import Matcher, gather_inputs
 from .jobs import MatchJob
@@ -106,24 +106,21 @@ def _check_resume(case: Case, parameters: dict, db_sha: str) -> tuple[bool, int 
         if changed:
             diff = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
             raise CaseError(f"{case.root}: the case was started with other parameters ({diff}); use a new case folder")
-    _check_scored_inputs(case)
-    if open_run is None:
-        return False, None
-    recorded, _ = case.recorded_files(entries)
-    return True, recorded.get("results.jsonl", {}).get("size", 0)
+    protected = None
+    if open_run is not None:
+        recorded, _ = case.recorded_files(entries)
+        protected = recorded.get("results.jsonl", {}).get("size", 0)
+    _check_scored_inputs(case, protected)
+    return open_run is not None, protected
 
 
-def _check_scored_inputs(case: Case) -> None:
-    """Refuse to build on a case whose scored evidence changed: every input the manifest records as scored is
-    re-hashed (inputs that failed or were not reached are tried again by the run)."""
+def _check_scored_inputs(case: Case, protected: int | None = None) -> None:
+    """Refuse to build on a case whose scored evidence changed: every input its rows name is re-hashed against
+    the SHA-256 they record (the rows, not the manifest: after a kill only the rows are covered by the audit
+    trail). Inputs that failed or were not reached are tried again by the run."""
     problems: list[str] = []
-    try:
-        manifest = case.read_manifest()
-    except ValueError as exc:
-        raise CaseError(f"{case.root}: manifest.json: unreadable ({exc}); run spn case verify {case.root}") from None
-    for item in input_items(manifest, "manifest.json", problems):
-        if item.get("status") == "scored":
-            problems += input_problems(item)
+    for item in scored_inputs(case.rows(upto=protected)):  # after a kill: the rows the trail covers
+        problems += input_problems(item)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CaseError(f"{case.root}: the evidence changed since the case scored it: {problems[0]}{more}; a case "
@@ -146,27 +143,37 @@ def _unscored_digest(path: str) -> dict:
 def _inputs(case: Case, walked: list[str], errors: list[dict], others: Sequence[str] = ()
             ) -> tuple[list[dict], list[dict]]:  # fmt: skip
     """Every input (scored, error, not an image, or not reached) and the groups of paths holding the same
-    bytes. Inputs that were not scored are hashed here (:func:`_unscored_digest`)."""
+    bytes.
+
+    A scored input's ``sha256`` is that of the file read (a saved residual's own file; its source image's is
+    ``source_sha256``). A failed input is hashed here (:func:`_unscored_digest`) unless its error row has the
+    digest of the bytes refused; files that are not images are listed with their size, not read; inputs a
+    stopped run did not reach are listed only (the next run reads them).
+    """
     rows_of: dict[str, list[dict]] = {}
     for r in case.rows():
         rows_of.setdefault(r["image"], []).append(r)
     inputs: dict[str, dict] = {}
     for path, rs in rows_of.items():
-        inputs[path] = {"path": path, "sha256": rs[0]["sha256"], "size_bytes": rs[0].get("size_bytes"),
+        inputs[path] = {"path": path, **scored_digest(rs[0]), "size_bytes": rs[0].get("size_bytes"),
                         "status": "scored", "rows": len(rs)}  # fmt: skip
     for e in errors:
-        inputs.setdefault(e["file"], {"path": e["file"], "status": "error", "reason": e["reason"]})
+        item = inputs.setdefault(e["file"], {"path": e["file"], "status": "error", "reason": e["reason"]})
+        if item["status"] == "error":
+            item.update({"sha256": e["sha256"]} if e.get("sha256") else _unscored_digest(e["file"]))
     for path in others:
-        inputs.setdefault(path, {"path": path, "status": "not an image or saved residual: not read"})
+        try:
+            size = os.lstat(path).st_size
+        except OSError:
+            size = None
+        inputs.setdefault(path, {"path": path, "sha256": None, "size_bytes": size,
+                                 "status": "not an image or saved residual: not read"})  # fmt: skip
     for path in walked:
-        inputs.setdefault(path, {"path": path, "status": "not reached (run interrupted)"})
-    for item in inputs.values():
-        if item["status"] != "scored":
-            item.update(_unscored_digest(item["path"]))
+        inputs.setdefault(path, {"path": path, "sha256": None, "status": "not reached (run interrupted)"})
     by_sha: dict[str, list[str]] = {}
     for item in inputs.values():
-        if item["sha256"] and item["status"] == "scored":
-            by_sha.setdefault(item["sha256"], []).append(item["path"])
+        if item["status"] == "scored":
+            by_sha.setdefault(item.get("source_sha256", item["sha256"]), []).append(item["path"])
     duplicates = []
     for sha, paths in sorted(by_sha.items()):
         if len(paths) > 1:
@@ -279,12 +286,11 @@ def run_case(
         killed, protected = _check_resume(case, parameters, db_sha)
         cameras = {c for c, _ in matcher.cameras}
         if killed:
-            before = len(case.rows())
             done = case.done(cameras, protected=protected)
-            dropped = before - len(case.rows())
-            if dropped:
-                on_notice(f"dropped {dropped} row(s) of a killed run that no audit entry covers: their images are "
-                          "scored again")  # fmt: skip
+            if case.dropped_lines:
+                on_notice(f"dropped {case.dropped_lines} row(s) past the last audit entry that records results.jsonl "
+                          "(a killed run's after its last checkpoint; cases written before checkpoints keep only "
+                          "their completed runs): their images are scored again")  # fmt: skip
             removed = case.tidy()
             if removed:
                 on_notice(f"removed {len(removed)} file(s) a killed run left unfinished")

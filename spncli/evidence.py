@@ -318,10 +318,8 @@ orientation whatever ``IMREAD_IGNORE_ORIENTATION`` says, so it is undone (tested
 
 def _sensor_orientation_tiff(img: np.ndarray, data: bytes, path: str) -> np.ndarray:
     """A decoded TIFF back in the order its samples are stored (sensor orientation)."""
-    orientation = _tiff_tags(data).get(274, 1)
-    if orientation not in _UNDO_ORIENTATION:
-        raise EvidenceError(path, f"TIFF orientation {orientation} is not one of 1..8")
-    return np.ascontiguousarray(_UNDO_ORIENTATION[orientation](img))
+    orientation = _tiff_tags(data).get(274, 1)  # values outside 1..8 (0 from some writers): OpenCV keeps the order
+    return np.ascontiguousarray(_UNDO_ORIENTATION.get(orientation, _UNDO_ORIENTATION[1])(img))
 
 
 def _webp_size(data: bytes) -> tuple[int, int]:
@@ -528,47 +526,75 @@ def _check_size(path, size: int, limit: int) -> None:
 
 
 _STDERR = threading.Lock()
+_CAPTURE: list[int] = []  # the saved standard error while a capture runs (for a child forked meanwhile)
+
+
+def _after_fork_in_child() -> None:
+    """A child forked during a capture gets its standard error back and a free lock."""
+    global _STDERR
+    if _CAPTURE:
+        with contextlib.suppress(OSError):
+            os.dup2(_CAPTURE[0], 2)
+        _CAPTURE.clear()
+    _STDERR = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextlib.contextmanager
 def decoder_messages():
-    """The lines the image libraries print on the process's standard error while the block runs.
+    """libjpeg's warnings printed on the process's standard error while the block decodes a JPEG.
 
     libjpeg reports damaged scan data ("Corrupt JPEG data: premature end of
-    data segment", "... bad Huffman code") only as such warnings, and OpenCV
-    passes them to ``stderr`` without the file's name. File descriptor 2 is
-    pointed at a temporary file for the block (a file, not a pipe: a flood of
-    warnings cannot block the decoder), one block at a time; lines that do not
-    come from a decoder (another thread's output) are written on afterwards.
+    data segment", "... bad Huffman code") only as warnings on ``stderr``,
+    without the file's name. File descriptor 2 is pointed at a temporary file
+    for the block (a file, not a pipe: a flood of warnings cannot block the
+    decoder), one block at a time. Only lines that begin with one of
+    libjpeg's own messages (:data:`_DECODER_PREFIXES`) are taken; everything
+    else (another thread's output, a progress bar's frames) is written on
+    afterwards byte for byte, in order. A child forked meanwhile gets its
+    standard error back (``os.register_at_fork``).
     """
     lines: list[str] = []
     with _STDERR, tempfile.TemporaryFile() as sink:
         with contextlib.suppress(Exception):
             sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
         try:
+            saved = os.dup(2)
+        except OSError:  # no standard error at all (a closed descriptor): nothing to catch
             yield lines
+            return
+        try:
+            _CAPTURE.append(saved)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                _CAPTURE.clear()
         finally:
-            os.dup2(saved, 2)
             os.close(saved)
-            sink.seek(0)
-            text = sink.read(1 << 20).decode("utf-8", "replace")
-            passed = []
-            for line in text.splitlines():
-                if line.startswith(_DECODER_PREFIXES):
-                    if line not in lines and len(lines) < 20:
-                        lines.append(line.strip())
-                elif line.strip():
-                    passed.append(line)
-            if passed:
-                os.write(2, ("\n".join(passed) + "\n").encode())
+        sink.seek(0)
+        passed = []
+        for line in sink.read().splitlines(keepends=True):
+            text = line.decode("utf-8", "replace").strip()
+            if text.startswith(_DECODER_PREFIXES):
+                if text not in lines and len(lines) < 20:
+                    lines.append(text)
+            else:
+                passed.append(line)
+        if passed:
+            with contextlib.suppress(OSError):  # a closed pipe (spn ... 2>&1 | head) loses them, as it would
+                os.write(2, b"".join(passed))
 
 
-_DECODER_PREFIXES = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters", "Warning:",
-                     "Inconsistent progression", "Bogus", "libpng warning", "libpng error", "TIFFRead",
-                     "TIFFFetch", "imread_", "Unsupported marker", "Not a JPEG file")  # fmt: skip
-"""Start of the lines libjpeg, libpng and libtiff print for damaged or unusual data."""
+_DECODER_PREFIXES = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters for sequential JPEG",
+                     "Inconsistent progression sequence", "Unsupported marker type",
+                     "Warning: unknown JFIF revision number", "Bogus marker length", "Bogus Huffman table",
+                     "Huffman table 0x", "Invalid JPEG file structure")  # fmt: skip
+"""Start of libjpeg's messages for damaged or unusual JPEG data (jerror.h)."""
 
 
 def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Evidence:
@@ -602,9 +628,11 @@ def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> E
             raise EvidenceError(path, f"HEIC data could not be decoded ({exc})") from None
         if img.ndim == 3 and img.shape[2] in (3, 4):
             img = img[:, :, 2::-1]  # RGB(A) to OpenCV's BGR, alpha dropped
-    else:
+    elif fmt == "jpeg":
         with decoder_messages() as messages:
             img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    else:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None or img.size == 0:
         raise EvidenceError(path, f"{fmt.upper()} data could not be decoded (corrupt or unsupported)")
     if fmt == "tiff":
@@ -639,5 +667,5 @@ def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> E
         jpeg=structure,
         quality=quality,
         exif=exif,
-        warnings=[] if fmt == "heic" else messages,
+        warnings=messages if fmt == "jpeg" else [],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
 import json
 import os
@@ -239,13 +240,21 @@ def test_forged_chain_is_caught_only_against_the_noted_head(done_case, tmp_path)
     """An adversary who edits a file and rebuilds the last entry's hashes passes everything but the head."""
     from spncli.casefile import _entry_hash
 
+    def rebuild_last(case):
+        lines = (case / "audit.jsonl").read_text().splitlines()
+        last = json.loads(lines[-1])
+        last["files"] = Case(case).files()
+        last["hash"] = _entry_hash(last)
+        (case / "audit.jsonl").write_text("\n".join([*lines[:-1], json.dumps(last, sort_keys=True)]) + "\n")
+
     case = _copy(done_case, tmp_path)
     _edit_csv(case, _flip)
-    lines = (case / "audit.jsonl").read_text().splitlines()
-    last = json.loads(lines[-1])
-    last["files"] = Case(case).files()
-    last["hash"] = _entry_hash(last)
-    (case / "audit.jsonl").write_text("\n".join([*lines[:-1], json.dumps(last, sort_keys=True)]) + "\n")
+    rebuild_last(case)  # results.csv is checked against the rows it is written from, chain or no chain
+    assert Case(case).verify().problems == ["results.csv: not the rows of results.jsonl (a run writes it from them)"]
+    case = _copy(done_case, tmp_path / "b")
+    manifest = json.loads((case / "manifest.json").read_text())
+    (case / "manifest.json").write_text(json.dumps(manifest | {"examiner": "Someone Else"}, indent=2) + "\n")
+    rebuild_last(case)
     assert Case(case).verify().ok
     v = Case(case).verify(head=done_case[1].head)
     assert not v.ok and v.head != done_case[1].head
@@ -529,7 +538,7 @@ def test_rows_a_killed_run_left_past_its_last_checkpoint_are_never_adopted(done_
     assert not c.verify().ok  # a killed run is never a finished case
     notices = []
     summary = _run(evidence, case, db, on_notice=notices.append)
-    assert any("dropped 1 row(s) of a killed run" in n for n in notices), notices
+    assert any(n.startswith("dropped 1 row(s) past the last audit entry") for n in notices), notices
     same_results((case / "results.csv").read_bytes(), (done_case[0] / "results.csv").read_bytes())
     assert all(r["pce"] != 5000.0 for r in Case(case).rows())
     assert Case(case).verify(head=summary.head).ok
@@ -639,9 +648,9 @@ def test_evidence_changed_or_made_a_fifo_is_caught_without_hanging(evidence, db,
         _run(ev, case, db)
 
 
-def test_a_file_the_case_scored_with_other_bytes_is_refused_not_scored_twice(evidence, db, tmp_path):
-    """After a kill (so that the manifest does not list it yet), an image whose bytes changed is an error,
-    not a second set of rows."""
+def test_a_file_the_case_scored_with_other_bytes_is_refused_not_scored_twice(evidence, db, tmp_path, monkeypatch):
+    """After a kill (so that the manifest does not list it yet), a resume re-hashes the inputs its rows name and
+    refuses changed evidence; a file that changes after that check is an error, not a second set of rows."""
     ev = tmp_path / "ev"
     shutil.copytree(evidence, ev)
     case = tmp_path / "case"
@@ -649,7 +658,20 @@ def test_a_file_the_case_scored_with_other_bytes_is_refused_not_scored_twice(evi
     _rechain(case, lambda es: es[:-1])  # killed before its end entry: its rows stand on the checkpoints
     (case / "manifest.json").write_text("{}")  # regenerated at a run's end: free after a kill
     img = ev / "CAM-B_0.jpg"
-    img.write_bytes(img.read_bytes()[:-2] + b"\x00\xff\xd9")
+    original = img.read_bytes()
+    img.write_bytes(original[:-2] + b"\x00\xff\xd9")
+    with pytest.raises(CaseError, match=f"evidence changed since the case scored it: {img}: changed"):
+        _run(ev, case, db)
+    img.write_bytes(original)
+    import spncli.casework as cw
+
+    real_check = cw._check_scored_inputs
+
+    def check_then_change(c, protected=None):  # the file changes between the resume's check and its reading
+        real_check(c, protected)
+        img.write_bytes(original[:-2] + b"\x00\xff\xd9")
+
+    monkeypatch.setattr(cw, "_check_scored_inputs", check_then_change)
     summary = _run(ev, case, db)
     errors = {Path(e["file"]).name: e["reason"] for e in Case(case).error_rows()}
     assert errors["CAM-B_0.jpg"].startswith("changed since the case scored it") and summary.errors == 2
@@ -675,3 +697,77 @@ def test_report_describes_only_the_fingerprints_the_case_scored(evidence, db, sy
     page = build_report(case)
     assert "The fingerprint database changed since the case was scored" in page
     assert "is not the one the case scored" in page
+
+
+def test_forged_run_entries_after_the_head_do_not_cover_removed_or_swapped_evidence(evidence, db, tmp_path):
+    """Review finding: appending a made-up match-start/match-completed after the noted head let a swapped image
+    (manifest updated) and a case emptied of its results pass verify --head."""
+    ev = tmp_path / "ev"
+    shutil.copytree(evidence, ev)
+    case = tmp_path / "case"
+    head = _run(ev, case, db).head
+
+    def forged_run(es):
+        return es + [{"event": "match-start", "utc": es[-1]["utc"]},
+                     {"event": "match-completed", "utc": es[-1]["utc"], "files": Case(case).files()}]  # fmt: skip
+
+    (ev / "CAM-A_0.jpg").write_bytes((ev / "CAM-B_1.jpg").read_bytes())
+    manifest = json.loads((case / "manifest.json").read_text())
+    for item in manifest["inputs"]:
+        if item["path"].endswith("CAM-A_0.jpg"):
+            item["sha256"] = hashlib.sha256((ev / "CAM-A_0.jpg").read_bytes()).hexdigest()
+    (case / "manifest.json").write_text(json.dumps(manifest))
+    _rechain(case, forged_run)
+    problems = Case(case).verify(head=head).problems
+    assert any(p.startswith(f"{ev / 'CAM-A_0.jpg'}: changed") for p in problems), problems  # against the rows
+    assert any("recorded as scored with SHA-256" in p for p in problems), problems
+    # a case emptied of its results and pictures
+    case2 = tmp_path / "case2"
+    shutil.copytree(evidence, tmp_path / "ev2")
+    head = _run(tmp_path / "ev2", case2, db).head
+    (case2 / "results.jsonl").unlink()
+    shutil.rmtree(case2 / "artifacts")
+    (case2 / "results.csv").write_text("image\n")
+    case = case2
+    _rechain(case2, forged_run)
+    problems = Case(case2).verify(head=head).problems
+    assert any(p.startswith("results.jsonl: missing (recorded at the noted head") for p in problems), problems
+    assert any(p.startswith("artifacts/") and "missing" in p for p in problems), problems
+
+
+def test_a_case_of_saved_residuals_resumes_and_verifies(evidence, db, tmp_path):
+    """Review finding: a scored .npy was recorded with its source image's SHA-256, so every later run was refused
+    as 'evidence changed'."""
+    from spncli.jobs import ExtractJob
+
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    ExtractJob(ev)(str(evidence / "CAM-A_0.jpg"))  # a residual and its provenance JSON, as spn extract writes them
+    case = tmp_path / "case"
+    first = _run(ev, case, db)
+    assert first.scored == 1
+    item = json.loads((case / "manifest.json").read_text())["inputs"][0]
+    assert item["sha256"] == hashlib.sha256(Path(item["path"]).read_bytes()).hexdigest() and item["source_sha256"]
+    assert Case(case).verify(head=first.head).ok
+    again = _run(ev, case, db)
+    assert again.skipped == 1 and Case(case).verify(head=again.head).ok
+
+
+def test_a_malformed_line_appended_after_a_kill_is_dropped_not_fatal(done_case, evidence, db, tmp_path):
+    case = _copy(done_case, tmp_path)
+    _rechain(case, lambda es: es[:-1])
+    with open(case / "results.jsonl", "a") as f:
+        f.write("[1, 2]\n")
+    notices = []
+    summary = _run(evidence, case, db, on_notice=notices.append)
+    assert summary.status == "completed" and any(n.startswith("dropped 1 row(s)") for n in notices), notices
+    assert Case(case).verify(head=summary.head).ok
+
+
+def test_a_borderline_pce_rounded_to_the_threshold_is_a_possible_row():
+    from spncli.casefile import row_problems
+
+    row = {"image": "/x.jpg", "sha256": "0" * 64, "camera": "c", "threshold": 60.0, "pce": 60.0, "n_shifts": 1}
+    assert row_problems([row | {"decision": "consistent"}]) == []  # 60.00003 rounds to 60.0 and is consistent
+    assert row_problems([row | {"decision": "not consistent"}]) == []
+    assert row_problems([row | {"pce": 59.9, "decision": "consistent"}])

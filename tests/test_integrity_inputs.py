@@ -576,10 +576,11 @@ def test_unsealed_fingerprints_of_older_databases_are_not_used(tmp_path):
         store.load("old")
 
 
-@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("orientation", range(0, 10))
 def test_tiff_pixels_stay_in_sensor_orientation_whatever_the_tag(orientation, tmp_path):
     """OpenCV's TIFF decoder applies the orientation tag despite IMREAD_IGNORE_ORIENTATION: undone, so the
-    pixels are the file's samples in stored order (8-bit RGB and 16-bit grey, non-square)."""
+    pixels are the file's samples in stored order (8-bit RGB and 16-bit grey, non-square; 0 and 9, which
+    no decoder applies, are kept as they are)."""
     import io
 
     from PIL import Image
@@ -668,6 +669,13 @@ def test_degrade_into_a_used_folder_keeps_the_earlier_manifest_entries(runner, t
     assert runner.invoke(app, ["degrade", str(files[1]), "--out", str(out), "-q", "70"]).exit_code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(e["quality"] for e in manifest["files"]) == [70, 80] and len(manifest["runs"]) == 2
+    # a killed run's journal (entries written after each image) is merged by the next run, then removed
+    killed = dict(manifest["files"][0], output="killed-run.q55.420.jpg", quality=55)
+    (out / ".manifest-journal.jsonl").write_text(json.dumps(killed) + "\n" + '{"torn')
+    assert runner.invoke(app, ["degrade", str(files[1]), "--out", str(out), "-q", "75"]).exit_code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(e["quality"] for e in manifest["files"]) == [55, 70, 75, 80]
+    assert not (out / ".manifest-journal.jsonl").exists()
     (out / "manifest.json").write_text("[]")
     res = runner.invoke(app, ["degrade", str(files[1]), "--out", str(out), "-q", "60"])
     assert res.exit_code == 2 and "is not a manifest of spn degrade" in res.output
@@ -722,3 +730,15 @@ def test_the_same_picture_twice_counts_once_in_a_fingerprint(tmp_path):
     fp, meta = build_fingerprint([*files, copy], "cam", on_warning=warnings.append)
     assert meta["image_count"] == 3 and [s["path"] for s in meta["sources"]] == [str(f) for f in files]
     assert any(w.startswith(f"{copy}: the same bytes as {files[0]}") for w in warnings), warnings
+
+
+def test_output_of_others_during_a_decode_passes_through_byte_for_byte(capfd):
+    """Only libjpeg's own messages are taken from standard error during a decode; a progress bar's frames
+    (carriage returns, no newline) and other lines are written on unchanged, in order."""
+    from spncli.evidence import decoder_messages
+
+    with decoder_messages() as lines:
+        os.write(2, b"\rframe 1\rframe 2")
+        os.write(2, b"\nCorrupt JPEG data: premature end of data segment\nWarning: not a decoder's\n")
+    assert lines == ["Corrupt JPEG data: premature end of data segment"]
+    assert capfd.readouterr().err == "\rframe 1\rframe 2\nWarning: not a decoder's\n"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -46,6 +48,26 @@ def previous_manifest(path: Path) -> dict | None:
     return doc
 
 
+JOURNAL = ".manifest-journal.jsonl"
+"""Entries appended after each image (fsync'd); merged into manifest.json at the end, then removed. A killed
+run's journal is merged by the next run into the same folder."""
+
+
+def journal_entries(path: Path) -> list[dict]:
+    """The whole lines of a journal a killed ``spn degrade`` left (none when absent)."""
+    if not path.is_file() or path.is_symlink():
+        return []
+    data = path.read_bytes()
+    lines = data[: data.rfind(b"\n") + 1].decode("utf-8", "replace").splitlines()
+    out = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and isinstance(entry.get("output"), str):
+                out.append(entry)
+    return out
+
+
 @app.command()
 def degrade(
     images: Annotated[list[Path], typer.Argument(help="Images or folders (walked recursively).", readable=False)],
@@ -78,12 +100,13 @@ def degrade(
         earlier = previous_manifest(manifest_path)
     except ValueError as exc:
         die(str(exc))
-    entries, failed = [], 0
+    journal = out / JOURNAL
+    entries, failed = journal_entries(journal), 0  # a killed run's files: kept
     paths = list(gather_inputs(images))
     clashes = clashing_stems(paths)
     started = utc_now()
 
-    def write_manifest() -> None:  # after each image: a kill leaves every written file in the manifest
+    def write_manifest() -> None:
         mine = {e["output"] for e in entries}
         atomic_write_json(manifest_path, {
             "created_utc": earlier.get("created_utc", started) if earlier else started,
@@ -116,9 +139,13 @@ def degrade(
                     **s.as_dict(),
                 }
             )
-        write_manifest()
+        with open(journal, "a", encoding="utf-8") as log:  # a kill leaves every written file in the journal
+            log.write("".join(json.dumps(e) + "\n" for e in entries[-len(settings):]))
+            log.flush()
+            os.fsync(log.fileno())
         note(f"{path}: {len(settings)} version(s) written")
     write_manifest()
+    journal.unlink(missing_ok=True)
     err.print(f"{len(entries)} file(s) written to {out}, {failed} input(s) failed; manifest {manifest_path}")
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)
