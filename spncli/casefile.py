@@ -54,6 +54,7 @@ CSV_COLUMNS = [
     "rotation", "restored", "peak_row", "peak_col", "n_shifts", "p_fa", "rows", "cols", "fingerprint_sha256",
     "residual_kind", "wiener_applied", "pce_classic", "pce_restored", "decision_classic", "decision_restored",
     "residuals_disagree", "network_applied", "weights_sha256", "alignment", "warnings", "device", "backend",
+    "decoder_warnings",
 ]  # fmt: skip
 GENESIS = "0" * 64
 AUDIT = "audit.jsonl"
@@ -66,6 +67,8 @@ REGENERATED = ("results.csv", "manifest.json", "errors.jsonl")
 RUN_END = (
     "match-completed", "match-interrupted", "cluster-completed", "cluster-failed", "pool-completed", "pool-failed",
 )  # fmt: skip
+RUN_ONLY = ("workers", "scheduler", "max_pixels")
+"""Parameters that may differ between the runs of one case (they do not change a score)."""
 CHECKPOINT = "-checkpoint"
 """Suffix of the audit events a run writes after each committed image (:meth:`Case.checkpoint`)."""
 RUN_KINDS = ("match-", "cluster-", "pool-")
@@ -143,7 +146,7 @@ def _jsonl(data: bytes | None, name: str = "results.jsonl", keys: tuple[str, ...
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = _loads(line)
         except ValueError:
             raise CaseError(f"{name} line {n}: not JSON") from None
         if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in keys):
@@ -154,6 +157,14 @@ def _jsonl(data: bytes | None, name: str = "results.jsonl", keys: tuple[str, ...
 
 ROW_KEYS = ("image", "sha256", "camera", "decision")
 """Fields every row of results.jsonl holds as strings."""
+
+
+def _loads(text):
+    """``json.loads``, with JSON nested too deeply for the parser (a RecursionError) as a ValueError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _is_temp(rel: str) -> bool:
@@ -534,7 +545,7 @@ class Case:
         writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for r in rows:
-            r = r | {"warnings": "; ".join(r.get("warnings") or ())}
+            r = r | {k: "; ".join(r.get(k) or ()) for k in ("warnings", "decoder_warnings")}
             writer.writerow({c: "" if r.get(c) is None else r.get(c) for c in columns})
         return buf.getvalue().encode()
 
@@ -595,7 +606,7 @@ class Case:
 
     def read_manifest(self) -> dict | None:
         data = _read(self.manifest)
-        return json.loads(data) if data is not None else None
+        return _loads(data) if data is not None else None
 
     def audit_entries(self) -> tuple[list[dict], list[str]]:
         """The audit entries and what is wrong with the file as a chain (read-only)."""
@@ -609,7 +620,7 @@ class Case:
         entries = []
         for n, line in enumerate(data[:end].decode(errors="replace").splitlines(), 1):
             try:
-                entry = json.loads(line)
+                entry = _loads(line)
                 if not isinstance(entry, dict):
                     raise ValueError
             except ValueError:
@@ -836,6 +847,11 @@ class Case:
                 shown = ", ".join(after[:8]) + (f" and {len(after) - 8} more" if len(after) > 8 else "")
                 v.notes.append(f"{len(after)} audit entr(y/ies) after the noted head: {shown}")
                 v.problems += self._after_head(entries, at, self._files_now)
+        if open_run is None:  # a killed run's manifest is rewritten by its resume
+            try:
+                v.problems += run_problems(entries, self.read_manifest())
+            except (ValueError, CaseError) as exc:
+                v.problems.append(f"manifest.json: unreadable ({exc})")
         try:
             v.problems += row_problems(self.rows())
             if open_run is None and entries and self.csv.exists() and _read(self.csv) != self.csv_bytes():
@@ -866,15 +882,48 @@ class Case:
         for rel in sorted(self.files()):
             if rel.startswith(ANALYSES) and rel.endswith(".json"):
                 try:
-                    record = json.loads(_read(self.root / rel) or b"{}")
+                    record = _loads(_read(self.root / rel) or b"{}")
                 except (ValueError, CaseError) as exc:
                     v.problems.append(f"{rel}: unreadable ({exc})")
                     continue
                 items += input_items(record, rel, v.problems)
         for item in {(i["path"], i.get("sha256")): i for i in items}.values():  # each input once
-            if item.get("sha256") or "unhashed" in item:
+            if item.get("sha256") or "unhashed" in item or str(item.get("status", "")).startswith("not an image"):
                 v.inputs_checked += 1
                 v.problems += input_problems(item)
+
+
+def scoring_parameters(params) -> dict:
+    """The parameters that decide a score (all but :data:`RUN_ONLY`), as JSON would hold them."""
+    params = params if isinstance(params, dict) else {}
+    return json.loads(json.dumps({k: v for k, v in params.items() if k not in RUN_ONLY}))
+
+
+def run_problems(entries: list[dict], manifest) -> list[str]:
+    """Match runs that disagree with the case's first one: a start entry with other scoring parameters or
+    another database (a run refuses both), and a manifest whose parameters, database, examiner or case id
+    are not those of the run entries (it is written from them at each run's end)."""
+    starts = [(i, e) for i, e in enumerate(entries) if e.get("event") == "match-start"]
+    if not starts:
+        return []
+    first = starts[0][1]
+    scoring, database = scoring_parameters(first.get("parameters")), first.get("database_sha256")
+    problems = [
+        f"audit entry {i} (match-start): other scoring parameters or another database than the case's first run"
+        for i, e in starts[1:]
+        if scoring_parameters(e.get("parameters")) != scoring or e.get("database_sha256") != database
+    ]
+    if isinstance(manifest, dict) and manifest:
+        last = starts[-1][1]
+        wrong = [name for name, ok in (
+            ("parameters", scoring_parameters(manifest.get("parameters")) == scoring),
+            ("database_sha256", manifest.get("database_sha256") == database),
+            ("examiner", manifest.get("examiner") == last.get("examiner")),
+            ("case_id", manifest.get("case_id") == last.get("case_id")),
+        ) if not ok]  # fmt: skip
+        if wrong:
+            problems.append(f"manifest.json: {', '.join(wrong)} not those the audit trail's runs recorded")
+    return problems
 
 
 def scored_digest(row: dict) -> dict:
@@ -927,6 +976,13 @@ def input_problems(item: dict) -> list[str]:
     a FIFO, a missing file) must still not be: a readable file in its place is a change too.
     """
     path, recorded = Path(item["path"]), item.get("sha256")
+    if not recorded and str(item.get("status", "")).startswith("not an image"):  # listed, not read: its size
+        try:
+            size = os.lstat(path).st_size
+        except OSError:
+            size = None
+        return [] if size == item.get("size_bytes") else [
+            f"{path}: size now {size}, recorded {item.get('size_bytes')} (a file that is not an image, not read)"]
     try:
         digest, reason = sha256_file(path), None
     except FileNotFoundError:
@@ -1031,6 +1087,12 @@ def _entry_problems(i: int, e: dict, in_run: bool) -> list[str]:
             problems.append(f"{name}: records {', '.join(wrong)} as report files, which a report never writes")
     if isinstance(event, str) and event.endswith(CHECKPOINT) and not in_run:
         problems.append(f"{name}: a checkpoint outside a run")
+    if isinstance(event, str) and event.endswith("-start"):
+        evidence = e.get("evidence", [])
+        if not (isinstance(e.get("parameters", {}), dict) and isinstance(evidence, list)
+                and all(isinstance(p, str) for p in evidence)
+                and isinstance(e.get("database_sha256", ""), (str, type(None)))):  # fmt: skip
+            problems.append(f"{name}: malformed (parameters an object, evidence a list of paths expected)")
     return problems
 
 

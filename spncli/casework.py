@@ -21,7 +21,6 @@ Nothing here prints: the caller renders through the ``on_*`` callbacks.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -32,7 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .batch import close_client, execute, make_client
-from .casefile import Case, CaseBusy, CaseError, input_problems, scored_digest, scored_inputs
+from .casefile import (
+    RUN_ONLY,
+    Case,
+    CaseBusy,
+    CaseError,
+    input_problems,
+    scored_digest,
+    scored_inputs,
+    scoring_parameters,
+)
 from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, sha256_file
 from .identify import Matcher, gather_inputs
 from .jobs import MatchJob
@@ -40,8 +48,6 @@ from .provenance import OutputInsideEvidence, check_apart, utc_now
 
 __all__ = ["CaseSummary", "CaseError", "CaseBusy", "open_case", "run_case", "case_parameters"]
 
-RUN_ONLY = ("workers", "scheduler", "max_pixels")
-"""Parameters that may differ between the runs of one case (they do not change a score)."""
 
 
 @dataclass
@@ -77,10 +83,6 @@ def case_parameters(matcher: Matcher, *, max_pixels: int, workers=None, schedule
     }
 
 
-def _scoring(params: dict) -> dict:
-    return json.loads(json.dumps({k: v for k, v in params.items() if k not in RUN_ONLY}))
-
-
 def _check_resume(case: Case, parameters: dict, db_sha: str) -> tuple[bool, int | None]:
     """Refuse a case that does not verify (its files, and the scored inputs re-hashed), or one started with
     another database or parameters.
@@ -101,7 +103,7 @@ def _check_resume(case: Case, parameters: dict, db_sha: str) -> tuple[bool, int 
                 f"{case.root}: the case was started with another database (SHA-256 "
                 f"{str(first.get('database_sha256'))[:16]}...); use a new case folder"
             )
-        before, now = _scoring(first.get("parameters", {})), _scoring(parameters)
+        before, now = scoring_parameters(first.get("parameters", {})), scoring_parameters(parameters)
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
         if changed:
             diff = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
@@ -173,7 +175,7 @@ def _inputs(case: Case, walked: list[str], errors: list[dict], others: Sequence[
     by_sha: dict[str, list[str]] = {}
     for item in inputs.values():
         if item["status"] == "scored":
-            by_sha.setdefault(item.get("source_sha256", item["sha256"]), []).append(item["path"])
+            by_sha.setdefault(item["sha256"], []).append(item["path"])  # the files' own bytes
     duplicates = []
     for sha, paths in sorted(by_sha.items()):
         if len(paths) > 1:

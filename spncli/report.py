@@ -431,6 +431,9 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
             )
             for line in r.get("warnings") or ():  # leak safeguards (spncli.leaks): shared or periodic components
                 w(f"<p class='leak' style='color:#9a3412;font-weight:600'>Warning — {_e(line)}</p>")
+            for line in r.get("decoder_warnings") or ():  # damaged data the decoder filled in (spncli.evidence)
+                w(f"<p class='leak' style='color:#9a3412;font-weight:600'>Damaged file — the decoder reported: "
+                  f"{_e(line)} (part of the image may be missing; it was scored as decoded)</p>")
             w(pce_scale_svg(r["pce"], threshold))
             w("</div>")
             for caption, png in pics:

@@ -251,9 +251,14 @@ def test_forged_chain_is_caught_only_against_the_noted_head(done_case, tmp_path)
     _edit_csv(case, _flip)
     rebuild_last(case)  # results.csv is checked against the rows it is written from, chain or no chain
     assert Case(case).verify().problems == ["results.csv: not the rows of results.jsonl (a run writes it from them)"]
-    case = _copy(done_case, tmp_path / "b")
+    case = _copy(done_case, tmp_path / "b")  # the manifest's examiner must be the runs' (checked without a head)
     manifest = json.loads((case / "manifest.json").read_text())
     (case / "manifest.json").write_text(json.dumps(manifest | {"examiner": "Someone Else"}, indent=2) + "\n")
+    rebuild_last(case)
+    assert Case(case).verify().problems == ["manifest.json: examiner not those the audit trail's runs recorded"]
+    case = _copy(done_case, tmp_path / "c")  # an error's reason is checked against nothing but the chain
+    error = json.loads((case / "errors.jsonl").read_text().splitlines()[0])
+    (case / "errors.jsonl").write_text(json.dumps(error | {"reason": "something else"}) + "\n")
     rebuild_last(case)
     assert Case(case).verify().ok
     v = Case(case).verify(head=done_case[1].head)
@@ -531,8 +536,10 @@ def test_rows_a_killed_run_left_past_its_last_checkpoint_are_never_adopted(done_
     its image scored again: the case ends as the uninterrupted one."""
     case = _copy(done_case, tmp_path)
     c = Case(case)
-    with c.lock():
-        c.audit("match-start", evidence=[str(evidence)])  # a run that was killed before its first commit
+    first = json.loads((case / "audit.jsonl").read_text().splitlines()[0])
+    with c.lock():  # a run that was killed before its first commit
+        c.audit("match-start", **{k: first[k] for k in ("parameters", "database_sha256", "evidence", "examiner",
+                                                         "case_id")})  # fmt: skip
     with open(case / "results.jsonl", "a") as f:
         f.write(json.dumps(_forged_row(case)) + "\n")
     assert not c.verify().ok  # a killed run is never a finished case
@@ -697,6 +704,10 @@ def test_report_describes_only_the_fingerprints_the_case_scored(evidence, db, sy
     page = build_report(case)
     assert "The fingerprint database changed since the case was scored" in page
     assert "is not the one the case scored" in page
+    res = CliRunner().invoke(app, ["report", str(case)])
+    assert res.exit_code == 0, res.output
+    assert "the fingerprint database changed since the case was scored" in res.stderr
+    assert "CAM-A: the database's fingerprint (SHA-256" in res.stderr and "is not the one the case scored" in res.stderr
 
 
 def test_forged_run_entries_after_the_head_do_not_cover_removed_or_swapped_evidence(evidence, db, tmp_path):
@@ -771,3 +782,32 @@ def test_a_borderline_pce_rounded_to_the_threshold_is_a_possible_row():
     assert row_problems([row | {"decision": "consistent"}]) == []  # 60.00003 rounds to 60.0 and is consistent
     assert row_problems([row | {"decision": "not consistent"}]) == []
     assert row_problems([row | {"pce": 59.9, "decision": "consistent"}])
+
+
+def test_deep_json_wrong_typed_start_entries_and_grown_non_images_are_problems(done_case, evidence, db, tmp_path):
+    case = _copy(done_case, tmp_path)
+    with open(case / "audit.jsonl", "a") as f:
+        f.write("[" * 100000 + "]" * 100000 + "\n")
+    assert any("not an audit entry" in p for p in Case(case).verify().problems)  # no RecursionError
+    case = _copy(done_case, tmp_path / "b")
+    _rechain(case, lambda es: [dict(es[0], parameters="x", evidence="/work"), *es[1:]])
+    assert any("malformed (parameters an object" in p for p in Case(case).verify().problems)
+    with pytest.raises(CaseError, match="malformed"):
+        _run(evidence, case, db)  # refused in one line, not an AttributeError
+    case = _copy(done_case, tmp_path / "c")  # a manifest whose threshold was edited
+    manifest = json.loads((case / "manifest.json").read_text())
+    manifest["parameters"]["threshold"] = 10
+    (case / "manifest.json").write_text(json.dumps(manifest))
+    _rechain(case, lambda es: es[:-1] + [dict(es[-1], files=Case(case).files())])
+    assert any(p.startswith("manifest.json: parameters") for p in Case(case).verify().problems)
+    # a file that is not an image is listed with its size, and a changed size is caught
+    ev = tmp_path / "ev"
+    shutil.copytree(evidence, ev)
+    (ev / "notes.txt").write_text("examiner's notes")
+    head = _run(ev, tmp_path / "d", db).head
+    listed = [i for i in json.loads((tmp_path / "d" / "manifest.json").read_text())["inputs"]
+              if i["path"].endswith("notes.txt")]  # fmt: skip
+    assert listed and listed[0]["size_bytes"] == len("examiner's notes") and listed[0]["sha256"] is None
+    with open(ev / "notes.txt", "a") as f:
+        f.write(" and more")
+    assert any("notes.txt: size now" in p for p in Case(tmp_path / "d").verify(head=head).problems)

@@ -59,6 +59,7 @@ COLUMNS = [
     "weights_sha256",
     "alignment",
     "warnings",
+    "decoder_warnings",
     "crop",
     "max_shift",
     "fingerprint_sha256",
@@ -83,8 +84,8 @@ CAPTION = (
 def render_matches(rows: list[dict], format: Format, threshold: float) -> None:
     """Render match records: a readable table, or every field as JSON Lines / CSV."""
     if format is not Format.table:
-        render([r | {"warnings": "; ".join(r.get("warnings") or ())} for r in rows] if format is Format.csv else rows,
-               format, COLUMNS)  # fmt: skip
+        joined = [r | {k: "; ".join(r.get(k) or ()) for k in ("warnings", "decoder_warnings")} for r in rows]
+        render(joined if format is Format.csv else rows, format, COLUMNS)
         return
     view = []
     for r in rows:

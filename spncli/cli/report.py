@@ -16,7 +16,7 @@ from ..provenance import OutputInsideEvidence, atomic_write_bytes, check_output_
 from ..report import build_report
 from ..store import FingerprintStore, StoreError
 from ._app import app
-from ._common import EXIT_SOME_FAILED, die, err, fail_line
+from ._common import EXIT_SOME_FAILED, die, err, fail_line, warn
 
 CASE_FILES = frozenset({"results.jsonl", "results.csv", "errors.jsonl", "manifest.json", "audit.jsonl", "case.lock"})
 
@@ -89,9 +89,9 @@ def report(
                         "marked NOT VERIFIED)", EXIT_SOME_FAILED)  # fmt: skip
                 err.print("warning: the report is marked NOT VERIFIED")
             given = [p for e in case.audit_entries()[0] if str(e.get("event", "")).endswith("-start")
-                     for p in e.get("evidence", [])]  # fmt: skip
+                     and isinstance(e.get("evidence"), list) for p in e["evidence"] if isinstance(p, str)]  # fmt: skip
             _check_target(folder, target, (case.read_manifest() or {}).get("evidence", []) + given)
-            _warn_database_changed(case.read_manifest() or {})
+            _warn_database_changed(case.read_manifest() or {}, case.rows())
             page = build_report(folder, problems=v.problems, head=v.head).encode()
             atomic_write_bytes(target, page)
             written = {target: page}
@@ -114,20 +114,35 @@ def report(
         die(str(exc), EXIT_SOME_FAILED)
 
 
-def _warn_database_changed(manifest: dict) -> None:
-    """One warning line when the fingerprint database is not the one the case recorded (the report says so too)."""
+def _warn_database_changed(manifest: dict, rows: list[dict]) -> None:
+    """Warning lines when the fingerprint database, or a camera's fingerprint, is not the one the case scored
+    (the report says so too)."""
     database, recorded = manifest.get("database"), manifest.get("database_sha256")
     if not database or not recorded:
         return
     try:
-        now = FingerprintStore(database).file_sha256()
+        store = FingerprintStore(database)
+        now = store.file_sha256()
     except (StoreError, OSError) as exc:
-        err.print(f"warning: {database}: the fingerprint database cannot be read ({exc}); the report's fingerprint "
-                  "section says so")  # fmt: skip
+        warn(f"{database}: the fingerprint database cannot be read ({exc}); the report's fingerprint section "
+             "says so")  # fmt: skip
         return
     if now != recorded:
-        err.print(f"warning: {database}: the fingerprint database changed since the case was scored (SHA-256 now "
-                  f"{now}, recorded {recorded}); the report describes only the fingerprints still the ones scored")
+        warn(f"{database}: the fingerprint database changed since the case was scored (SHA-256 now {now}, "
+             f"recorded {recorded}); the report describes only the fingerprints still the ones scored")
+    scored: dict[str, set] = {}
+    for r in rows:
+        if r.get("fingerprint_sha256"):
+            scored.setdefault(r["camera"], set()).add(r["fingerprint_sha256"])
+    for camera, shas in sorted(scored.items()):
+        try:
+            current = store.meta(camera).get("sha256")
+        except StoreError as exc:
+            warn(f"{camera}: its fingerprint cannot be used now ({exc}); the report shows none of its sources")
+            continue
+        if current not in shas:
+            warn(f"{camera}: the database's fingerprint (SHA-256 {current}) is not the one the case scored; the "
+                 "report shows none of its sources")
 
 
 def _print_pdf(html: Path) -> bytes:
