@@ -468,8 +468,12 @@ def screen_summary(camera: str, rec: dict) -> tuple[str, list[str]]:
     return line, lines
 
 
-def store_flags(store) -> tuple[dict[str, dict], list[str]]:
+def store_flags(store, *, whole_files: bool = False) -> tuple[dict[str, dict], list[str]]:
     """:func:`database_flags` of a database, from every camera's header (no pixels read).
+
+    With ``whole_files`` each camera's file is also hashed against the SHA-256 the index names it by
+    (:meth:`spncli.store.FingerprintStore.meta`), so a camera whose bytes were damaged is a problem line
+    rather than a camera listed without flags.
 
     Returns
     -------
@@ -484,7 +488,11 @@ def store_flags(store) -> tuple[dict[str, dict], list[str]]:
     headers, problems = {}, []
     for cam in store.cameras():
         try:
-            sha, meta, _shape = store.header(cam)
+            if whole_files:
+                meta = store.meta(cam)
+                sha = meta.pop("sha256")
+            else:
+                sha, meta, _shape = store.header(cam)
         except StoreError as exc:
             problems.append(str(exc))
             continue

@@ -223,7 +223,11 @@ class FingerprintStore:
         self._check_not_link()
         if not self.path.exists():
             raise StoreError(f"{self.path}: no such database (create it with 'spn fingerprint')")
-        if not stat.S_ISREG(os.stat(self.path).st_mode):
+        mode = os.stat(self.path).st_mode
+        if stat.S_ISDIR(mode):
+            raise StoreError(f"{self.path}: a folder, not an spn database (--db names the database's index file, "
+                             "e.g. cameras.h5)")  # fmt: skip
+        if not stat.S_ISREG(mode):
             raise StoreError(f"{self.path}: not a regular file (FIFO, socket or device); not an spn database")
 
     @contextlib.contextmanager

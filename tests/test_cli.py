@@ -286,3 +286,13 @@ def test_demo_runs(runner, tmp_path):
     assert len(rows) == 4
     for r in rows:
         assert (r["decision"] == "consistent") == Path(r["image"]).name.startswith(r["camera"])
+
+
+def test_quality_of_an_empty_or_cut_jpeg_says_so(runner, dresden, tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    data = (dresden / "nat-jpg" / "Nikon_D70_0_19445.JPG").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    res = runner.invoke(app, ["quality", str(tmp_path / "empty.jpg"), str(tmp_path / "cut.jpg"), "-f", "csv"])
+    assert res.exit_code == 1
+    assert f"error: {tmp_path / 'empty.jpg'}: empty file (0 bytes)" in res.stderr
+    assert f"{tmp_path / 'cut.jpg'}: no end-of-image marker" in res.stderr and "cut.jpg" in res.stdout

@@ -300,3 +300,22 @@ def test_the_sign_screen_flags_the_real_praktica_pairs_as_the_exact_screen_does(
     want = {("PrakticaC0", "PrakticaC2"), ("PrakticaC2", "PrakticaC0"), ("PrakticaC1", "PrakticaC2"),
             ("PrakticaC2", "PrakticaC1")}  # fmt: skip
     assert flagged[False] == flagged[True] == want
+
+
+def test_db_leaks_names_a_camera_whose_file_was_damaged(planted_db, runner, tmp_path):
+    """A camera file whose bytes were damaged (seal and metadata intact) was listed by db leaks as a camera
+    with no flags, exit 0: its file is now hashed, and it is one error line, exit 1."""
+    import shutil
+
+    db = planted_db[0]
+    copy = tmp_path / db.name
+    shutil.copy2(db, copy)
+    shutil.copytree(db.with_name(db.name + ".d"), copy.with_name(copy.name + ".d"))
+    victim = sorted(p for p in copy.with_name(copy.name + ".d").glob("*.h5"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    res = runner.invoke(app, ["db", "leaks", "--db", str(copy), "-f", "json"])
+    assert res.exit_code == 1 and "error:" in res.stderr and "corrupted" in res.stderr, res.output
+    res = runner.invoke(app, ["db", "leaks", "--db", str(tmp_path)])
+    assert res.exit_code == 2 and "a folder, not an spn database" in res.stderr

@@ -119,7 +119,7 @@ def leaks(
     """
     store = FingerprintStore(db)
     try:
-        flags, problems = store_flags(store)
+        flags, problems = store_flags(store, whole_files=True)  # a damaged camera file is named, not listed clean
     except StoreError as exc:
         die(str(exc))
     for line in problems:

@@ -12,7 +12,7 @@ from ..evidence import EvidenceError, read_bytes
 from ..identify import gather_inputs
 from ..jpegtables import JpegFormatError, estimate_quality, parse_jpeg
 from ._app import State, app
-from ._common import EXIT_SOME_FAILED, Format, fail_line, render
+from ._common import EXIT_SOME_FAILED, Format, fail_line, render, warn
 
 COLUMNS = ["image", "quality", "exact", "fit_error", "tables", "components", "progressive", "sha256"]
 
@@ -35,6 +35,8 @@ def quality(
     for path in gather_inputs(images):
         try:
             data = read_bytes(path, max_bytes=State.max_bytes)
+            if not data:
+                raise EvidenceError(path, "empty file (0 bytes)")
             s = parse_jpeg(data)
             q = estimate_quality(s)
         except EvidenceError as exc:
@@ -45,6 +47,8 @@ def quality(
             fail_line(str(path), str(exc))
             failed += 1
             continue
+        if not s.has_eoi:
+            warn(f"{path}: no end-of-image marker after the scan data (truncated?); its tables were read")
         rows.append(
             {
                 "image": str(path),
