@@ -534,12 +534,13 @@ class Case:
         """results.csv from results.jsonl, sorted by image then camera."""
         self._write(self.csv, self.csv_bytes())
 
-    def csv_bytes(self) -> bytes:
-        """What results.csv holds: the rows of results.jsonl, sorted by image then camera."""
+    def csv_bytes(self, columns: list[str] | None = None) -> bytes:
+        """What results.csv holds: the rows of results.jsonl, sorted by image then camera (``columns``: those of
+        an earlier version's file, to check it as that version wrote it)."""
         from .calibration import FIELDS as TAIL_FIELDS  # the empirical tail beside p_fa (spn calibrate)
 
         at = CSV_COLUMNS.index("p_fa") + 1
-        columns = CSV_COLUMNS[:at] + list(TAIL_FIELDS) + CSV_COLUMNS[at:]
+        columns = columns or CSV_COLUMNS[:at] + list(TAIL_FIELDS) + CSV_COLUMNS[at:]
         rows = sorted(self.rows(), key=lambda r: (r["image"], r["camera"]))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -548,6 +549,18 @@ class Case:
             r = r | {k: "; ".join(r.get(k) or ()) for k in ("warnings", "decoder_warnings")}
             writer.writerow({c: "" if r.get(c) is None else r.get(c) for c in columns})
         return buf.getvalue().encode()
+
+    def _csv_is_the_rows(self) -> bool:
+        """Whether results.csv is what its rows make, with the columns its header names when they are a
+        subset of this version's in the same order (an earlier version wrote fewer columns)."""
+        data = _read(self.csv) or b""
+        if data == self.csv_bytes():
+            return True
+        header = next(csv.reader(io.StringIO(data.split(b"\n", 1)[0].decode("utf-8", "replace"))), [])
+        known = list(csv.DictReader(io.StringIO(self.csv_bytes().split(b"\n", 1)[0].decode())).fieldnames or [])
+        if not header or not set(header) <= set(known) or header != [c for c in known if c in header]:
+            return False
+        return data == self.csv_bytes(header)
 
     # -- artifacts for the report -----------------------------------------
     def artifact_dir(self, sha256: str) -> Path:
@@ -854,7 +867,7 @@ class Case:
                 v.problems.append(f"manifest.json: unreadable ({exc})")
         try:
             v.problems += row_problems(self.rows())
-            if open_run is None and entries and self.csv.exists() and _read(self.csv) != self.csv_bytes():
+            if open_run is None and entries and self.csv.exists() and not self._csv_is_the_rows():
                 v.problems.append("results.csv: not the rows of results.jsonl (a run writes it from them)")
         except CaseError as exc:
             v.problems.append(str(exc))
@@ -977,6 +990,8 @@ def input_problems(item: dict) -> list[str]:
     """
     path, recorded = Path(item["path"]), item.get("sha256")
     if not recorded and str(item.get("status", "")).startswith("not an image"):  # listed, not read: its size
+        if "size_bytes" not in item:
+            return []  # listed by a version that recorded no size
         try:
             size = os.lstat(path).st_size
         except OSError:

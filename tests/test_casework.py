@@ -811,3 +811,23 @@ def test_deep_json_wrong_typed_start_entries_and_grown_non_images_are_problems(d
     with open(ev / "notes.txt", "a") as f:
         f.write(" and more")
     assert any("notes.txt: size now" in p for p in Case(tmp_path / "d").verify(head=head).problems)
+
+
+def test_a_results_csv_written_with_an_earlier_versions_columns_still_verifies(done_case, tmp_path):
+    """Review finding: adding a CSV column made every earlier case fail verify. The file is checked with the
+    columns its own header names; a changed value still fails."""
+    import csv as csvmod
+
+    case = _copy(done_case, tmp_path)
+    rows = list(csvmod.DictReader(io.StringIO((case / "results.csv").read_text())))
+    older = [c for c in rows[0] if c != "decoder_warnings"]
+    buf = io.StringIO()
+    writer = csvmod.DictWriter(buf, fieldnames=older, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    (case / "results.csv").write_text(buf.getvalue())
+    _rechain(case, lambda es: es[:-1] + [dict(es[-1], files=Case(case).files())])
+    assert Case(case).verify().ok, Case(case).verify().problems
+    (case / "results.csv").write_text(buf.getvalue().replace("consistent", "inconsistent", 1))
+    _rechain(case, lambda es: es[:-1] + [dict(es[-1], files=Case(case).files())])
+    assert "results.csv: not the rows of results.jsonl (a run writes it from them)" in Case(case).verify().problems
