@@ -570,6 +570,7 @@ def _residual_matrix(shaped, size, settings, max_pixels, folder, fail, on_progre
                 "cols": int(ev.shape[1]),
                 "rotation": rotation,
                 "jpeg_quality": ev.quality.quality if ev.quality else None,
+                "decoder_warnings": list(ev.warnings),
             }
         )
         on_progress(str(path))

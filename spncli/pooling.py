@@ -157,6 +157,7 @@ def pool_match(
             "rows": int(ev.shape[0]),
             "cols": int(ev.shape[1]),
             "jpeg_quality": ev.quality.quality if ev.quality else None,
+            "decoder_warnings": list(ev.warnings),
         }
         for ev in evidences
     ]

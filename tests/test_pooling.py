@@ -212,3 +212,14 @@ def test_relative_paths_are_recorded_absolute(weak_probes, pool_db, runner, tmp_
         res = runner.invoke(app, ["case", "verify", str(case)])
         assert res.exit_code == 0, res.output
     assert normalized_path("seized/../a.jpg") == "a.jpg" and normalized_path("/e/w/../s/./a.jpg") == "/e/s/a.jpg"
+
+
+def test_a_damaged_probe_is_pooled_with_its_decoder_warning_recorded(weak_probes):
+    paths, fps = weak_probes
+    data = paths[0].read_bytes()
+    sos = data.index(b"\xff\xda")
+    cut = data[: sos + (len(data) - sos) // 2] + b"\xff\xd9"  # half the scan data, then an end marker
+    evidences = [decode(cut, "cut.jpg"), *_evidence(paths[1:])]
+    images = pool_match(evidences, Matcher(fps, MatchSettings()))[0]["images"]
+    assert images[0]["decoder_warnings"][0].startswith("Corrupt JPEG data")
+    assert all(im["decoder_warnings"] == [] for im in images[1:])

@@ -15,7 +15,9 @@ from ..leaks import match_warnings
 from ..pooling import WEIGHTINGS, pool_match
 from ..store import FingerprintStore, StoreError
 from ._app import State
-from ._common import EXIT_SOME_FAILED, Format, die, err, fail_line, note_not_images, render, warn
+from ._common import (
+    EXIT_SOME_FAILED, Format, decoder_warnings, die, err, fail_line, note_not_images, render, warn,
+)
 
 POOL_COLUMNS = ["camera", "pce", "p_fa", "verdict", "n_images", "best_single_pce", "rotation"]
 CSV_COLUMNS = [
@@ -47,6 +49,7 @@ def _pooled(images, matcher: Matcher, *, singles: bool, weighting: str) -> tuple
                 raise EvidenceError(str(path), f"same bytes as {seen[ev.sha256]} (SHA-256 {ev.sha256[:16]}...): "
                                     "pooled once")  # fmt: skip
             seen[ev.sha256] = str(path)
+            decoder_warnings({"path": str(path), "warnings": ev.warnings})
             evidences.append(ev)
         except EvidenceError as exc:
             fail_line(exc.path, exc.reason)
