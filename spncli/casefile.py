@@ -534,14 +534,19 @@ class Case:
         """results.csv from results.jsonl, sorted by image then camera."""
         self._write(self.csv, self.csv_bytes())
 
-    def csv_bytes(self, columns: list[str] | None = None) -> bytes:
-        """What results.csv holds: the rows of results.jsonl, sorted by image then camera (``columns``: those of
-        an earlier version's file, to check it as that version wrote it)."""
+    @staticmethod
+    def csv_columns() -> list[str]:
+        """The columns of results.csv: :data:`CSV_COLUMNS`, with calibration's empirical tail beside p_fa."""
         from .calibration import FIELDS as TAIL_FIELDS  # the empirical tail beside p_fa (spn calibrate)
 
         at = CSV_COLUMNS.index("p_fa") + 1
-        columns = columns or CSV_COLUMNS[:at] + list(TAIL_FIELDS) + CSV_COLUMNS[at:]
-        rows = sorted(self.rows(), key=lambda r: (r["image"], r["camera"]))
+        return CSV_COLUMNS[:at] + list(TAIL_FIELDS) + CSV_COLUMNS[at:]
+
+    def csv_bytes(self, columns: list[str] | None = None, rows: list[dict] | None = None) -> bytes:
+        """What results.csv holds: the rows of results.jsonl (or ``rows``, already read), sorted by image then
+        camera (``columns``: those of an earlier version's file, to check it as that version wrote it)."""
+        columns = columns or self.csv_columns()
+        rows = sorted(self.rows() if rows is None else rows, key=lambda r: (r["image"], r["camera"]))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
@@ -550,17 +555,15 @@ class Case:
             writer.writerow({c: "" if r.get(c) is None else r.get(c) for c in columns})
         return buf.getvalue().encode()
 
-    def _csv_is_the_rows(self) -> bool:
-        """Whether results.csv is what its rows make, with the columns its header names when they are a
+    def _csv_is_the_rows(self, rows: list[dict]) -> bool:
+        """Whether results.csv is what ``rows`` make, with the columns its header names when they are a
         subset of this version's in the same order (an earlier version wrote fewer columns)."""
         data = _read(self.csv) or b""
-        if data == self.csv_bytes():
-            return True
         header = next(csv.reader(io.StringIO(data.split(b"\n", 1)[0].decode("utf-8", "replace"))), [])
-        known = list(csv.DictReader(io.StringIO(self.csv_bytes().split(b"\n", 1)[0].decode())).fieldnames or [])
-        if not header or not set(header) <= set(known) or header != [c for c in known if c in header]:
+        known = self.csv_columns()
+        if not header or header != [c for c in known if c in header] or not set(header) <= set(known):
             return False
-        return data == self.csv_bytes(header)
+        return data == self.csv_bytes(header, rows)
 
     # -- artifacts for the report -----------------------------------------
     def artifact_dir(self, sha256: str) -> Path:
@@ -774,8 +777,9 @@ class Case:
             for p in self.links()
         ]
 
-    def state_problems(self) -> tuple[list[str], list[dict]]:
-        """The chain and the case files against what the trail records (no input is read); and the entries.
+    def state_problems(self) -> tuple[list[str], list[dict], dict[str, dict]]:
+        """The chain and the case files against what the trail records (no input is read); the entries, and
+        the case files as hashed now (:meth:`files`).
 
         After a run that wrote no end entry (killed), the rows it appended, the pictures it added and the
         files it regenerates at its end (CSV, manifest, errors) pass; recorded rows and pictures must not
@@ -783,14 +787,14 @@ class Case:
         """
         entries, problems = self.audit_entries()
         problems += self._link_problems()
-        now = self._files_now = self.files()
+        now = self.files()
         if not entries:
             if now:
                 problems.append("the case holds files but no audit trail records them")
-            return problems, entries
+            return problems, entries, now
         recorded, by, _ = _recorded(entries)
         problems += self._compare(recorded, now, by, killed=self._last_run_open(entries) is not None)
-        return problems, entries
+        return problems, entries, now
 
     def base_entries(self) -> list[dict] | None:
         """The audit entries of a case a run may build on (``None``: a new case, no audit trail yet).
@@ -803,7 +807,7 @@ class Case:
         """
         if not self.audit_log.exists() and not self.audit_log.is_symlink():
             return None
-        problems, entries = self.state_problems()
+        problems, entries, _ = self.state_problems()
         problems = [p for p in problems if p != TORN_AUDIT]
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -828,7 +832,7 @@ class Case:
             v.problems.append(f"{self.root}: not a case folder")
             return v
         try:
-            problems, entries = self.state_problems()
+            problems, entries, now = self.state_problems()
         except CaseError as exc:  # a case file that cannot be read safely (a FIFO, a hard link): named, no hang
             v.problems += [str(exc), *self._link_problems()]
             return v
@@ -859,33 +863,33 @@ class Case:
                 after = [str(e.get("event")) for e in entries[at + 1 :]]
                 shown = ", ".join(after[:8]) + (f" and {len(after) - 8} more" if len(after) > 8 else "")
                 v.notes.append(f"{len(after)} audit entr(y/ies) after the noted head: {shown}")
-                v.problems += self._after_head(entries, at, self._files_now)
+                v.problems += self._after_head(entries, at, now)
         if open_run is None:  # a killed run's manifest is rewritten by its resume
             try:
                 v.problems += run_problems(entries, self.read_manifest())
             except (ValueError, CaseError) as exc:
                 v.problems.append(f"manifest.json: unreadable ({exc})")
         try:
-            v.problems += row_problems(self.rows())
-            if open_run is None and entries and self.csv.exists() and not self._csv_is_the_rows():
-                v.problems.append("results.csv: not the rows of results.jsonl (a run writes it from them)")
+            rows = self.rows()
         except CaseError as exc:
             v.problems.append(str(exc))
+            rows = None
+        if rows is not None:
+            v.problems += row_problems(rows)
+            if open_run is None and entries and self.csv.exists() and not self._csv_is_the_rows(rows):
+                v.problems.append("results.csv: not the rows of results.jsonl (a run writes it from them)")
         if inputs:
-            self._verify_inputs(v)
+            self._verify_inputs(v, rows or [])
         return v
 
-    def _verify_inputs(self, v: Verification) -> None:
+    def _verify_inputs(self, v: Verification, rows: list[dict]) -> None:
         try:
             manifest = self.read_manifest()
         except (ValueError, CaseError) as exc:
             v.problems.append(f"manifest.json: unreadable ({exc})")
             return
         items = input_items(manifest, "manifest.json", v.problems)
-        try:
-            scored = scored_inputs(self.rows())
-        except CaseError:
-            scored = []  # named by verify already
+        scored = scored_inputs(rows)  # rows that could not be read are named by verify already
         by_path = {i["path"]: i["sha256"] for i in scored}
         for item in items:  # the manifest's scored inputs must be the rows' (it is rewritten at each run's end)
             if item.get("status") == "scored" and by_path.get(item["path"]) != item.get("sha256"):
@@ -982,6 +986,19 @@ def _is_hex64(value) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
+def digest_or_reason(path) -> tuple[str | None, str | None]:
+    """An input's SHA-256 as the evidence reader reads it (no link followed, no FIFO opened), or why it cannot
+    be hashed: ``(digest, None)`` or ``(None, reason)``."""
+    try:
+        return sha256_file(path), None
+    except FileNotFoundError:
+        return None, "no such file"
+    except EvidenceError as exc:
+        return None, exc.reason
+    except OSError as exc:
+        return None, f"cannot read: {exc.strerror or exc}"
+
+
 def input_problems(item: dict) -> list[str]:
     """An input re-hashed (as the evidence reader reads it: no link followed, no FIFO opened) against the record.
 
@@ -998,14 +1015,7 @@ def input_problems(item: dict) -> list[str]:
             size = None
         return [] if size == item.get("size_bytes") else [
             f"{path}: size now {size}, recorded {item.get('size_bytes')} (a file that is not an image, not read)"]
-    try:
-        digest, reason = sha256_file(path), None
-    except FileNotFoundError:
-        digest, reason = None, "no such file"
-    except EvidenceError as exc:
-        digest, reason = None, exc.reason
-    except OSError as exc:
-        digest, reason = None, f"cannot read: {exc.strerror or exc}"
+    digest, reason = digest_or_reason(path)
     if recorded:
         if digest is None:
             return [f"{path}: {'missing' if reason == 'no such file' else reason} (recorded SHA-256 {recorded})"]

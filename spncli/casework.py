@@ -32,23 +32,21 @@ from pathlib import Path
 
 from .batch import close_client, execute, make_client
 from .casefile import (
-    RUN_ONLY,
     Case,
     CaseBusy,
     CaseError,
+    digest_or_reason,
     input_problems,
     scored_digest,
     scored_inputs,
     scoring_parameters,
 )
-from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, sha256_file
+from .evidence import DEFAULT_MAX_PIXELS
 from .identify import Matcher, gather_inputs
 from .jobs import MatchJob
 from .provenance import OutputInsideEvidence, check_apart, utc_now
 
 __all__ = ["CaseSummary", "CaseError", "CaseBusy", "open_case", "run_case", "case_parameters"]
-
-
 
 @dataclass
 class CaseSummary:
@@ -70,7 +68,8 @@ class _Stop(Exception):
 
 
 def case_parameters(matcher: Matcher, *, max_pixels: int, workers=None, scheduler=None) -> dict:
-    """The parameters recorded with a case (all but :data:`RUN_ONLY` must agree between its runs)."""
+    """The parameters recorded with a case (all but :data:`spncli.casefile.RUN_ONLY` must agree between its
+    runs)."""
     restorer = matcher.restorer
     screen = getattr(matcher, "prescreen", None)  # recorded only when on: cases without it resume as before
     return matcher.settings.as_dict() | ({"prescreen": screen.setting} if screen is not None else {}) | {
@@ -130,16 +129,10 @@ def _check_scored_inputs(case: Case, protected: int | None = None) -> None:
 
 
 def _unscored_digest(path: str) -> dict:
-    """SHA-256 of an input that was not scored (an error, not an image, not reached), so that a later change
-    to it is seen; or why it cannot be hashed (a link, a FIFO, a missing file), which verify checks again."""
-    try:
-        return {"sha256": sha256_file(path)}
-    except FileNotFoundError:
-        return {"sha256": None, "unhashed": "no such file"}
-    except EvidenceError as exc:
-        return {"sha256": None, "unhashed": exc.reason}
-    except OSError as exc:
-        return {"sha256": None, "unhashed": f"cannot read: {exc.strerror or exc}"}
+    """SHA-256 of an input that failed, so that a later change to it is seen; or why it cannot be hashed (a
+    link, a FIFO, a missing file), which verify checks again."""
+    digest, reason = digest_or_reason(path)
+    return {"sha256": digest} if digest else {"sha256": None, "unhashed": reason}
 
 
 def _inputs(case: Case, walked: list[str], errors: list[dict], others: Sequence[str] = ()

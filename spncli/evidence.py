@@ -313,10 +313,11 @@ _UNDO_ORIENTATION = {
     8: lambda x: np.rot90(x, -1),
 }
 """The inverse of each TIFF/EXIF orientation's display transform: OpenCV's TIFF decoder applies the
-orientation whatever ``IMREAD_IGNORE_ORIENTATION`` says, so it is undone (tested for all eight)."""
+orientation whatever ``IMREAD_IGNORE_ORIENTATION`` says, so it is undone (tested for all eight, and for
+0 and 9, which it keeps as stored)."""
 
 
-def _sensor_orientation_tiff(img: np.ndarray, data: bytes, path: str) -> np.ndarray:
+def _sensor_orientation_tiff(img: np.ndarray, data: bytes) -> np.ndarray:
     """A decoded TIFF back in the order its samples are stored (sensor orientation)."""
     orientation = _tiff_tags(data).get(274, 1)  # values outside 1..8 (0 from some writers): OpenCV keeps the order
     return np.ascontiguousarray(_UNDO_ORIENTATION.get(orientation, _UNDO_ORIENTATION[1])(img))
@@ -636,7 +637,7 @@ def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> E
     if img is None or img.size == 0:
         raise EvidenceError(path, f"{fmt.upper()} data could not be decoded (corrupt or unsupported)")
     if fmt == "tiff":
-        img = _sensor_orientation_tiff(img, data, path)
+        img = _sensor_orientation_tiff(img, data)
     if img.shape[:2] != (rows, cols):
         raise EvidenceError(path, f"decoded size {img.shape[1]}x{img.shape[0]} differs from the header's {cols}x{rows}")
     if img.ndim == 2:

@@ -17,6 +17,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -139,46 +140,108 @@ def pce_scale_svg(pce: float, threshold: float, width: int = 360) -> str:
     )
 
 
-def _fingerprint_section(database: str | None, cameras: list[str], recorded_sha: str | None = None,
-                         scored: dict[str, set] | None = None) -> str:  # fmt: skip
+@dataclass
+class FingerprintCheck:
+    """The fingerprint database as it is now against what a case scored (:func:`check_fingerprints`).
+
+    ``states`` holds each camera's metadata, or why it cannot be shown (damaged, not in the database);
+    ``scored`` the fingerprint SHA-256s the case's rows name per camera.
+    """
+
+    database: str | None
+    cameras: list[str]
+    recorded_sha256: str | None = None
+    sha256: str | None = None
+    error: str | None = None
+    states: dict[str, dict | str] = field(default_factory=dict)
+    scored: dict[str, set] = field(default_factory=dict)
+
+    def mismatched(self, camera: str) -> bool:
+        """Whether the database's fingerprint of ``camera`` is readable but not one the case scored."""
+        meta, used = self.states.get(camera), self.scored.get(camera)
+        return isinstance(meta, dict) and bool(used) and meta.get("sha256") not in used
+
+    def warnings(self) -> list[str]:
+        """One line per difference (the database changed, a camera unreadable or not the one scored)."""
+        if not self.database or not self.recorded_sha256:
+            return []
+        if self.error is not None:
+            return [f"{self.database}: the fingerprint database cannot be read ({self.error}); the report's "
+                    "fingerprint section says so"]  # fmt: skip
+        out = []
+        if self.sha256 != self.recorded_sha256:
+            out.append(f"{self.database}: the fingerprint database changed since the case was scored (SHA-256 now "
+                       f"{self.sha256}, recorded {self.recorded_sha256}); the report describes only the fingerprints "
+                       "still the ones scored")  # fmt: skip
+        for camera in sorted(self.scored):
+            state = self.states.get(camera, "not in the database now")
+            if isinstance(state, str):
+                out.append(f"{camera}: its fingerprint cannot be used now ({state}); the report shows none of its "
+                           "sources")  # fmt: skip
+            elif self.mismatched(camera):
+                out.append(f"{camera}: the database's fingerprint (SHA-256 {state.get('sha256')}) is not the one the "
+                           "case scored; the report shows none of its sources")  # fmt: skip
+        return out
+
+
+def _case_cameras(manifest: dict, rows: list[dict]) -> list[str]:
+    """The cameras a case scored: the parameters' list, else the rows' cameras."""
+    return (manifest.get("parameters") or {}).get("cameras") or sorted({r["camera"] for r in rows})
+
+
+def check_fingerprints(manifest: dict, rows: list[dict]) -> FingerprintCheck:
+    """The database a case names, as it is now, against the SHA-256 the case recorded and each camera's
+    fingerprint against the SHA-256 its rows name (every camera file read and hashed once)."""
+    scored: dict[str, set] = defaultdict(set)
+    for r in rows:
+        if r.get("fingerprint_sha256"):
+            scored[r["camera"]].add(r["fingerprint_sha256"])
+    check = FingerprintCheck(manifest.get("database"), _case_cameras(manifest, rows),
+                             manifest.get("database_sha256"), scored=dict(scored))  # fmt: skip
+    try:
+        store = FingerprintStore(check.database) if check.database else None
+        held = set(store.cameras()) if store else set()
+        check.sha256 = store.file_sha256() if store else None
+    except (StoreError, OSError) as exc:
+        check.error = str(exc)
+        return check
+    for cam in sorted(held & (set(check.cameras) | set(scored))):
+        try:
+            check.states[cam] = store.meta(cam)
+        except StoreError as exc:  # a damaged camera: said so, the others still described
+            check.states[cam] = str(exc)
+    return check
+
+
+def _fingerprint_section(check: FingerprintCheck) -> str:
     """Per camera: the fingerprint's source images (path, SHA-256, size, JPEG quality), their count and quality.
 
-    Only for the fingerprints the case scored: the database as it is now is checked against the SHA-256 the
-    case recorded (``recorded_sha``), and each camera's fingerprint against the SHA-256 its rows name
-    (``scored``); a camera whose fingerprint changed is said so, and its sources are not shown.
+    Only for the fingerprints the case scored (:func:`check_fingerprints`): a database that changed since the
+    case recorded it, and a camera whose fingerprint changed or cannot be read, are said so, and that camera's
+    sources are not shown.
     """
     out = ["<h2>Fingerprints</h2>"]
-    try:
-        store = FingerprintStore(database) if database else None
-        held = set(store.cameras()) if store else set()
-        now = store.file_sha256() if store else None
-    except (StoreError, OSError) as exc:
-        return out[0] + f"<p class='note'>The fingerprint database could not be read for this section: {_e(exc)}</p>"
-    metas: dict[str, dict | str] = {}
-    for cam in sorted(held & set(cameras)):
-        try:
-            metas[cam] = store.meta(cam)
-        except StoreError as exc:  # a damaged camera: said so, the others still described
-            metas[cam] = str(exc)
-    if recorded_sha and now != recorded_sha:
+    if check.error is not None:
+        why = _e(check.error)
+        return out[0] + f"<p class='note'>The fingerprint database could not be read for this section: {why}</p>"
+    if check.recorded_sha256 and check.sha256 != check.recorded_sha256:
         out.append(
             f"<p class='note' style='color:#c00'><b>The fingerprint database changed since the case was scored</b> "
-            f"(SHA-256 now <code>{_e(now)}</code>, recorded <code>{_e(recorded_sha)}</code>): only the cameras whose "
-            "fingerprint is still the one scored are described below.</p>"
+            f"(SHA-256 now <code>{_e(check.sha256)}</code>, recorded <code>{_e(check.recorded_sha256)}</code>): only "
+            "the cameras whose fingerprint is still the one scored are described below.</p>"
         )
-    for cam in cameras:
-        meta = metas.get(cam)
+    for cam in check.cameras:
+        meta = check.states.get(cam)
         if not isinstance(meta, dict):
             why = meta or "not in the database now"
             out.append(f"<h3>{_e(cam)}</h3><p class='note' style='color:#c00'>{_e(why)}: its source images cannot "
                        "be shown.</p>")  # fmt: skip
             continue
-        used = (scored or {}).get(cam)
-        if used and meta.get("sha256") not in used:
+        if check.mismatched(cam):
             out.append(
                 f"<h3>{_e(cam)}</h3><p class='note' style='color:#c00'>The database's fingerprint of this camera "
                 f"(SHA-256 <code>{_e(meta.get('sha256'))}</code>) is not the one the case scored (<code>"
-                f"{_e(', '.join(sorted(used)))}</code>): its source images are not shown.</p>"
+                f"{_e(', '.join(sorted(check.scored[cam])))}</code>): its source images are not shown.</p>"
             )
             continue
         q = meta.get("quality") or {}
@@ -298,11 +361,13 @@ def _not_verified(problems: list[str]) -> str:
     )
 
 
-def build_report(folder: str | Path, *, problems: list[str] | None = None, head: str | None = None) -> str:
+def build_report(folder: str | Path, *, problems: list[str] | None = None, head: str | None = None,
+                 fingerprints: FingerprintCheck | None = None) -> str:  # fmt: skip
     """The HTML report of a case folder (results, errors, manifest, audit, artifacts).
 
     ``problems``: what ``verify`` found; when there are any the report is marked NOT VERIFIED at the top
-    and in its title. ``head``: the audit chain head the report was written against.
+    and in its title. ``head``: the audit chain head the report was written against. ``fingerprints``: the
+    database's check made already (:func:`check_fingerprints`), else made here.
     """
     case = Case(folder)
     manifest = case.read_manifest() or {}
@@ -310,7 +375,7 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
     errors = case.error_rows()
     params = manifest.get("parameters", {})
     threshold = float(params.get("threshold", 60.0))
-    cameras = params.get("cameras") or sorted({r["camera"] for r in rows})
+    cameras = _case_cameras(manifest, rows)
     images = sorted({r["image"] for r in rows})
     consistent = [r for r in rows if r["decision"] == "consistent"]
     by_camera = defaultdict(list)
@@ -373,11 +438,7 @@ def build_report(folder: str | Path, *, problems: list[str] | None = None, head:
     for cam in cameras:
         w(f"<tr><td>{_e(cam)}</td><td>{len(by_camera.get(cam, []))}</td></tr>")
     w("</table>")
-    scored = defaultdict(set)
-    for r in rows:
-        if r.get("fingerprint_sha256"):
-            scored[r["camera"]].add(r["fingerprint_sha256"])
-    w(_fingerprint_section(manifest.get("database"), cameras, manifest.get("database_sha256"), scored))
+    w(_fingerprint_section(fingerprints or check_fingerprints(manifest, rows)))
     w(_calibration_section(manifest.get("database"), threshold, consistent))
     for cam in cameras:
         matches = sorted(by_camera.get(cam, []), key=lambda r: -r["pce"])

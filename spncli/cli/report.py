@@ -13,8 +13,7 @@ import typer
 
 from ..casefile import Case, CaseError
 from ..provenance import OutputInsideEvidence, atomic_write_bytes, check_output_location
-from ..report import build_report
-from ..store import FingerprintStore, StoreError
+from ..report import build_report, check_fingerprints
 from ._app import app
 from ._common import EXIT_SOME_FAILED, die, err, fail_line, warn
 
@@ -91,8 +90,10 @@ def report(
             given = [p for e in case.audit_entries()[0] if str(e.get("event", "")).endswith("-start")
                      and isinstance(e.get("evidence"), list) for p in e["evidence"] if isinstance(p, str)]  # fmt: skip
             _check_target(folder, target, (case.read_manifest() or {}).get("evidence", []) + given)
-            _warn_database_changed(case.read_manifest() or {}, case.rows())
-            page = build_report(folder, problems=v.problems, head=v.head).encode()
+            fingerprints = check_fingerprints(case.read_manifest() or {}, case.rows())
+            for line in fingerprints.warnings():  # the report says so too
+                warn(line)
+            page = build_report(folder, problems=v.problems, head=v.head, fingerprints=fingerprints).encode()
             atomic_write_bytes(target, page)
             written = {target: page}
             err.print(f"report written to {target}")
@@ -112,37 +113,6 @@ def report(
             )
     except CaseError as exc:
         die(str(exc), EXIT_SOME_FAILED)
-
-
-def _warn_database_changed(manifest: dict, rows: list[dict]) -> None:
-    """Warning lines when the fingerprint database, or a camera's fingerprint, is not the one the case scored
-    (the report says so too)."""
-    database, recorded = manifest.get("database"), manifest.get("database_sha256")
-    if not database or not recorded:
-        return
-    try:
-        store = FingerprintStore(database)
-        now = store.file_sha256()
-    except (StoreError, OSError) as exc:
-        warn(f"{database}: the fingerprint database cannot be read ({exc}); the report's fingerprint section "
-             "says so")  # fmt: skip
-        return
-    if now != recorded:
-        warn(f"{database}: the fingerprint database changed since the case was scored (SHA-256 now {now}, "
-             f"recorded {recorded}); the report describes only the fingerprints still the ones scored")
-    scored: dict[str, set] = {}
-    for r in rows:
-        if r.get("fingerprint_sha256"):
-            scored.setdefault(r["camera"], set()).add(r["fingerprint_sha256"])
-    for camera, shas in sorted(scored.items()):
-        try:
-            current = store.meta(camera).get("sha256")
-        except StoreError as exc:
-            warn(f"{camera}: its fingerprint cannot be used now ({exc}); the report shows none of its sources")
-            continue
-        if current not in shas:
-            warn(f"{camera}: the database's fingerprint (SHA-256 {current}) is not the one the case scored; the "
-                 "report shows none of its sources")
 
 
 def _print_pdf(html: Path) -> bytes:
