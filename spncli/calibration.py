@@ -276,7 +276,7 @@ def recompressed(ev: Evidence, quality: int, crop: tuple[int, int] | None) -> Ev
     pixels = ev.pixels.copy()
     pixels[top:bottom, left:right] = region.pixels  # grey stays grey, colour colour
     structure = jpegtables.parse_jpeg(data)
-    return replace(ev, path=label, sha256=region.sha256, size_bytes=len(data), format="jpeg", pixels=pixels,
+    return replace(ev, path=label, sha256=region.sha256, size_bytes=len(data), format="jpeg", samples=pixels,
                    jpeg=structure, quality=jpegtables.estimate_quality(structure))  # fmt: skip
 
 

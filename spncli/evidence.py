@@ -175,9 +175,14 @@ class Evidence:
         File size.
     format : str
         ``"jpeg"``, ``"png"``, ``"tiff"``, ``"webp"`` or ``"heic"`` (by signature).
-    pixels : ndarray
-        float32, shape (rows, cols, channels), channels 1 (grey) or 3 (RGB
-        order), scaled to 0..255 whatever the bit depth; alpha is dropped.
+    samples : ndarray
+        The samples as decoded, shape (rows, cols, channels), channels 1 (grey)
+        or 3 (RGB order), alpha dropped: uint8 or uint16 (float32 on the 0..255
+        scale is accepted too). A 48 MP photo's 8-bit samples take 144 MB, its
+        float pixels 576 MB.
+    pixels : ndarray (property)
+        float32, same shape, scaled to 0..255 whatever the bit depth: converted
+        from ``samples`` on first use and kept (assignable).
     bit_depth : int
         8 or 16.
     saturation : float
@@ -201,17 +206,51 @@ class Evidence:
     sha256: str
     size_bytes: int
     format: str
-    pixels: np.ndarray
+    samples: np.ndarray
     bit_depth: int
     saturation: float
     jpeg: jpegtables.JpegStructure | None = None
     quality: jpegtables.QualityEstimate | None = None
     exif: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    _pixels: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        if self._pixels is None:
+            s = self.samples
+            if s.dtype == np.float32:
+                self._pixels = s
+            else:
+                pixels = s.astype(np.float32)
+                if s.dtype == np.uint16:
+                    pixels *= 255.0 / 65535.0
+                self._pixels = pixels
+        return self._pixels
+
+    @pixels.setter
+    def pixels(self, value: np.ndarray) -> None:
+        self._pixels = value
+
+    def denoiser_samples(self) -> np.ndarray:
+        """What the CPU residual reads: the 8-bit samples as decoded, else the float pixels.
+
+        :func:`spncli.residual.grey_residual` converts 8-bit samples to float32 a channel (or a band
+        of rows) at a time, with the same values the float pixels hold, so its result is bit for bit
+        the same while the image's float copy (4 bytes a sample) is never made.
+        """
+        if self._pixels is None and self.samples.dtype == np.uint8:
+            return self.samples
+        return self.pixels
+
+    def release_pixels(self) -> None:
+        """Drop the samples and pixels for zero-byte read-only stand-ins of the same shape (``shape`` holds)."""
+        self.samples = np.broadcast_to(np.uint8(0), self.samples.shape)
+        self._pixels = np.broadcast_to(np.float32(0), self.samples.shape)
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.pixels.shape[:2]
+        return self.samples.shape[:2]
 
     def provenance(self) -> dict:
         """The facts about this input that every dependent output records."""
@@ -223,7 +262,7 @@ class Evidence:
             "format": self.format,
             "rows": int(self.shape[0]),
             "cols": int(self.shape[1]),
-            "channels": int(self.pixels.shape[2]),
+            "channels": int(self.samples.shape[2]),
             "bit_depth": self.bit_depth,
             "jpeg_quality": None if q is None else q.quality,
             "jpeg_quality_exact": None if q is None else q.exact,
@@ -643,26 +682,26 @@ def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> E
     if img.ndim == 2:
         img = img[:, :, None]
     if img.dtype == np.uint8:
-        depth, scale = 8, 1.0
+        depth = 8
     elif img.dtype == np.uint16:
-        depth, scale = 16, 255.0 / 65535.0
+        depth = 16
     else:
         raise EvidenceError(path, f"unsupported sample type {img.dtype} (allowed: 8- or 16-bit integer)")
     channels = img.shape[2]
-    if channels in (3, 4):  # OpenCV's BGR(A) to RGB, alpha dropped: one contiguous pass (a reversed-stride
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if channels == 4 else cv2.COLOR_BGR2RGB)  # view casts slowly)
+    if channels == 3:  # OpenCV's BGR to RGB, in place where it may: one contiguous pass (a reversed-stride view
+        own = img.flags.writeable and img.flags.c_contiguous  # casts slowly; HEIC's planes are read-only)
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img if own else None)
+    elif channels == 4:  # BGRA to RGB, alpha dropped
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     elif channels == 2:
-        img = img[:, :, :1]  # grey + alpha
-    pixels = np.ascontiguousarray(img, dtype=np.float32)
-    if scale != 1.0:
-        pixels *= scale
+        img = np.ascontiguousarray(img[:, :, :1])  # grey + alpha
     quality = jpegtables.estimate_quality(structure) if structure is not None else None
     return Evidence(
         path=path,
         sha256=digest,
         size_bytes=len(data),
         format=fmt,
-        pixels=pixels,
+        samples=np.ascontiguousarray(img),
         bit_depth=depth,
         saturation=255.0,
         jpeg=structure,

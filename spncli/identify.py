@@ -223,8 +223,11 @@ def frame_turned(image: tuple[int, int], frame: tuple[int, int] | None) -> bool 
     return (image[0] > image[1]) != (frame[0] > frame[1])
 
 
-def cropped_pixels(ev: Evidence, crop: tuple[int, int] | None) -> np.ndarray:
+def cropped_pixels(ev: Evidence, crop: tuple[int, int] | None, *, samples: bool = False) -> np.ndarray:
     """The evidence pixels after the centre crop (if any), contiguous.
+
+    With ``samples``, what the CPU residual reads instead (:meth:`Evidence.denoiser_samples`: the
+    8-bit samples where the image has them, so that no float copy of a large image is made).
 
     Raises
     ------
@@ -232,7 +235,7 @@ def cropped_pixels(ev: Evidence, crop: tuple[int, int] | None) -> np.ndarray:
         If the crop is larger than the image.
     """
     try:
-        return np.ascontiguousarray(centre_crop(ev.pixels, crop))
+        return np.ascontiguousarray(centre_crop(ev.denoiser_samples() if samples else ev.pixels, crop))
     except ValueError as exc:
         raise EvidenceError(ev.path, str(exc)) from None
 
@@ -289,13 +292,14 @@ def residual_with_info(
         except NoCoefficients as exc:
             fallback = f"{exc}: classic residual"
         else:
-            grey = devices.grey_residual(ev.pixels, params, device)
+            grey = devices.grey_residual(ev.denoiser_samples() if device == "cpu" else ev.pixels, params, device)
             return compression_aware_residual(grey, coefficients, crop=crop, params=params, settings=aware)
     info = {"residual_kind": "classic", "wiener_applied": params.wiener_dft, "fallback": fallback}
+    pixels = cropped_pixels(ev, crop, samples=device == "cpu")
     if spectrum:
-        w, info["residual_spectrum"] = devices.classic_residual(cropped_pixels(ev, crop), params, device, spectrum=True)
+        w, info["residual_spectrum"] = devices.classic_residual(pixels, params, device, spectrum=True)
         return w, info
-    return devices.classic_residual(cropped_pixels(ev, crop), params, device), info
+    return devices.classic_residual(pixels, params, device), info
 
 
 def _quality_stats(qualities: list[int]) -> dict:

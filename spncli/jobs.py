@@ -154,14 +154,16 @@ class MatchJob:
 
 
 def _release_pixels(ev, keep: bool) -> np.ndarray | None:
-    """Free the float32 pixels once the residual is known; return them as 8-bit samples if ``keep`` (thumbnail).
+    """Free the image once the residual is known; return it as 8-bit samples if ``keep`` (thumbnail).
 
-    ``ev.pixels`` becomes a zero-byte read-only stand-in of the same shape (``ev.shape`` still
-    holds), so a worker scoring many cameras does not keep 4 bytes per sample (144 MB at 12 MP)
-    while it reads and transforms fingerprints.
+    ``ev``'s samples and pixels become zero-byte read-only stand-ins of the same shape (``ev.shape``
+    still holds), so a worker scoring many cameras does not keep the image (36 MB of samples at
+    12 MP, 144 MB more where its float pixels were made) while it reads and transforms fingerprints.
     """
-    samples = cv2.convertScaleAbs(ev.pixels) if keep else None  # 0..255 floats -> uint8, saturated
-    ev.pixels = np.broadcast_to(np.float32(0), ev.pixels.shape)
+    samples = None
+    if keep:  # 8-bit samples as decoded, or the 0..255 floats saturated to uint8
+        samples = ev.samples if ev.samples.dtype == np.uint8 else cv2.convertScaleAbs(ev.pixels)
+    ev.release_pixels()
     return samples
 
 

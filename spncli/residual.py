@@ -49,6 +49,7 @@ __all__ = [
     "wiener_dft",
     "ccs_half_spectrum",
     "postprocess",
+    "sample_std",
     "noise_residual_channels",
     "extract_residual",
     "grey_residual",
@@ -289,20 +290,34 @@ def zero_mean_cfa(x: np.ndarray, *, copy: bool = True) -> np.ndarray:
     return y
 
 
-def _ccs_half_magnitude(ccs: np.ndarray) -> np.ndarray:
-    """|Y| on the half plane (M, N/2 + 1) from OpenCV's packed CCS spectrum (M, N even)."""
+def _ccs_edge_magnitudes(ccs: np.ndarray) -> np.ndarray:
+    """|Y| of the half plane's columns 0 and N/2 (shape (M, 2)) from OpenCV's packed CCS spectrum (M, N even).
+
+    CCS packs these two columns down the rows, so each is read whole.
+    """
     m, n = ccs.shape
-    half = np.empty((m, n // 2 + 1), np.float32)
-    half[:, 1 : n // 2] = cv2.magnitude(
-        np.ascontiguousarray(ccs[:, 1 : n - 1 : 2]), np.ascontiguousarray(ccs[:, 2 : n - 1 : 2])
-    )
-    for j, col in ((0, ccs[:, 0]), (n // 2, ccs[:, n - 1])):
+    edges = np.empty((m, 2), np.float32)
+    for j, col in enumerate((ccs[:, 0], ccs[:, n - 1])):
         # column packing: Re Y(0); (Re, Im) Y(i) for i = 1..M/2-1; Re Y(M/2)
         mag = np.empty(m // 2 + 1, np.float32)
         mag[0], mag[-1] = abs(col[0]), abs(col[m - 1])
         mag[1:-1] = np.hypot(col[1 : m - 1 : 2], col[2 : m - 1 : 2])
-        half[: m // 2 + 1, j] = mag
-        half[m // 2 + 1 :, j] = mag[1:-1][::-1]  # Hermitian: |Y(M - i)| = |Y(i)|
+        edges[: m // 2 + 1, j] = mag
+        edges[m // 2 + 1 :, j] = mag[1:-1][::-1]  # Hermitian: |Y(M - i)| = |Y(i)|
+    return edges
+
+
+def _ccs_half_magnitude(ccs: np.ndarray, rows: slice, edges: np.ndarray) -> np.ndarray:
+    """|Y| on ``rows`` of the half plane (N/2 + 1 columns) from a packed CCS spectrum and its
+    :func:`_ccs_edge_magnitudes`."""
+    n = ccs.shape[1]
+    band = ccs[rows]
+    half = np.empty((band.shape[0], n // 2 + 1), np.float32)
+    # hypot, as for the edges: cv2.magnitude rounds some values differently by the arrays' alignment in memory,
+    # so the same band gave results differing in the last bit from one call to the next
+    np.abs(band[:, 1 : n - 1].view(np.complex64), out=half[:, 1 : n // 2])
+    half[:, 0] = edges[rows, 0]
+    half[:, n // 2] = edges[rows, 1]
     return half
 
 
@@ -335,20 +350,59 @@ def ccs_half_spectrum(packed: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ccs_apply_gain(ccs: np.ndarray, gain: np.ndarray) -> None:
-    """Multiply a packed CCS spectrum in place by a real gain given on the half plane."""
+def _ccs_apply_edge_gains(ccs: np.ndarray, edge_gains: np.ndarray) -> None:
+    """Multiply the packed columns 0 and N-1 of a CCS spectrum in place by the half plane's gains of its
+    columns 0 and N/2 (``edge_gains``, shape (M, 2))."""
     m, n = ccs.shape
-    inner = gain[:, 1 : n // 2]
-    ccs[:, 1 : n - 1 : 2] *= inner  # real and imaginary parts, in place (no repeated gain array)
-    ccs[:, 2 : n - 1 : 2] *= inner
-    for j, c in ((0, 0), (n // 2, n - 1)):
-        g = gain[: m // 2 + 1, j]
+    for j, c in ((0, 0), (1, n - 1)):
+        g = edge_gains[: m // 2 + 1, j]
         ccs[0, c] *= g[0]
         ccs[m - 1, c] *= g[-1]
         ccs[1 : m - 1, c] *= np.repeat(g[1:-1], 2)
 
 
-def wiener_dft(x: np.ndarray, sigma: float, windows=(3, 5, 7, 9), *, spectrum: bool = False):
+GAIN_BAND_ROWS = 512
+"""Rows of the half plane whose Wiener gain :func:`wiener_dft` computes at a time (with the window's
+reach on either side), so that its temporaries are a few megabytes instead of a few copies of the
+half plane (96 MB each at 48 MP). The gain is the whole plane's bit for bit (the local means are
+direct separable filters, see :func:`wiener_shrink`; the magnitudes are ``hypot``, which rounds the
+same wherever an array lies in memory)."""
+
+
+def _gain(mag: np.ndarray, noise_var: float, windows) -> np.ndarray:
+    """Wiener gain ``shrunk / |Y|`` of normalised magnitudes, 0 where ``|Y|`` is 0."""
+    gain = wiener_shrink(mag, noise_var, windows)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(gain, mag, out=gain)
+    gain[~np.isfinite(gain)] = 0.0
+    return gain
+
+
+def _ccs_wiener(spec: np.ndarray, noise_var: float, windows) -> None:
+    """Apply the Wiener gain of :func:`wiener_dft` to a packed CCS spectrum in place, in bands of rows."""
+    m, n = spec.shape
+    scale = np.float32(1.0 / np.sqrt(m * n))
+    edges = _ccs_edge_magnitudes(spec)
+    edge_gains = np.empty((m, 2), np.float32)
+    reach = max(windows) // 2
+    above = np.empty((0, n // 2 + 1), np.float32)  # magnitudes of the rows just above the band, before their gain
+    for r0 in range(0, m, GAIN_BAND_ROWS):
+        r1 = min(m, r0 + GAIN_BAND_ROWS)
+        below = _ccs_half_magnitude(spec, slice(r0, min(m, r1 + reach)), edges)  # not yet filtered
+        below *= scale
+        mag = np.concatenate([above, below])
+        a = r0 - above.shape[0]
+        above = below[max(0, r1 - r0 - reach) : r1 - r0].copy()
+        gain = _gain(mag, noise_var, windows)[r0 - a : r1 - a]
+        del mag, below
+        inner = gain[:, 1 : n // 2]
+        spec[r0:r1, 1 : n - 1 : 2] *= inner  # real and imaginary parts (the edge columns are packed by rows)
+        spec[r0:r1, 2 : n - 1 : 2] *= inner
+        edge_gains[r0:r1] = gain[:, [0, n // 2]]
+    _ccs_apply_edge_gains(spec, edge_gains)
+
+
+def wiener_dft(x: np.ndarray, sigma: float, windows=(3, 5, 7, 9), *, spectrum: bool = False, inplace: bool = False):
     """Wiener-filter the Fourier spectrum of ``x`` to flatten periodic peaks [3]_.
 
     The normalised spectrum magnitude ``|F|/sqrt(MN)`` is treated as a signal
@@ -366,6 +420,8 @@ def wiener_dft(x: np.ndarray, sigma: float, windows=(3, 5, 7, 9), *, spectrum: b
         Also return the filtered half spectrum, which is the transform of the
         result: a caller who correlates the result (:class:`spncli.pce.ResidualSpectrum`)
         need not transform it again.
+    inplace : bool, optional
+        Transform ``x`` itself (float32, C-contiguous, even sides) instead of a copy: its values are lost.
 
     Returns
     -------
@@ -376,29 +432,37 @@ def wiener_dft(x: np.ndarray, sigma: float, windows=(3, 5, 7, 9), *, spectrum: b
     if sigma <= 0:
         zeros = np.zeros_like(x, dtype=np.float32)
         return (zeros, np.zeros((x.shape[0], x.shape[1] // 2 + 1), np.complex64)) if spectrum else zeros
+    own = inplace and x.dtype == np.float32 and x.flags.c_contiguous
     x = np.ascontiguousarray(x, dtype=np.float32)
-    even = x.shape[0] % 2 == 0 and x.shape[1] % 2 == 0
-    if even:  # OpenCV's packed real transform: the fastest here
-        spec = cv2.dft(x)
-        mag = _ccs_half_magnitude(spec)
-    else:
-        spec = np.fft.rfft2(x.astype(np.float64))
-        mag = np.abs(spec).astype(np.float32)
-    mag *= np.float32(1.0 / np.sqrt(x.size))
-    gain = wiener_shrink(mag, float(sigma) ** 2, windows)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        np.divide(gain, mag, out=gain)
-    gain[~np.isfinite(gain)] = 0.0
-    del mag
-    if even:
-        _ccs_apply_gain(spec, gain)
-        del gain
+    if x.shape[0] % 2 == 0 and x.shape[1] % 2 == 0:  # OpenCV's packed real transform: the fastest here
+        spec = cv2.dft(x, dst=x) if own else cv2.dft(x)
+        _ccs_wiener(spec, float(sigma) ** 2, windows)
         half = ccs_half_spectrum(spec) if spectrum else None
         y = cv2.dft(spec, dst=spec, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)  # in place
         return (y, half) if spectrum else y
-    spec *= gain
+    spec = np.fft.rfft2(x.astype(np.float64))
+    mag = np.abs(spec).astype(np.float32)
+    mag *= np.float32(1.0 / np.sqrt(x.size))
+    spec *= _gain(mag, float(sigma) ** 2, windows)
+    del mag
     y = np.fft.irfft2(spec, s=x.shape).astype(np.float32)
     return (y, spec.astype(np.complex64)) if spectrum else y
+
+
+def sample_std(x: np.ndarray, ddof: int = 1, rows: int = 256) -> float:
+    """Standard deviation of ``x`` (divisor ``x.size - ddof``), accumulated in float64 ``rows`` rows at
+    a time: no temporary of ``x``'s size (192 MB at 48 MP for ``numpy.std`` of float32)."""
+    flat = x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(1, -1)
+    n = flat.size
+    if n - ddof <= 0:
+        return float("nan")
+    mean = sum(float(np.sum(flat[i : i + rows], dtype=np.float64)) for i in range(0, flat.shape[0], rows)) / n
+    total = 0.0
+    for i in range(0, flat.shape[0], rows):
+        d = flat[i : i + rows].astype(np.float64)
+        d -= mean
+        total += float(np.dot(d.ravel(), d.ravel()))
+    return math.sqrt(total / (n - ddof))
 
 
 def postprocess(x: np.ndarray, params: ResidualParams, *, inplace: bool = False, spectrum: bool = False):
@@ -411,8 +475,9 @@ def postprocess(x: np.ndarray, params: ResidualParams, *, inplace: bool = False,
     half = None
     if params.zero_mean:
         x = zero_mean_cfa(x, copy=not inplace)
-    if params.wiener_dft:
-        x = wiener_dft(x, float(x.std(ddof=1)), params.windows, spectrum=spectrum)
+    if params.wiener_dft:  # in place on the zero-mean step's own copy, or on the caller's temporary
+        own = inplace or params.zero_mean
+        x = wiener_dft(x, sample_std(x), params.windows, spectrum=spectrum, inplace=own)
         if spectrum:
             x, half = x
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -442,8 +507,9 @@ def extract_residual(pixels: np.ndarray, params: ResidualParams = ResidualParams
 
     Parameters
     ----------
-    pixels : ndarray, float32, shape (M, N, C)
-        Pixel values on the 0..255 scale, C = 1 or 3 (RGB).
+    pixels : ndarray, float32 or uint8, shape (M, N, C)
+        Pixel values on the 0..255 scale, C = 1 or 3 (RGB); 8-bit samples are converted a channel
+        (or a band of rows) at a time, with the same result.
     params : ResidualParams
 
     spectrum : bool, optional
@@ -463,7 +529,8 @@ def grey_residual(pixels: np.ndarray, params: ResidualParams = ResidualParams())
 
     Parameters
     ----------
-    pixels : ndarray, float32, shape (M, N, C), C = 1 or 3
+    pixels : ndarray, float32 or uint8, shape (M, N, C), C = 1 or 3
+        On the 0..255 scale; 8-bit samples are converted a channel (or a band of rows) at a time.
     params : ResidualParams
 
     Returns

@@ -66,36 +66,40 @@ def _strips(x: np.ndarray, axis: int) -> list[slice]:
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _by_strips(fn, arrays, axis: int, out_len: int) -> np.ndarray:
-    """``fn(*arrays)`` computed strip by strip across ``axis`` into one output of ``out_len`` along it."""
-    strips = _strips(arrays[0], axis)
-    if len(strips) == 1:
-        return fn(*arrays)
-    shape = list(arrays[0].shape)
-    shape[axis] = out_len
-    out = np.empty(shape, np.float32)
-    for sl in strips:
-        if axis == 1:
-            out[sl, :] = fn(*(a[sl, :] for a in arrays))
-        else:
-            out[:, sl] = fn(*(np.ascontiguousarray(a[:, sl]) for a in arrays))
-    return out
+def _strip(x: np.ndarray, sl: slice, axis: int) -> np.ndarray:
+    """Strip ``sl`` of ``x`` across ``axis`` as the filters read it (a column strip is copied contiguous)."""
+    return x[sl, :] if axis == 1 else np.ascontiguousarray(x[:, sl])
 
 
-def _analysis(x: np.ndarray, f: np.ndarray, axis: int) -> np.ndarray:
-    """One band along ``axis``: a[k] = Σ_m f[m] x_sym[2k + 1 - m] (in strips)."""
-    return _by_strips(lambda b: _analysis_strip(b, f, axis), (x,), axis, (x.shape[axis] + len(f) - 1) // 2)
+def _analysis_pair(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Low- and high-pass bands along ``axis``: a[k] = Σ_m f[m] x_sym[2k + 1 - m], in strips.
+
+    Each strip is read (a column strip copied) once for both filters, and each filter's decimated
+    output is written straight into its band.
+    """
+    n, length = x.shape[axis], len(lo)
+    shape = list(x.shape)
+    shape[axis] = (n + length - 1) // 2
+    bands = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    for sl in _strips(x, axis):
+        strip = _strip(x, sl, axis)
+        for f, band in zip((lo, hi), bands):
+            _analysis_strip(strip, f, axis, band[sl, :] if axis == 1 else band[:, sl])
+    return bands
 
 
-def _analysis_strip(x: np.ndarray, f: np.ndarray, axis: int) -> np.ndarray:
+def _analysis_strip(x: np.ndarray, f: np.ndarray, axis: int, out: np.ndarray) -> None:
+    """One strip's band along ``axis`` into ``out`` (length ``(n + L - 1) // 2`` along it)."""
     n, length = x.shape[axis], len(f)
-    m_out = (n + length - 1) // 2
+    m_out = out.shape[axis]
     anchor = length - 2  # correlation with f reversed: x_sym[j - anchor + i]
     pt = (anchor, 0) if axis == 1 else (0, anchor)
     k = _kernel(f[::-1], axis)
     head = cv2.filter2D(x, -1, k, anchor=pt, borderType=cv2.BORDER_REFLECT)  # j = 0 .. n-1
-    out = _take(head, slice(0, None, 2), axis)
-    need = m_out - out.shape[axis]
+    even = (n + 1) // 2
+    _take(out, slice(0, even), axis)[...] = _take(head, slice(0, None, 2), axis)
+    del head
+    need = m_out - even
     if need > 0:  # the last coefficients lie past the end of x: from a reflected strip
         tail_len = 2 * need + length
         strip = _take(x, slice(max(n - tail_len, 0), n), axis)
@@ -104,43 +108,34 @@ def _analysis_strip(x: np.ndarray, f: np.ndarray, axis: int) -> np.ndarray:
         strip = np.pad(strip, pad, mode="symmetric")
         offset = max(n - tail_len, 0)
         filt = cv2.filter2D(np.ascontiguousarray(strip), -1, k, anchor=pt, borderType=cv2.BORDER_REFLECT)
-        start = 2 * (m_out - need) - offset
-        tail = _take(filt, slice(start, start + 2 * need, 2), axis)
-        out = np.concatenate([out, tail], axis=axis)
-    return np.ascontiguousarray(out)
+        start = 2 * even - offset
+        _take(out, slice(even, m_out), axis)[...] = _take(filt, slice(start, start + 2 * need, 2), axis)
 
 
 def _synthesis(a: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray, axis: int) -> np.ndarray:
-    """Inverse along ``axis`` (in strips); see :func:`_synthesis_strip`."""
-    n_half = a.shape[axis] - len(lo) // 2 + 1
-    return _by_strips(lambda u, v: _synthesis_strip(u, v, lo, hi, axis), (a, d), axis, 2 * n_half)
-
-
-def _synthesis_strip(a: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray, axis: int) -> np.ndarray:
-    """Inverse along ``axis``: y[2k + m - L + 2] += a[k] lo[m] + d[k] hi[m] (valid part).
+    """Inverse along ``axis``: y[2k + m - L + 2] += a[k] lo[m] + d[k] hi[m] (valid part), in strips.
 
     Each parity's samples are written into the output as soon as they are known, so at most one
-    half-size temporary is alive besides the output.
+    strip-sized temporary is alive besides the output.
     """
     length = len(lo)
-    m = a.shape[axis]
-    n_half = m - length // 2 + 1
+    n_half = a.shape[axis] - length // 2 + 1
     shape = list(a.shape)
     shape[axis] = 2 * n_half
     out = np.empty(shape, np.float32)
-    for parity in (0, 1):
-        # y[2q + parity] = Σ_o g[L - 2 + parity - 2o] c[q + o],  o = 0 .. L/2 - 1
-        total = None
-        for c, g in ((a, lo), (d, hi)):
-            taps = np.asarray(g)[length - 2 + parity :: -2][: length // 2]
-            y = cv2.filter2D(c, -1, _kernel(taps, axis), anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
-            total = y if total is None else cv2.add(total, y, dst=total)
-            del y
-        if axis == 1:
-            out[:, parity::2] = total[:, :n_half]
-        else:
-            out[parity::2, :] = total[:n_half, :]
-        del total
+    for sl in _strips(a, axis):
+        ca, cd = _strip(a, sl, axis), _strip(d, sl, axis)
+        dst = out[sl, :] if axis == 1 else out[:, sl]
+        for parity in (0, 1):
+            # y[2q + parity] = Σ_o g[L - 2 + parity - 2o] c[q + o],  o = 0 .. L/2 - 1
+            total = None
+            for c, g in ((ca, lo), (cd, hi)):
+                taps = np.asarray(g)[length - 2 + parity :: -2][: length // 2]
+                y = cv2.filter2D(c, -1, _kernel(taps, axis), anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
+                total = y if total is None else cv2.add(total, y, dst=total)
+                del y
+            _take(dst, slice(parity, None, 2), axis)[...] = _take(total, slice(0, n_half), axis)
+            del total
     return out
 
 
@@ -171,11 +166,11 @@ def wavedec2(x: np.ndarray, wavelet: str, level: int) -> list:
     del x  # each level's input is released once filtered (when the caller holds no other reference)
     details = []
     for _ in range(level):
-        lo, hi = (_analysis(a, f, axis=1) for f in (dlo, dhi))
+        lo, hi = _analysis_pair(a, dlo, dhi, axis=1)
         del a
-        ll, lh = (_analysis(lo, f, axis=0) for f in (dlo, dhi))
+        ll, lh = _analysis_pair(lo, dlo, dhi, axis=0)
         del lo
-        hl, hh = (_analysis(hi, f, axis=0) for f in (dlo, dhi))
+        hl, hh = _analysis_pair(hi, dlo, dhi, axis=0)
         del hi
         details.append((lh, hl, hh))  # pywt order: horizontal, vertical, diagonal
         a = ll

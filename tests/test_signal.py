@@ -224,3 +224,68 @@ def test_tall_image_in_bands_is_bit_identical_too(monkeypatch):
     finally:
         residual.set_channel_threads(previous)
     assert np.array_equal(whole, bands)
+
+
+def test_eight_bit_samples_give_the_float_pixels_residual_bit_for_bit(dresden, monkeypatch):
+    """Evidence keeps the decoded 8-bit samples and makes its float pixels only when asked: the residual
+    read from the samples (converted a channel or a band at a time) is the float pixels' residual, in
+    bands and whole; 16-bit images still go through their scaled float pixels."""
+    from spncli import residual
+    from spncli.identify import residual_with_info
+
+    image = load_image(dresden / "nat-jpg" / "Nikon_D70_0_19445.JPG")
+    assert image.samples.dtype == np.uint8 and image._pixels is None
+    assert image.denoiser_samples() is image.samples and image._pixels is None  # no float copy made
+    crop = (1008, 640)
+    from_samples = residual_with_info(image, ResidualParams(), crop)[0]
+    assert image._pixels is None
+    floats = np.ascontiguousarray(centre_crop(image.pixels, crop))
+    assert floats.dtype == np.float32 and np.array_equal(floats, centre_crop(image.samples, crop))
+    assert np.array_equal(from_samples, extract_residual(floats))
+    monkeypatch.setattr(residual, "CONCURRENT_MAX_PIXELS", 0)
+    monkeypatch.setattr(residual, "BAND_SAMPLES", 160 * 640)
+    previous = residual.set_channel_threads(2)
+    try:
+        samples = np.ascontiguousarray(centre_crop(image.samples, crop))
+        assert np.array_equal(residual.grey_residual(samples), residual.grey_residual(floats))
+    finally:
+        residual.set_channel_threads(previous)
+    image.release_pixels()
+    assert image.shape == (2000, 3008) and image.samples.strides == (0, 0, 0) and image.pixels.strides == (0, 0, 0)
+
+
+def test_wiener_gain_in_bands_of_rows_is_the_whole_planes(monkeypatch):
+    """The spectral Wiener gain is computed a band of rows at a time (each band with the window's reach
+    around it, read before any gain is applied): the result is the one-band result bit for bit, with and
+    without the spectrum, in place or not, and the same at every call (cv2.magnitude, used before, rounded
+    by the arrays' alignment: two calls on one band differed in the last bit). A first version that re-read
+    the rows above each band after their gain was applied differed by 0.005 here."""
+    from spncli import residual
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((600, 802)).astype(np.float32)
+    x[::8] += 0.7  # a JPEG-like grid: strong peaks for the gain to remove
+    sigma = float(x.std())
+    before = x.copy()
+    monkeypatch.setattr(residual, "GAIN_BAND_ROWS", 10_000)
+    whole, whole_half = wiener_dft(x, sigma, spectrum=True)
+    for rows in (5, 64, 299):
+        monkeypatch.setattr(residual, "GAIN_BAND_ROWS", rows)
+        y, half = wiener_dft(x, sigma, spectrum=True)
+        assert np.array_equal(y, whole) and np.array_equal(half, whole_half)
+        assert np.array_equal(wiener_dft(x, sigma), y)
+        own = x.copy()
+        assert np.array_equal(wiener_dft(own, sigma, inplace=True), y)
+    assert np.array_equal(x, before)  # the calls without inplace leave their input alone
+    assert np.abs(whole - x).max() > 0.1  # the filter did something
+
+
+def test_sample_std_is_the_float64_standard_deviation():
+    from spncli.residual import sample_std
+
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((1001, 37)) * 3 + 5).astype(np.float32)
+    want = np.std(x.astype(np.float64), ddof=1)
+    assert abs(sample_std(x) - want) <= 1e-12 * want
+    assert abs(sample_std(x, ddof=0) - np.std(x.astype(np.float64))) <= 1e-12 * want
+    assert abs(sample_std(x, rows=7) - want) <= 1e-12 * want
