@@ -208,7 +208,7 @@ def test_large_images_in_bands_give_the_whole_image_residual_bit_for_bit(dresden
 
 
 def test_tall_image_in_bands_is_bit_identical_too(monkeypatch):
-    """A tall, narrow image in three bands: with OpenCV's box filter (running sums whose rounding depends on the
+    """A tall, narrow image in bands: with OpenCV's box filter (running sums whose rounding depends on the
     region's first row) 6 of its 6 M pixels differed from the whole image; the direct separable mean gives none."""
     from spncli import residual
 
