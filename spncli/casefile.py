@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import fcntl
 import hashlib
 import io
@@ -45,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from .evidence import EvidenceError, sha256_file
-from .provenance import atomic_write_bytes, tool_info, utc_now
+from .provenance import RefusedFile, atomic_write_bytes, open_regular, tool_info, utc_now
 
 __all__ = ["ANALYSES", "CSV_COLUMNS", "GENESIS", "Case", "CaseError", "CaseBusy", "Verification"]
 
@@ -92,31 +91,19 @@ def _entry_hash(entry: dict) -> str:
 
 
 def _open(path: Path, flags: int, mode: int = 0o644) -> int:
-    """``os.open`` of a case file: never through a link, never a special file, never a file with other names.
-
-    ``O_NOFOLLOW`` refuses a symbolic link at the last component; ``O_NONBLOCK`` keeps a FIFO put in
-    place of a case file from blocking the open, and the file is then refused unless it is a regular
-    file with one name (a hard link would let a case write into a file outside its folder).
+    """``os.open`` of a case file: never through a link, never a special file, never a file with other names
+    (a hard link would let a case write into a file outside its folder); see :func:`provenance.open_regular`.
     """
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise CaseError(f"{path}: is a symbolic link; a case never follows links out of its folder") from None
-        if exc.errno == errno.ENXIO:  # a FIFO opened for writing with no reader
-            raise CaseError(f"{path}: not a regular file; a case file must be one") from None
-        raise
-    st = os.fstat(fd)
-    problem = None
-    if not stat.S_ISREG(st.st_mode):
-        problem = "not a regular file; a case file must be one"
-    elif st.st_nlink > 1:
-        problem = f"has {st.st_nlink} hard links; a case file must have one name (it could be written outside the case)"
-    if problem:
-        os.close(fd)
-        raise CaseError(f"{path}: {problem}")
-    os.set_blocking(fd, True)
-    return fd
+        return open_regular(path, flags, mode, one_name=True)[0]
+    except RefusedFile as exc:
+        why = {
+            "link": "is a symbolic link; a case never follows links out of its folder",
+            "special": "not a regular file; a case file must be one",
+            "names": f"has {exc.st.st_nlink if exc.st else 'several'} hard links; a case file must have one name "
+            "(it could be written outside the case)",
+        }[exc.reason]
+        raise CaseError(f"{path}: {why}") from None
 
 
 def _read(path: Path) -> bytes | None:

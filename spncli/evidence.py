@@ -35,6 +35,7 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**31 - 1))
 import cv2  # noqa: E402
 
 from . import jpegtables  # noqa: E402
+from .provenance import RefusedFile, open_regular  # noqa: E402
 
 __all__ = [
     "EvidenceError",
@@ -275,8 +276,8 @@ def _open_regular(path: str | os.PathLike, max_bytes: int | None = None) -> tupl
     """An open descriptor of a regular evidence file and its ``fstat``; never through a link, never blocking.
 
     The entry is ``lstat``-ed first, so a symbolic link, FIFO, socket, device or folder is refused
-    without being opened (a FIFO cannot hang the caller), then opened with ``O_NOFOLLOW`` and
-    ``O_NONBLOCK`` and checked again on the descriptor. Raises :class:`EvidenceError` naming the
+    without being opened (a FIFO cannot hang the caller), then opened by
+    :func:`spncli.provenance.open_regular` and checked again on the descriptor. Raises :class:`EvidenceError` naming the
     reason, or ``FileNotFoundError`` (a dangling link too).
     """
     st = os.lstat(path)
@@ -295,11 +296,12 @@ def _open_regular(path: str | os.PathLike, max_bytes: int | None = None) -> tupl
         raise EvidenceError(path, not_regular_reason(st.st_mode))
     if max_bytes is not None:
         _check_size(path, st.st_size, max_bytes)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    st = os.fstat(fd)  # the entry may have changed since lstat
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise EvidenceError(path, not_regular_reason(st.st_mode))
+    try:  # the entry may have changed since lstat
+        fd, st = open_regular(path)
+    except RefusedFile as exc:
+        if exc.reason == "link":
+            raise EvidenceError(path, LINK_REFUSED) from None
+        raise EvidenceError(path, not_regular_reason(exc.st.st_mode) if exc.st else str(exc.strerror)) from None
     if max_bytes is not None and st.st_size > max_bytes:
         os.close(fd)
         _check_size(path, st.st_size, max_bytes)

@@ -37,7 +37,7 @@ from .evidence import (
 from .fingerprint import FingerprintAccumulator
 from .geometry import alignment_note, centre_crop, crop_geometry
 from .pce import FingerprintSpectrum, MatchScore, ResidualSpectrum, correlation_surface, score
-from .provenance import tool_info, utc_now
+from .provenance import open_regular, tool_info, utc_now
 from .jpegdomain import RESIDUAL_KINDS, AwareSettings, NoCoefficients, coefficients_of, compression_aware_residual
 from .residual import ResidualParams
 from .residualfile import is_residual_file
@@ -72,13 +72,13 @@ UNSUPPORTED_SUFFIXES = frozenset(
 def _head_reason(path: Path) -> tuple[bool, str | None]:
     """(is an image, reason refused) of a regular file, from its suffix and first bytes."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd, _ = open_regular(path)
         try:
             head = os.read(fd, 32)
         finally:
             os.close(fd)
     except OSError:
-        return True, None  # unreadable: the reader says why
+        return True, None  # unreadable, a link or not a regular file: the reader says why
     fmt = image_format(head)
     if fmt in FORMATS:
         return True, None

@@ -494,8 +494,13 @@ def coefficients_of(ev, data: bytes | None = None) -> LumaCoefficients:
     spncli.evidence.EvidenceError
         One line naming the file: unreadable, changed since it was read, or
         coefficients for another size than the pixels.
+
+    Notes
+    -----
+    libjpeg's messages while the coefficients are read (damaged scan data) are taken as the pixels'
+    are (:func:`spncli.evidence.decoder_messages`) and added to ``ev.warnings`` where new.
     """
-    from .evidence import EvidenceError, read_bytes
+    from .evidence import EvidenceError, decoder_messages, read_bytes
 
     if ev.format != "jpeg":
         raise NoCoefficients(f"{ev.format.upper()} has no JPEG DCT coefficients (allowed: JPEG)")
@@ -503,7 +508,9 @@ def coefficients_of(ev, data: bytes | None = None) -> LumaCoefficients:
         data = read_bytes(ev.path)
     if hashlib.sha256(data).hexdigest() != ev.sha256:
         raise EvidenceError(ev.path, "file changed since it was read (SHA-256 differs): DCT coefficients refused")
-    lc = read_luma_coefficients(data)
+    with decoder_messages() as messages:  # libjpeg's warnings, as for the pixels: recorded, not printed unattributed
+        lc = read_luma_coefficients(data)
+    ev.warnings.extend(m for m in messages if m not in ev.warnings)
     if (lc.rows, lc.cols) != tuple(ev.shape):
         raise EvidenceError(
             ev.path, f"JPEG coefficients are for {lc.cols}x{lc.rows}, pixels are {ev.shape[1]}x{ev.shape[0]}"

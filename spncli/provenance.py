@@ -25,6 +25,8 @@ from . import __version__
 
 __all__ = [
     "read_regular_file",
+    "open_regular",
+    "RefusedFile",
     "utc_now",
     "tool_info",
     "atomic_path",
@@ -137,6 +139,61 @@ class OutputInsideEvidence(ValueError):
     """An output path would be written into, next to or over an input."""
 
 
+class RefusedFile(OSError):
+    """A path :func:`open_regular` refused. ``reason``: ``"link"`` (a symbolic link), ``"special"`` (a FIFO,
+    socket, device or folder) or ``"names"`` (a regular file with other hard links); ``st``: its ``fstat``
+    where it was opened."""
+
+    TEXT = {"link": "is a symbolic link", "special": "not a regular file", "names": "has other hard links"}
+
+    def __init__(self, path: str | os.PathLike, reason: str, st: os.stat_result | None = None):
+        super().__init__(errno.EINVAL, self.TEXT[reason], str(path))
+        self.reason, self.st = reason, st
+
+
+def open_regular(
+    path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o644, *, follow_links: bool = False,
+    one_name: bool = False,
+) -> tuple[int, os.stat_result]:
+    """``os.open`` of a regular file that cannot block and, unless ``follow_links``, never follows a link.
+
+    The one opener of every file the tool reads or writes by name (evidence, case files, the database's
+    lock, model files). ``O_NONBLOCK`` keeps a FIFO put where a file is expected from hanging the open
+    (and a FIFO opened to write, which has no reader, is refused rather than an error); ``O_NOFOLLOW``
+    refuses a symbolic link at the last component. The descriptor is then ``fstat``-ed: anything but a
+    regular file is refused, and with ``one_name`` a file with other hard links (a write through it could
+    reach a file outside the folder that names it). Returns the descriptor, blocking again, and its
+    ``fstat``.
+
+    Raises
+    ------
+    RefusedFile
+        Naming why (``reason``).
+    OSError
+        As ``os.open`` raises it otherwise (``FileNotFoundError``, ``PermissionError``, ...).
+    """
+    extra = os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags | extra, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_links:
+            raise RefusedFile(path, "link") from None
+        if exc.errno == errno.ENXIO:  # a FIFO opened for writing with no reader
+            raise RefusedFile(path, "special") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RefusedFile(path, "special", st)
+        if one_name and st.st_nlink > 1:
+            raise RefusedFile(path, "names", st)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
 def read_regular_file(path: str | os.PathLike) -> bytes:
     """The bytes of a regular file (a database, a model card, weights); a FIFO, socket or device is refused.
 
@@ -148,15 +205,9 @@ def read_regular_file(path: str | os.PathLike) -> bytes:
     OSError
         Unreadable, or not a regular file (``EINVAL``, with the reason in the message).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        os.set_blocking(fd, True)
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read()
-    finally:
-        os.close(fd)
+    fd, _ = open_regular(path, follow_links=True)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
 
 
 def check_output_location(output: str | os.PathLike, inputs) -> None:

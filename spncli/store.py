@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import fcntl
 import hashlib
 import itertools
@@ -73,7 +72,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .provenance import atomic_path, read_regular_file
+from .provenance import RefusedFile, atomic_path, open_regular, read_regular_file
 
 
 class _Deferred:
@@ -406,14 +405,13 @@ class FingerprintStore:
         path = self.folder / SIGNS
         data = b""
         if committed and not self.folder.is_symlink():
-            try:  # never a link, never blocked on a FIFO put in its place (checked on the open file)
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            try:  # never a link, never blocked on a FIFO put in its place: its cameras are then scored exactly
+                fd, _ = open_regular(path)
             except OSError:
                 fd = None
             if fd is not None:
                 with os.fdopen(fd, "rb") as fh:
-                    if stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                        data = fh.read(committed)
+                    data = fh.read(committed)
         for head, words in _sign_records(data):
             camera = head.get("camera")
             if camera in wanted and current.get(camera) == head.get("file"):
@@ -435,10 +433,11 @@ class FingerprintStore:
             raise StoreError(f"{path}: a symbolic link, not followed; nothing was stored")
         if path.exists() and not path.is_file():
             raise StoreError(f"{path}: not a regular file (a FIFO, folder or device); nothing was stored")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced between the check and the open
-            os.close(fd)
-            raise StoreError(f"{path}: not a regular file (a FIFO, folder or device); nothing was stored")
+        try:  # the entry may have been replaced since the checks
+            fd, _ = open_regular(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except RefusedFile as exc:
+            why = "a symbolic link, not followed" if exc.reason == "link" else "not a regular file (a FIFO or device)"
+            raise StoreError(f"{path}: {why}; nothing was stored") from None
         with os.fdopen(fd, "r+b") as fh:
             fh.truncate(committed)  # a killed writer's uncommitted tail
             fh.seek(committed)
@@ -558,19 +557,15 @@ class FingerprintStore:
         a file elsewhere.
         """
         lock_path = self.path.with_name(self.path.name + ".lock")
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(lock_path, flags, 0o644)
+            fd, _ = open_regular(lock_path, os.O_RDWR | os.O_CREAT, 0o644, one_name=True)
+        except RefusedFile as exc:
+            why = "a symbolic link" if exc.reason == "link" else "not a regular file with one name"
+            raise StoreError(f"{lock_path}: the database's lock file is {why}; nothing was written") from None
         except OSError as exc:
-            why = "a symbolic link" if exc.errno == errno.ELOOP else "not openable as a file"
-            raise StoreError(f"{lock_path}: the database's lock file is {why} ({exc.strerror}); nothing was "
-                             "written") from None  # fmt: skip
+            raise StoreError(f"{lock_path}: the database's lock file is not openable as a file ({exc.strerror}); "
+                             "nothing was written") from None  # fmt: skip
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
-                raise StoreError(f"{lock_path}: the database's lock file is not a regular file with one name; "
-                                 "nothing was written")  # fmt: skip
-            os.set_blocking(fd, True)
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield

@@ -717,6 +717,34 @@ def test_damaged_jpeg_scan_data_is_decoded_with_a_warning_that_names_the_file(ru
     assert "Corrupt JPEG data" not in capfd.readouterr().err  # caught, not left unattributed on stderr
 
 
+def test_damaged_jpeg_coefficients_warnings_are_caught_too(runner, tmp_path, capfd):
+    """The compression-aware residual reads the file's DCT coefficients with jpeglib, whose libjpeg printed the
+    same damage on stderr unattributed: those messages are now caught as the pixels' are and recorded once."""
+    good = encode_jpeg(dead_leaves((256, 256), np.random.default_rng(6)), 90)
+    sos = good.index(b"\xff\xda")
+    cut = good[: sos + (len(good) - sos) // 2] + b"\xff\xd9"
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "cut.jpg").write_bytes(cut)
+    from spncli.evidence import decode
+    from spncli.jpegdomain import coefficients_of
+
+    ev = decode(cut, "cut.jpg")
+    before = list(ev.warnings)
+    capfd.readouterr()
+    coefficients_of(ev, cut)
+    assert ev.warnings == before  # the same message, not recorded twice
+    ev.warnings.clear()
+    coefficients_of(ev, cut)
+    assert ev.warnings and ev.warnings[0].startswith("Corrupt JPEG data")  # taken from the coefficient read
+    assert "Corrupt JPEG data" not in capfd.readouterr().err
+    res = runner.invoke(app, ["extract", str(tmp_path / "ev"), "--out", str(tmp_path / "res"), "--residual",
+                              "compression-aware"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    record = json.loads(next((tmp_path / "res").glob("*.json")).read_text())
+    assert record["residual_kind"] == "compression-aware" and record["input"]["decoder_warnings"]
+    assert "Corrupt JPEG data" not in capfd.readouterr().err
+
+
 def test_the_same_picture_twice_counts_once_in_a_fingerprint(tmp_path):
     rng = np.random.default_rng(8)
     k = synthetic_prnu((128, 160), rng)
@@ -742,3 +770,41 @@ def test_output_of_others_during_a_decode_passes_through_byte_for_byte(capfd):
         os.write(2, b"\nCorrupt JPEG data: premature end of data segment\nWarning: not a decoder's\n")
     assert lines == ["Corrupt JPEG data: premature end of data segment"]
     assert capfd.readouterr().err == "\rframe 1\rframe 2\nWarning: not a decoder's\n"
+
+
+def test_one_opener_refuses_links_special_files_and_other_names(tmp_path):
+    """Evidence, case files, the database's lock and sign file, model files and the walker's sniffing all
+    open through provenance.open_regular: a link (unless followed), a FIFO (read or write, without hanging),
+    a folder, and with one_name a file with another hard link are refused with their reason."""
+    from spncli.provenance import RefusedFile, open_regular
+
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    fd, st = open_regular(plain)
+    assert os.read(fd, 4) == b"x" and st.st_size == 1 and os.get_blocking(fd)
+    os.close(fd)
+    (tmp_path / "link").symlink_to(plain)
+    with pytest.raises(RefusedFile) as exc:
+        open_regular(tmp_path / "link")
+    assert exc.value.reason == "link"
+    fd, _ = open_regular(tmp_path / "link", follow_links=True)
+    os.close(fd)
+    os.mkfifo(tmp_path / "fifo")
+    for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR):
+        with pytest.raises(RefusedFile) as exc:
+            open_regular(tmp_path / "fifo", flags)
+        assert exc.value.reason == "special"
+    with pytest.raises(RefusedFile) as exc:
+        open_regular(tmp_path)
+    assert exc.value.reason == "special" and isinstance(exc.value, OSError)
+    os.link(plain, tmp_path / "other-name")
+    fd, _ = open_regular(plain)  # another name is allowed unless one_name
+    os.close(fd)
+    with pytest.raises(RefusedFile) as exc:
+        open_regular(plain, os.O_RDWR, one_name=True)
+    assert exc.value.reason == "names" and exc.value.st.st_nlink == 2
+    with pytest.raises(FileNotFoundError):
+        open_regular(tmp_path / "absent")
+    fd, _ = open_regular(tmp_path / "new", os.O_RDWR | os.O_CREAT, one_name=True)
+    os.close(fd)
+    assert (tmp_path / "new").is_file()
