@@ -2,7 +2,9 @@
 
 Measures, each in a fresh child process so that its peak memory is its own:
 
-1. the residual of one image at 6, 12 and 48 MP, in-process (load + extract, seconds; peak RSS);
+1. the residual of one image at 6, 12 and 48 MP, in-process (load + extract, seconds; peak RSS), set
+   up as ``spn``'s in-process runner sets itself up (one malloc arena, freed memory reused, a thread per
+   core) and reading the decoded samples as ``spn extract`` does;
 2. ``spn extract`` of that image as a whole process (wall seconds, peak RSS from ``wait4``);
 3. the reference implementation's process for the same image (``--reference``), run from
    ``../shared/reference/prnu-python`` in its own virtual environment (``--ref-python``);
@@ -44,14 +46,17 @@ REFERENCE = SHARED / "reference" / "prnu-python"
 SIZES = {6: (2000, 3008), 12: (3000, 4000), 48: (6000, 8000)}
 
 RESIDUAL_CHILD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
+from spncli.batch import one_malloc_arena, reuse_freed_memory
+one_malloc_arena(); reuse_freed_memory()  # as spn's in-process runner
 from spncli.evidence import load_image
-from spncli.residual import extract_residual
+from spncli.residual import extract_residual, set_channel_threads
+set_channel_threads(len(os.sched_getaffinity(0)))
 path, repeat = sys.argv[1], int(sys.argv[2])
 load, extract = [], []
 for _ in range(repeat):
     t = time.perf_counter(); ev = load_image(path, max_pixels=10**9); t1 = time.perf_counter()
-    w = extract_residual(ev.pixels); t2 = time.perf_counter()
+    w = extract_residual(ev.denoiser_samples()); t2 = time.perf_counter()
     load.append(t1 - t); extract.append(t2 - t1)
     del ev, w
 print(json.dumps({"load": load, "extract": extract}))

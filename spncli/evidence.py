@@ -180,7 +180,8 @@ class Evidence:
         The samples as decoded, shape (rows, cols, channels), channels 1 (grey)
         or 3 (RGB order), alpha dropped: uint8 or uint16 (float32 on the 0..255
         scale is accepted too). A 48 MP photo's 8-bit samples take 144 MB, its
-        float pixels 576 MB.
+        float pixels 576 MB. Once the float pixels are made they replace the
+        samples, which become a zero-byte stand-in of the same shape and type.
     pixels : ndarray (property)
         float32, same shape, scaled to 0..255 whatever the bit depth: converted
         from ``samples`` on first use and kept (assignable).
@@ -227,6 +228,7 @@ class Evidence:
                 if s.dtype == np.uint16:
                     pixels *= 255.0 / 65535.0
                 self._pixels = pixels
+                self.samples = np.broadcast_to(s.dtype.type(0), s.shape)  # not held twice
         return self._pixels
 
     @pixels.setter
@@ -243,6 +245,12 @@ class Evidence:
         if self._pixels is None and self.samples.dtype == np.uint8:
             return self.samples
         return self.pixels
+
+    def eight_bit(self) -> np.ndarray:
+        """The image as 8-bit samples: the decoded ones while they are held, else the pixels saturated to 0..255."""
+        if self._pixels is None and self.samples.dtype == np.uint8:
+            return self.samples
+        return cv2.convertScaleAbs(self.pixels)
 
     def release_pixels(self) -> None:
         """Drop the samples and pixels for zero-byte read-only stand-ins of the same shape (``shape`` holds)."""
@@ -616,20 +624,25 @@ def decoder_messages():
             finally:
                 os.dup2(saved, 2)
                 _CAPTURE.clear()
-        finally:
+        finally:  # also when the block raised: its messages are taken and everything else passed on
             os.close(saved)
-        sink.seek(0)
-        passed = []
-        for line in sink.read().splitlines(keepends=True):
-            text = line.decode("utf-8", "replace").strip()
-            if text.startswith(_DECODER_PREFIXES):
-                if text not in lines and len(lines) < 20:
-                    lines.append(text)
-            else:
-                passed.append(line)
-        if passed:
-            with contextlib.suppress(OSError):  # a closed pipe (spn ... 2>&1 | head) loses them, as it would
-                os.write(2, b"".join(passed))
+            _sort_captured(sink, lines)
+
+
+def _sort_captured(sink, lines: list[str]) -> None:
+    """Take libjpeg's messages from what :func:`decoder_messages` captured into ``lines``; write the rest on."""
+    sink.seek(0)
+    passed = []
+    for line in sink.read().splitlines(keepends=True):
+        text = line.decode("utf-8", "replace").strip()
+        if text.startswith(_DECODER_PREFIXES):
+            if text not in lines and len(lines) < 20:
+                lines.append(text)
+        else:
+            passed.append(line)
+    if passed:
+        with contextlib.suppress(OSError):  # a closed pipe (spn ... 2>&1 | head) loses them, as it would
+            os.write(2, b"".join(passed))
 
 
 _DECODER_PREFIXES = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters for sequential JPEG",

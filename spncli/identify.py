@@ -234,8 +234,13 @@ def cropped_pixels(ev: Evidence, crop: tuple[int, int] | None, *, samples: bool 
     EvidenceError
         If the crop is larger than the image.
     """
+    return np.ascontiguousarray(_crop_view(ev, ev.denoiser_samples() if samples else ev.pixels, crop))
+
+
+def _crop_view(ev: Evidence, image: np.ndarray, crop: tuple[int, int] | None) -> np.ndarray:
+    """The centre crop of one of ``ev``'s arrays, a view; a crop larger than the image is an EvidenceError."""
     try:
-        return np.ascontiguousarray(centre_crop(ev.denoiser_samples() if samples else ev.pixels, crop))
+        return centre_crop(image, crop)
     except ValueError as exc:
         raise EvidenceError(ev.path, str(exc)) from None
 
@@ -286,7 +291,7 @@ def residual_with_info(
         raise ValueError(f"residual kind {kind!r} is not one of {', '.join(RESIDUAL_KINDS)}")
     fallback = None
     if kind == "compression-aware":
-        cropped_pixels(ev, crop)  # the crop's error, before any work
+        _crop_view(ev, ev.samples, crop)  # the crop's error, before any work (no copy, no float pixels made)
         try:
             coefficients = coefficients_of(ev, data)
         except NoCoefficients as exc:

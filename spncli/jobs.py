@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .device import DeviceUnavailable, compute_record, resolve_device
@@ -160,9 +159,7 @@ def _release_pixels(ev, keep: bool) -> np.ndarray | None:
     still holds), so a worker scoring many cameras does not keep the image (36 MB of samples at
     12 MP, 144 MB more where its float pixels were made) while it reads and transforms fingerprints.
     """
-    samples = None
-    if keep:  # 8-bit samples as decoded, or the 0..255 floats saturated to uint8
-        samples = ev.samples if ev.samples.dtype == np.uint8 else cv2.convertScaleAbs(ev.pixels)
+    samples = ev.eight_bit() if keep else None
     ev.release_pixels()
     return samples
 

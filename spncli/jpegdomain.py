@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .geometry import centre_crop, crop_offsets
-from .residual import ResidualParams, wiener_dft, zero_mean_cfa
+from .residual import ResidualParams, sample_std, wiener_dft, zero_mean_cfa
 
 __all__ = [
     "RESIDUAL_KINDS",
@@ -352,8 +352,7 @@ def wiener_criterion(x: np.ndarray, params: ResidualParams = ResidualParams()) -
     filtered : ndarray, float32
         ``wiener(x)``, so that a caller who applies the filter need not compute it twice.
     """
-    sigma = float(x.std(ddof=1))
-    filtered = wiener_dft(x, sigma, params.windows)
+    filtered = wiener_dft(x, sample_std(x), params.windows)
     energy = float(np.square(x, dtype=np.float64).sum())
     kept = float(np.square(filtered, dtype=np.float64).sum()) / energy if energy > 0 else 0.0
     return kept, filtered
@@ -463,7 +462,7 @@ def compression_aware_residual(
     value = surviving if settings.criterion == "surviving" else kept
     apply = settings.wiener == "always" or (settings.wiener == "auto" and value >= settings.wiener_above)
     if apply and filtered is None:
-        filtered = wiener_dft(x, float(x.std(ddof=1)), params.windows)
+        filtered = wiener_dft(x, sample_std(x), params.windows)
     info = {
         "residual_kind": "compression-aware",
         "aware_settings": settings.as_dict(),
@@ -508,9 +507,12 @@ def coefficients_of(ev, data: bytes | None = None) -> LumaCoefficients:
         data = read_bytes(ev.path)
     if hashlib.sha256(data).hexdigest() != ev.sha256:
         raise EvidenceError(ev.path, "file changed since it was read (SHA-256 differs): DCT coefficients refused")
-    with decoder_messages() as messages:  # libjpeg's warnings, as for the pixels: recorded, not printed unattributed
-        lc = read_luma_coefficients(data)
-    ev.warnings.extend(m for m in messages if m not in ev.warnings)
+    messages: list[str] = []
+    try:  # libjpeg's warnings, as for the pixels: recorded, not printed unattributed
+        with decoder_messages() as messages:
+            lc = read_luma_coefficients(data)
+    finally:  # kept even where the read fails (the image then falls back to the classic residual)
+        ev.warnings.extend(m for m in messages if m not in ev.warnings)
     if (lc.rows, lc.cols) != tuple(ev.shape):
         raise EvidenceError(
             ev.path, f"JPEG coefficients are for {lc.cols}x{lc.rows}, pixels are {ev.shape[1]}x{ev.shape[0]}"

@@ -150,6 +150,9 @@ class RefusedFile(OSError):
         super().__init__(errno.EINVAL, self.TEXT[reason], str(path))
         self.reason, self.st = reason, st
 
+    def __reduce__(self):  # OSError would rebuild it from (errno, strerror, filename)
+        return type(self), (self.filename, self.reason, self.st)
+
 
 def open_regular(
     path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o644, *, follow_links: bool = False,

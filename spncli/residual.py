@@ -393,9 +393,10 @@ def _ccs_wiener(spec: np.ndarray, noise_var: float, windows) -> None:
     edges = _ccs_edge_magnitudes(spec)
     edge_gains = np.empty((m, 2), np.float32)
     reach = max(windows) // 2
+    rows = max(GAIN_BAND_ROWS, reach)  # the rows carried above a band are the previous band's last `reach`
     above = np.empty((0, n // 2 + 1), np.float32)  # magnitudes of the rows just above the band, before their gain
-    for r0 in range(0, m, GAIN_BAND_ROWS):
-        r1 = min(m, r0 + GAIN_BAND_ROWS)
+    for r0 in range(0, m, rows):
+        r1 = min(m, r0 + rows)
         below = _ccs_half_magnitude(spec, slice(r0, min(m, r1 + reach)), edges)  # not yet filtered
         below *= scale
         mag = np.concatenate([above, below])

@@ -46,7 +46,7 @@ from .jpegdomain import AwareSettings, NoCoefficients, coefficients_of
 from .jpegtables import ijg_tables
 from .networks import ARCHITECTURES, RestorationNet, build_generator
 from .modelcards import DEFAULT_CARD, TEXTURED_BLOCK_STD_ABOVE, policy_text
-from .residual import ResidualParams, grey_residual, postprocess, wiener_dft, zero_mean_cfa
+from .residual import ResidualParams, grey_residual, postprocess, sample_std, wiener_dft, zero_mean_cfa
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -371,7 +371,7 @@ def _finish(residual: np.ndarray, wiener: bool, params: ResidualParams) -> np.nd
     policy says so (float32, contiguous)."""
     restored = zero_mean_cfa(residual)
     if wiener:
-        restored = wiener_dft(restored, float(restored.std(ddof=1)), params.windows)
+        restored = wiener_dft(restored, sample_std(restored), params.windows, inplace=True)  # zero_mean_cfa's copy
     return np.ascontiguousarray(restored, dtype=np.float32)
 
 

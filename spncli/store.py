@@ -436,8 +436,9 @@ class FingerprintStore:
         try:  # the entry may have been replaced since the checks
             fd, _ = open_regular(path, os.O_RDWR | os.O_CREAT, 0o644)
         except RefusedFile as exc:
-            why = "a symbolic link, not followed" if exc.reason == "link" else "not a regular file (a FIFO or device)"
-            raise StoreError(f"{path}: {why}; nothing was stored") from None
+            special = "not a regular file (a FIFO, folder or device)"
+            raise StoreError(f"{path}: {'a symbolic link, not followed' if exc.reason == 'link' else special}; nothing "
+                             "was stored") from None  # fmt: skip
         with os.fdopen(fd, "r+b") as fh:
             fh.truncate(committed)  # a killed writer's uncommitted tail
             fh.seek(committed)
@@ -560,7 +561,7 @@ class FingerprintStore:
         try:
             fd, _ = open_regular(lock_path, os.O_RDWR | os.O_CREAT, 0o644, one_name=True)
         except RefusedFile as exc:
-            why = "a symbolic link" if exc.reason == "link" else "not a regular file with one name"
+            why = "a symbolic link, not followed" if exc.reason == "link" else "not a regular file with one name"
             raise StoreError(f"{lock_path}: the database's lock file is {why}; nothing was written") from None
         except OSError as exc:
             raise StoreError(f"{lock_path}: the database's lock file is not openable as a file ({exc.strerror}); "

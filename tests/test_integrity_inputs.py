@@ -737,6 +737,12 @@ def test_damaged_jpeg_coefficients_warnings_are_caught_too(runner, tmp_path, cap
     coefficients_of(ev, cut)
     assert ev.warnings and ev.warnings[0].startswith("Corrupt JPEG data")  # taken from the coefficient read
     assert "Corrupt JPEG data" not in capfd.readouterr().err
+    from spncli.evidence import decoder_messages
+
+    with pytest.raises(RuntimeError), decoder_messages() as lines:  # a block that fails still sorts its stderr
+        os.write(2, b"Corrupt JPEG data: 3 extraneous bytes\nsomething else\n")
+        raise RuntimeError("the read failed")
+    assert lines == ["Corrupt JPEG data: 3 extraneous bytes"] and "something else" in capfd.readouterr().err
     res = runner.invoke(app, ["extract", str(tmp_path / "ev"), "--out", str(tmp_path / "res"), "--residual",
                               "compression-aware"])  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -808,3 +814,7 @@ def test_one_opener_refuses_links_special_files_and_other_names(tmp_path):
     fd, _ = open_regular(tmp_path / "new", os.O_RDWR | os.O_CREAT, one_name=True)
     os.close(fd)
     assert (tmp_path / "new").is_file()
+    import pickle
+
+    again = pickle.loads(pickle.dumps(exc.value))  # crosses a worker boundary intact
+    assert type(again) is RefusedFile and again.reason == "names" and again.filename == str(plain)

@@ -239,17 +239,24 @@ def test_eight_bit_samples_give_the_float_pixels_residual_bit_for_bit(dresden, m
     crop = (1008, 640)
     from_samples = residual_with_info(image, ResidualParams(), crop)[0]
     assert image._pixels is None
+    decoded = image.samples
     floats = np.ascontiguousarray(centre_crop(image.pixels, crop))
-    assert floats.dtype == np.float32 and np.array_equal(floats, centre_crop(image.samples, crop))
+    assert floats.dtype == np.float32 and np.array_equal(floats, centre_crop(decoded, crop))
     assert np.array_equal(from_samples, extract_residual(floats))
     monkeypatch.setattr(residual, "CONCURRENT_MAX_PIXELS", 0)
     monkeypatch.setattr(residual, "BAND_SAMPLES", 160 * 640)
     previous = residual.set_channel_threads(2)
     try:
-        samples = np.ascontiguousarray(centre_crop(image.samples, crop))
+        samples = np.ascontiguousarray(centre_crop(decoded, crop))
         assert np.array_equal(residual.grey_residual(samples), residual.grey_residual(floats))
     finally:
         residual.set_channel_threads(previous)
+    aware = load_image(dresden / "nat-jpg" / "Nikon_D70_0_19445.JPG")
+    residual_with_info(aware, ResidualParams(), crop, kind="compression-aware")
+    assert aware._pixels is None  # the compression-aware residual reads the samples too
+    thumb = image.eight_bit()
+    assert image.samples.strides == (0, 0, 0) and image.samples.dtype == np.uint8  # the floats replaced them
+    assert thumb.dtype == np.uint8 and np.array_equal(thumb, aware.samples)  # saturated floats = the samples
     image.release_pixels()
     assert image.shape == (2000, 3008) and image.samples.strides == (0, 0, 0) and image.pixels.strides == (0, 0, 0)
 
@@ -269,7 +276,7 @@ def test_wiener_gain_in_bands_of_rows_is_the_whole_planes(monkeypatch):
     before = x.copy()
     monkeypatch.setattr(residual, "GAIN_BAND_ROWS", 10_000)
     whole, whole_half = wiener_dft(x, sigma, spectrum=True)
-    for rows in (5, 64, 299):
+    for rows in (1, 3, 5, 64, 299):  # bands shorter than the window's reach (4) too
         monkeypatch.setattr(residual, "GAIN_BAND_ROWS", rows)
         y, half = wiener_dft(x, sigma, spectrum=True)
         assert np.array_equal(y, whole) and np.array_equal(half, whole_half)
