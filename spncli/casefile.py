@@ -62,6 +62,8 @@ NOT_HASHED = frozenset({AUDIT, LOCK})
 """Files outside the recorded hashes: the chain covers itself, the lock holds only who runs."""
 APPEND_ONLY = ("results.jsonl",)
 REGENERATED = ("results.csv", "manifest.json", "errors.jsonl")
+CASE_FILES = frozenset({AUDIT, LOCK, *APPEND_ONLY, *REGENERATED})
+"""The files a case keeps at its top level (a folder or anything else of these names is refused)."""
 """Written again at the end of every run from the rows and the errors met (so free after a killed run)."""
 RUN_END = (
     "match-completed", "match-interrupted", "cluster-completed", "cluster-failed", "pool-completed", "pool-failed",
@@ -104,6 +106,17 @@ def _open(path: Path, flags: int, mode: int = 0o644) -> int:
             "(it could be written outside the case)",
         }[exc.reason]
         raise CaseError(f"{path}: {why}") from None
+
+
+def _not_a_case_file(st: os.stat_result) -> str:
+    """Why an entry :meth:`Case.links` found cannot be a case file."""
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link inside the case; a case never follows links"
+    if stat.S_ISREG(st.st_mode):
+        return f"has {st.st_nlink} hard links; a case file must have one name (it could be written outside the case)"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder where the case keeps a file"
+    return "is not a regular file (FIFO, socket or device) inside the case"
 
 
 def _read(path: Path) -> bytes | None:
@@ -265,16 +278,7 @@ class Case:
         self._real_dir(self.root)
         links = self.links()
         if links:
-            st = os.lstat(links[0])
-            what = (
-                "is a symbolic link inside the case; a case never follows links"
-                if stat.S_ISLNK(st.st_mode)
-                else f"has {st.st_nlink} hard links; a case file must have one name (it could be written outside "
-                "the case)"
-                if stat.S_ISREG(st.st_mode)
-                else "is not a regular file (FIFO, socket or device) inside the case"
-            )
-            raise CaseError(f"{links[0]}: {what}")
+            raise CaseError(f"{links[0]}: {_not_a_case_file(os.lstat(links[0]))}")
         names = {p.name for p in self.root.iterdir()} - {LOCK}
         if names and AUDIT not in names:
             raise CaseError(
@@ -282,15 +286,17 @@ class Case:
             )
 
     def links(self) -> list[Path]:
-        """Symbolic links, other non-regular entries and files with other hard links, anywhere in the case."""
+        """Symbolic links, other non-regular entries and files with other hard links, anywhere in the case, and
+        folders where the case keeps a file (:data:`CASE_FILES`)."""
         found = []
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
             for name in sorted(dirnames + filenames):
                 p = Path(dirpath) / name
                 st = os.lstat(p)
-                if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)) or (
-                    stat.S_ISREG(st.st_mode) and st.st_nlink > 1
-                ):
+                if stat.S_ISDIR(st.st_mode):
+                    if name in CASE_FILES and Path(dirpath) == self.root:
+                        found.append(p)
+                elif not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
                     found.append(p)
         return sorted(found)
 
@@ -758,11 +764,7 @@ class Case:
         return problems
 
     def _link_problems(self) -> list[str]:
-        return [
-            f"{p.relative_to(self.root)}: is a link, a special file or a file with other hard links, "
-            "not a regular case file"
-            for p in self.links()
-        ]
+        return [f"{p.relative_to(self.root)}: {_not_a_case_file(os.lstat(p))}" for p in self.links()]
 
     def state_problems(self) -> tuple[list[str], list[dict], dict[str, dict]]:
         """The chain and the case files against what the trail records (no input is read); the entries, and

@@ -314,6 +314,11 @@ def _run(case, matcher, evidence, parameters, client, done, asked, stop, *, db, 
     except ValueError:  # only after a killed run (a finished one verified): the runs are in the audit trail too
         previous_runs = []
     given = [os.path.abspath(p) for p in evidence]  # absolute and normal: one key per file, whatever the spelling
+    others: list = []
+    paths = [os.path.abspath(p) for p in gather_inputs(evidence, on_other=others.append, residuals=True)]
+    if not paths:  # before the run is recorded: an empty report is not a result
+        raise CaseError(f"no image files found in {', '.join(given)}"
+                        + (f" ({len(others)} other file(s) there, not images)" if others else ""))  # fmt: skip
     case.audit(
         "match-start",
         parameters=parameters,
@@ -324,8 +329,6 @@ def _run(case, matcher, evidence, parameters, client, done, asked, stop, *, db, 
         evidence=given,
         resumed_images=len(done),
     )
-    others: list = []
-    paths = [os.path.abspath(p) for p in gather_inputs(evidence, on_other=others.append, residuals=True)]
     if others:  # nothing skipped silently
         on_notice(f"{len(others)} file(s) in the folders are not images or saved residuals: not read")
     on_start(len(paths))

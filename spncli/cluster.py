@@ -532,7 +532,8 @@ def _read_shapes(paths, max_pixels, on_error):
             on_error(str(path), str(exc))
             continue
         if rows * cols > max_pixels:
-            on_error(str(path), f"{cols}x{rows} = {rows * cols:,} pixels exceeds the bound of {max_pixels:,}")
+            on_error(str(path), f"{cols}x{rows} (cols x rows) = {rows * cols:,} pixels exceeds the bound of "
+                                     f"{max_pixels:,}")
             continue
         kept.append((Path(path), (rows, cols)))
     return kept

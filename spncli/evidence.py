@@ -72,7 +72,8 @@ MIN_SIDE = 64
 FORMATS = ("jpeg", "png", "tiff", "webp", "heic")
 """Formats decoded (names as :func:`sniff` returns them)."""
 
-LINK_REFUSED = "link out of the folder, not followed (a symbolic link is never followed; name its target to read it)"
+LINK_REFUSED = ("symbolic link, not followed (a link is never followed, even inside the folder; name its target "
+                "to read it)")
 
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
 _BMP_HEADERS = {12, 16, 40, 52, 56, 64, 108, 124}
@@ -668,10 +669,12 @@ def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> E
         raise EvidenceError(path, str(exc)) from None
     if rows * cols > max_pixels:
         raise EvidenceError(
-            path, f"{cols}x{rows} = {rows * cols:,} pixels exceeds the bound of {max_pixels:,} (--max-pixels)"
+            path, f"{cols}x{rows} (cols x rows) = {rows * cols:,} pixels exceeds the bound of {max_pixels:,} "
+            "(--max-pixels)"
         )
     if min(rows, cols) < MIN_SIDE:
-        raise EvidenceError(path, f"{cols}x{rows} is too small: both sides must be at least {MIN_SIDE} pixels")
+        raise EvidenceError(path, f"{cols}x{rows} (cols x rows) is too small: both sides must be at least "
+                                  f"{MIN_SIDE} pixels")
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR | cv2.IMREAD_IGNORE_ORIENTATION
     if fmt == "png" or fmt == "tiff":
         flags = cv2.IMREAD_UNCHANGED  # keeps 16 bits and alpha; never applies orientation
@@ -693,7 +696,8 @@ def decode(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> E
     if fmt == "tiff":
         img = _sensor_orientation_tiff(img, data)
     if img.shape[:2] != (rows, cols):
-        raise EvidenceError(path, f"decoded size {img.shape[1]}x{img.shape[0]} differs from the header's {cols}x{rows}")
+        raise EvidenceError(path, f"decoded size {img.shape[1]}x{img.shape[0]} differs from the header's {cols}x{rows} "
+                                  "(cols x rows)")
     if img.ndim == 2:
         img = img[:, :, None]
     if img.dtype == np.uint8:

@@ -60,7 +60,8 @@ class FingerprintAccumulator:
             r, c, ch = self.shape
             raise ValueError(
                 f"size {pixels.shape[1]}x{pixels.shape[0]}x{pixels.shape[2]} differs from the fingerprint's "
-                f"{c}x{r}x{ch} (all images of one fingerprint must share size and orientation; see --crop)"
+                f"{c}x{r}x{ch} (cols x rows x channels; "
+                "all images of one fingerprint must share size and orientation; see --crop)"
             )
 
     def add(self, pixels: np.ndarray, saturation: float = 255.0) -> None:

@@ -474,6 +474,10 @@ def compression_aware_residual(
     return np.ascontiguousarray(filtered if apply else x, dtype=np.float32), info
 
 
+COEFFICIENT_READ = "DCT coefficient read: "
+"""Start of a decoder warning given while :func:`coefficients_of` read the file (the pixels' have none)."""
+
+
 def coefficients_of(ev, data: bytes | None = None) -> LumaCoefficients:
     """Luma coefficients of an evidence JPEG, from the very bytes that were hashed.
 
@@ -497,7 +501,8 @@ def coefficients_of(ev, data: bytes | None = None) -> LumaCoefficients:
     Notes
     -----
     libjpeg's messages while the coefficients are read (damaged scan data) are taken as the pixels'
-    are (:func:`spncli.evidence.decoder_messages`) and added to ``ev.warnings`` where new.
+    are (:func:`spncli.evidence.decoder_messages`) and added to ``ev.warnings`` where new, after
+    :data:`COEFFICIENT_READ`.
     """
     from .evidence import EvidenceError, decoder_messages, read_bytes
 
@@ -511,8 +516,10 @@ def coefficients_of(ev, data: bytes | None = None) -> LumaCoefficients:
     try:  # libjpeg's warnings, as for the pixels: recorded, not printed unattributed
         with decoder_messages() as messages:
             lc = read_luma_coefficients(data)
-    finally:  # kept even where the read fails (the image then falls back to the classic residual)
-        ev.warnings.extend(m for m in messages if m not in ev.warnings)
+    finally:  # kept even where the read fails (the image then falls back to the classic residual); labelled, so
+        # that the same damage seen by the two readers (their byte counts can differ) does not read as two
+        ev.warnings.extend(f"{COEFFICIENT_READ}{m}" for m in messages
+                           if m not in ev.warnings and f"{COEFFICIENT_READ}{m}" not in ev.warnings)  # fmt: skip
     if (lc.rows, lc.cols) != tuple(ev.shape):
         raise EvidenceError(
             ev.path, f"JPEG coefficients are for {lc.cols}x{lc.rows}, pixels are {ev.shape[1]}x{ev.shape[0]}"

@@ -181,7 +181,7 @@ def open_regular(
     except OSError as exc:
         if exc.errno == errno.ELOOP and not follow_links:
             raise RefusedFile(path, "link") from None
-        if exc.errno == errno.ENXIO:  # a FIFO opened for writing with no reader
+        if exc.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO opened to write with no reader; a folder
             raise RefusedFile(path, "special") from None
         raise
     try:

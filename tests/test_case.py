@@ -372,7 +372,7 @@ def test_robustness_corpus(db, corpus, tmp_path):
     errors = {
         Path(e["file"]).name: e["reason"] for e in map(json.loads, (case / "errors.jsonl").read_text().splitlines())
     }
-    assert errors.pop("outside").startswith("link out of the folder, not followed"), errors
+    assert errors.pop("outside").startswith("symbolic link, not followed"), errors
     assert set(errors) == set(bad), errors
     for name, (_, words) in bad.items():
         assert words in errors[name], (name, errors[name])

@@ -310,6 +310,21 @@ def test_hard_links_and_fifos_in_place_of_case_files_are_refused(done_case, evid
         _run(evidence, fifo_case, db)
 
 
+def test_a_folder_in_place_of_the_case_lock_is_one_line_everywhere(done_case, evidence, db, tmp_path):
+    """An adversarial pass: a folder named case.lock made `spn report` crash with IsADirectoryError, and verify
+    passed the case; a resume said "cannot write the case: Is a directory"."""
+    case = _copy(done_case, tmp_path)
+    (case / "case.lock").unlink(missing_ok=True)
+    (case / "case.lock").mkdir()
+    problems = Case(case).verify().problems
+    assert any(p.startswith("case.lock: is a folder where the case keeps a file") for p in problems), problems
+    with pytest.raises(CaseError, match="case.lock: is a folder where the case keeps a file"):
+        _run(evidence, case, db)
+    res = CliRunner().invoke(app, ["report", str(case)])
+    assert res.exit_code != 0 and "Traceback" not in res.output and "case.lock" in res.output, res.output
+    assert not isinstance(res.exception, IsADirectoryError)
+
+
 def test_verify_names_duplicate_rows(done_case, tmp_path):
     case = _copy(done_case, tmp_path)
     lines = (case / "results.jsonl").read_text().splitlines()
@@ -341,7 +356,7 @@ def test_links_files_and_evidence_in_the_case_are_refused(done_case, evidence, d
     with pytest.raises(CaseError, match="symbolic link"):
         _run(evidence, case, db)
     assert outside.read_bytes() == b"precious" * 100
-    assert any("results.jsonl: is a link" in p for p in Case(case).verify().problems)
+    assert any("results.jsonl: is a symbolic link inside the case" in p for p in Case(case).verify().problems)
     link = tmp_path / "link-case"
     os.symlink(done_case[0], link)
     with pytest.raises(CaseError, match="symbolic link"):

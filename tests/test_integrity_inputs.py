@@ -163,8 +163,8 @@ EXPECTED_REFUSALS = {
     "pic.bmp": "format not supported: BMP",
     "pipe.jpg": "not a regular file (a FIFO)",
     "sock": "not a regular file (a socket)",
-    "link-out.jpg": "link out of the folder, not followed",
-    "dir-out": "link out of the folder, not followed",
+    "link-out.jpg": "symbolic link, not followed",
+    "dir-out": "symbolic link, not followed",
 }
 
 
@@ -735,7 +735,7 @@ def test_damaged_jpeg_coefficients_warnings_are_caught_too(runner, tmp_path, cap
     assert ev.warnings == before  # the same message, not recorded twice
     ev.warnings.clear()
     coefficients_of(ev, cut)
-    assert ev.warnings and ev.warnings[0].startswith("Corrupt JPEG data")  # taken from the coefficient read
+    assert ev.warnings and ev.warnings[0].startswith("DCT coefficient read: Corrupt JPEG data")  # labelled
     assert "Corrupt JPEG data" not in capfd.readouterr().err
     from spncli.evidence import decoder_messages
 
@@ -818,3 +818,27 @@ def test_one_opener_refuses_links_special_files_and_other_names(tmp_path):
 
     again = pickle.loads(pickle.dumps(exc.value))  # crosses a worker boundary intact
     assert type(again) is RefusedFile and again.reason == "names" and again.filename == str(plain)
+
+
+def test_inputs_without_any_image_are_one_error_line(runner, tmp_path):
+    """An evidence folder with no image in it (or a folder named like an image) gave an empty report, exit 0."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "holder.png").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no pictures here")
+    db = tmp_path / "db.h5"
+    FingerprintStore(db).add("CAM", synthetic_prnu((64, 64), np.random.default_rng(1)), {"synthetic": True})
+    for args, folder in (
+        (["extract", str(tmp_path / "empty"), "--out", str(tmp_path / "o1")], "empty"),
+        (["match", str(tmp_path / "holder.png"), "--db", str(db)], "holder.png"),
+        (["degrade", str(tmp_path / "notes"), "-o", str(tmp_path / "o2"), "-q", "50"], "notes"),
+        (["match", str(tmp_path / "empty"), "--db", str(db), "--case", str(tmp_path / "case")], "empty"),
+    ):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert any(f"no image files found in {tmp_path / folder}" in line for line in lines), res.output
+        assert "Traceback" not in res.output and "score(s)" not in res.output
+    res = runner.invoke(app, ["extract", str(tmp_path / "notes"), "--out", str(tmp_path / "o3")])
+    assert res.exit_code == 2 and "(1 other file(s) there, not images)" in res.output, res.output
+    assert not (tmp_path / "case" / "audit.jsonl").exists()  # nothing recorded for a run that found nothing

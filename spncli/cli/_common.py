@@ -69,6 +69,30 @@ def note_not_images(others: list) -> None:
         note(f"{len(others)} file(s) in the folders are not images (no image name or signature): not read")
 
 
+def image_paths(inputs, *, residuals: bool = False, absolute: bool = True) -> list:
+    """The image files of the inputs (folders walked; see :func:`spncli.identify.gather_inputs`), absolute or
+    as given.
+
+    Says how many files were not images; inputs that hold no image file at all are one error line (exit 2),
+    not an empty report.
+    """
+    from ..identify import gather_inputs
+
+    others: list = []
+    paths = [p.absolute() if absolute else p for p in gather_inputs(inputs, on_other=others.append,
+                                                                     residuals=residuals)]  # fmt: skip
+    note_not_images(others)
+    if not paths:
+        die(no_images_found(inputs, len(others)))
+    return paths
+
+
+def no_images_found(inputs, others: int) -> str:
+    """The one line for inputs that hold no image file."""
+    listed = ", ".join(str(p) for p in inputs)
+    return f"no image files found in {listed}" + (f" ({others} other file(s) there, not images)" if others else "")
+
+
 def warn(message: str) -> None:
     """One ``warning:`` line on stderr."""
     err.print("[bold yellow]warning[/]: " + escape(printable(message)), markup=True, highlight=False)

@@ -81,7 +81,7 @@ def _store_clusters(result, db: Path, prefix: str, min_size: int, replace: bool,
             origin = {"camera": camera, "case": str(case.absolute()) if case else None}
             screen = Screener(store, camera, k, sources=[s["sha256"] for s in meta["sources"]])
             c["fingerprint_sha256"] = store.add(camera, k, meta | origin, replace=replace, screen=screen)
-            err.print(f"stored {camera}: {c['size']} image(s), {meta['cols']}x{meta['rows']}, in {db}")
+            err.print(f"stored {camera}: {c['size']} image(s), {meta['cols']}x{meta['rows']} (cols x rows), in {db}")
             summary, warnings = screen_summary(camera, screen.result)
             err.print(summary)
             for line in warnings:

@@ -13,7 +13,6 @@ import typer
 
 from ..degrade import CODECS, SUBSAMPLING, DegradeSettings, encode, output_name
 from ..evidence import EvidenceError, load_image
-from ..identify import gather_inputs
 from ..provenance import (
     OutputInsideEvidence,
     atomic_write_bytes,
@@ -26,7 +25,7 @@ from ..provenance import (
     writable_folder,
 )
 from ._app import State, app
-from ._common import EXIT_SOME_FAILED, die, err, fail_line, note
+from ._common import EXIT_SOME_FAILED, die, err, fail_line, image_paths, note
 
 
 def previous_manifest(path: Path) -> dict | None:
@@ -102,7 +101,7 @@ def degrade(
         die(str(exc))
     journal = out / JOURNAL
     entries, failed = journal_entries(journal), 0  # a killed run's files: kept
-    paths = list(gather_inputs(images))
+    paths = image_paths(images, absolute=False)
     clashes = clashing_stems(paths)
     started = utc_now()
 

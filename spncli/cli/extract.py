@@ -7,14 +7,13 @@ from typing import Annotated
 
 import typer
 
-from ..identify import gather_inputs
 from ..jobs import ExtractJob
 from ..jpegdomain import RESIDUAL_KINDS
 from ..provenance import OutputInsideEvidence, check_output_location, clashing_stems, writable_folder
 from ..residual import ResidualParams
 from ._app import State, app
 from ._batch import SchedulerOption, WorkersOption, run_jobs
-from ._common import EXIT_SOME_FAILED, DeviceOption, crop_option, device_option, die, err
+from ._common import EXIT_SOME_FAILED, DeviceOption, crop_option, device_option, die, err, image_paths
 
 
 ResidualOption = Annotated[
@@ -61,7 +60,7 @@ def extract(
         writable_folder(out)
     except (ValueError, OutputInsideEvidence) as exc:
         die(str(exc))
-    paths = [p.absolute() for p in gather_inputs(images)]
+    paths = image_paths(images)
     job = ExtractJob(out.absolute(), params, size, preview, State.max_pixels, kind=kind, device=device,
                      clashes=clashing_stems(paths))  # fmt: skip
     done, failed = run_jobs(paths, job, workers=workers, scheduler=scheduler, label="extract", gpu=device == "cuda")

@@ -114,7 +114,7 @@ def fingerprint(
         die(f"internal error (please report): {type(exc).__name__}: {exc}; nothing stored", EXIT_SOME_FAILED)
     note_not_images(others)
     note(
-        f"camera {camera}: fingerprint of {meta['image_count']} image(s), {meta['cols']}x{meta['rows']}, "
+        f"camera {camera}: fingerprint of {meta['image_count']} image(s), {meta['cols']}x{meta['rows']} (cols x rows), "
         f"sha256 {digest[:16]}..., stored in {db}; {len(failed)} file(s) failed"
         + ("" if meta["image_count"] >= RECOMMENDED_IMAGES else f" (fewer than {RECOMMENDED_IMAGES} images)")
     )

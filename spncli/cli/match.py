@@ -12,7 +12,7 @@ from ..casefile import Case
 from ..calibration import FIELDS as TAIL_FIELDS
 from ..calibration import tails_for
 from ..casework import CaseError, run_case
-from ..identify import Matcher, MatchSettings, gather_inputs
+from ..identify import Matcher, MatchSettings
 from ..jobs import MatchJob
 from ..leaks import match_warnings
 from ..prescreen import Prescreen, parse_prescreen
@@ -23,7 +23,7 @@ from ._app import State, app
 from ._batch import BatchProgress, run_jobs
 from ._common import (
     EXIT_SOME_FAILED, DeviceOption, Format, crop_option, decoder_warnings, device_option, die, err, error_line,
-    fail_line, finite, note, note_not_images, render, warn,
+    fail_line, finite, image_paths, note, render, warn,
 )
 from .extract import ResidualOption, check_residual_kind
 from .restore import ModelOption, open_restorer
@@ -283,9 +283,7 @@ def _match_plain(images, matcher, *, db_sha, workers, scheduler, format, size) -
         return False
 
     job = MatchJob(matcher, max_pixels=State.max_pixels, artifacts=False)
-    others: list = []
-    paths = list(gather_inputs(images, on_other=others.append, residuals=True))  # saved residuals in folders too
-    note_not_images(others)
+    paths = image_paths(images, residuals=True, absolute=False)  # saved residuals in folders too
     _, failed = run_jobs(paths, job, workers=workers, scheduler=scheduler, label="match",
                          gpu=matcher.restorer is not None or matcher.device == "cuda", on_result=on_result)  # fmt: skip
     if format is not Format.json:  # JSON was streamed above

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from ..identify import gather_inputs
 from ..jobs import RestoreJob
 from ..provenance import (
     OutputInsideEvidence,
@@ -19,7 +18,7 @@ from ..provenance import (
 from ..residual import ResidualParams
 from ._app import State, app
 from ._batch import SchedulerOption, WorkersOption, run_jobs
-from ._common import EXIT_SOME_FAILED, crop_option, die, err
+from ._common import EXIT_SOME_FAILED, crop_option, die, err, image_paths
 
 ModelOption = Annotated[
     Path | None, typer.Option("--model", help="Model card (JSON) of the weights [default: shipped].")
@@ -86,7 +85,7 @@ def restore(
     except (OutputInsideEvidence, ValueError) as exc:
         die(str(exc))
     restorer = open_restorer(model, device)
-    paths = [p.absolute() for p in gather_inputs(images)]
+    paths = image_paths(images)
     job = RestoreJob(
         out.absolute(), restorer, ResidualParams(), size, preview, tile, precision, quality, State.max_pixels,
         clashes=clashing_stems(paths),
