@@ -93,6 +93,9 @@ def test_match_pool_rows_and_refusal(weak_probes, pool_db, runner, tmp_path):
     assert res.exit_code == 1 and "other.jpg 100x100" in res.output and "differ in size" in res.output
     res = runner.invoke(app, ["match", "--pool", str(paths[0]), "--db", str(db), "--restore"])
     assert res.exit_code == 2 and "--pool" in res.output
+    res = runner.invoke(app, ["match", "--pool", str(paths[0]), "--db", str(db)])  # one image: the note says so
+    assert res.exit_code == 0 and f"one image pooled ({paths[0]})" in res.output and "without --pool" in res.output
+    assert "one image pooled" not in csv_out.output
 
 
 def test_match_pool_into_case_verified_and_reported(weak_probes, pool_db, runner, tmp_path):

@@ -16,7 +16,7 @@ from ..pooling import WEIGHTINGS, pool_match
 from ..store import FingerprintStore, StoreError
 from ._app import State
 from ._common import (
-    EXIT_SOME_FAILED, Format, decoder_warnings, die, err, fail_line, note_not_images, render, warn,
+    EXIT_SOME_FAILED, Format, decoder_warnings, die, err, fail_line, note, note_not_images, render, warn,
 )
 
 POOL_COLUMNS = ["camera", "pce", "p_fa", "verdict", "n_images", "best_single_pce", "rotation"]
@@ -57,6 +57,9 @@ def _pooled(images, matcher: Matcher, *, singles: bool, weighting: str) -> tuple
     note_not_images(others)
     if not evidences:
         raise ValueError("no usable image to pool")
+    if len(evidences) == 1:  # K = W I / I^2 of one image: noisier than correlating W with I K, as plain match does
+        note(f"one image pooled ({evidences[0].path}): the pooled estimate divides by the image's own intensity; "
+             "for a single image the plain match (without --pool) is the stronger test (README, --pool)")  # fmt: skip
     try:
         return pool_match(evidences, matcher, singles=singles, weighting=weighting), failed
     except EvidenceError as exc:
