@@ -91,6 +91,7 @@ def degrade(
     try:
         settings = [DegradeSettings(q, codec, subsampling) for q in (quality or [90, 70, 50, 30])]
         check_output_location(out, images)
+        paths = image_paths(images, absolute=False)  # before the output folder is made
         writable_folder(out)
     except (ValueError, OutputInsideEvidence) as exc:
         die(str(exc))
@@ -101,7 +102,6 @@ def degrade(
         die(str(exc))
     journal = out / JOURNAL
     entries, failed = journal_entries(journal), 0  # a killed run's files: kept
-    paths = image_paths(images, absolute=False)
     clashes = clashing_stems(paths)
     started = utc_now()
 

@@ -57,10 +57,10 @@ def extract(
     try:
         params = ResidualParams(sigma=sigma)
         check_output_location(out, images)
+        paths = image_paths(images)  # before the output folder is made: inputs without an image leave nothing
         writable_folder(out)
     except (ValueError, OutputInsideEvidence) as exc:
         die(str(exc))
-    paths = image_paths(images)
     job = ExtractJob(out.absolute(), params, size, preview, State.max_pixels, kind=kind, device=device,
                      clashes=clashing_stems(paths))  # fmt: skip
     done, failed = run_jobs(paths, job, workers=workers, scheduler=scheduler, label="extract", gpu=device == "cuda")

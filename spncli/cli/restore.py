@@ -81,11 +81,11 @@ def restore(
     out = out or default_out()
     try:
         check_output_location(out, images)
+        paths = image_paths(images)  # before the output folder is made: inputs without an image leave nothing
         writable_folder(out)
     except (OutputInsideEvidence, ValueError) as exc:
         die(str(exc))
     restorer = open_restorer(model, device)
-    paths = image_paths(images)
     job = RestoreJob(
         out.absolute(), restorer, ResidualParams(), size, preview, tile, precision, quality, State.max_pixels,
         clashes=clashing_stems(paths),
