@@ -62,9 +62,9 @@ NOT_HASHED = frozenset({AUDIT, LOCK})
 """Files outside the recorded hashes: the chain covers itself, the lock holds only who runs."""
 APPEND_ONLY = ("results.jsonl",)
 REGENERATED = ("results.csv", "manifest.json", "errors.jsonl")
+"""Written again at the end of every run from the rows and the errors met (so free after a killed run)."""
 CASE_FILES = frozenset({AUDIT, LOCK, *APPEND_ONLY, *REGENERATED})
 """The files a case keeps at its top level (a folder or anything else of these names is refused)."""
-"""Written again at the end of every run from the rows and the errors met (so free after a killed run)."""
 RUN_END = (
     "match-completed", "match-interrupted", "cluster-completed", "cluster-failed", "pool-completed", "pool-failed",
 )  # fmt: skip
@@ -99,13 +99,11 @@ def _open(path: Path, flags: int, mode: int = 0o644) -> int:
     try:
         return open_regular(path, flags, mode, one_name=True)[0]
     except RefusedFile as exc:
-        why = {
-            "link": "is a symbolic link; a case never follows links out of its folder",
-            "special": "not a regular file; a case file must be one",
-            "names": f"has {exc.st.st_nlink if exc.st else 'several'} hard links; a case file must have one name "
-            "(it could be written outside the case)",
-        }[exc.reason]
-        raise CaseError(f"{path}: {why}") from None
+        st = exc.st  # None where the open itself was refused (a link, a FIFO to write, a folder)
+        if st is None:
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+        raise CaseError(f"{path}: {_not_a_case_file(st) if st else exc.strerror}") from None
 
 
 def _not_a_case_file(st: os.stat_result) -> str:

@@ -42,7 +42,7 @@ from .casefile import (
     scoring_parameters,
 )
 from .evidence import DEFAULT_MAX_PIXELS
-from .identify import Matcher, gather_inputs
+from .identify import Matcher, gather_inputs, no_images_found
 from .jobs import MatchJob
 from .provenance import OutputInsideEvidence, check_apart, utc_now
 
@@ -317,8 +317,7 @@ def _run(case, matcher, evidence, parameters, client, done, asked, stop, *, db, 
     others: list = []
     paths = [os.path.abspath(p) for p in gather_inputs(evidence, on_other=others.append, residuals=True)]
     if not paths:  # before the run is recorded: an empty report is not a result
-        raise CaseError(f"no image files found in {', '.join(given)}"
-                        + (f" ({len(others)} other file(s) there, not images)" if others else ""))  # fmt: skip
+        raise CaseError(no_images_found(given, len(others)))
     case.audit(
         "match-start",
         parameters=parameters,

@@ -185,7 +185,7 @@ class Evidence:
         samples, which become a zero-byte stand-in of the same shape and type.
     pixels : ndarray (property)
         float32, same shape, scaled to 0..255 whatever the bit depth: converted
-        from ``samples`` on first use and kept (assignable).
+        from ``samples`` on first use and kept.
     bit_depth : int
         8 or 16.
     saturation : float
@@ -232,9 +232,9 @@ class Evidence:
                 self.samples = np.broadcast_to(s.dtype.type(0), s.shape)  # not held twice
         return self._pixels
 
-    @pixels.setter
-    def pixels(self, value: np.ndarray) -> None:
-        self._pixels = value
+    def _held_eight_bit(self) -> np.ndarray | None:
+        """The decoded 8-bit samples while they are held (not yet replaced by the float pixels), else None."""
+        return self.samples if self._pixels is None and self.samples.dtype == np.uint8 else None
 
     def denoiser_samples(self) -> np.ndarray:
         """What the CPU residual reads: the 8-bit samples as decoded, else the float pixels.
@@ -243,15 +243,13 @@ class Evidence:
         of rows) at a time, with the same values the float pixels hold, so its result is bit for bit
         the same while the image's float copy (4 bytes a sample) is never made.
         """
-        if self._pixels is None and self.samples.dtype == np.uint8:
-            return self.samples
-        return self.pixels
+        held = self._held_eight_bit()
+        return self.pixels if held is None else held
 
     def eight_bit(self) -> np.ndarray:
         """The image as 8-bit samples: the decoded ones while they are held, else the pixels saturated to 0..255."""
-        if self._pixels is None and self.samples.dtype == np.uint8:
-            return self.samples
-        return cv2.convertScaleAbs(self.pixels)
+        held = self._held_eight_bit()
+        return cv2.convertScaleAbs(self.pixels) if held is None else held
 
     def release_pixels(self) -> None:
         """Drop the samples and pixels for zero-byte read-only stand-ins of the same shape (``shape`` holds)."""

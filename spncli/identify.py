@@ -205,6 +205,12 @@ def gather_inputs(
         yield path
 
 
+def no_images_found(inputs: Iterable[str | os.PathLike], others: int) -> str:
+    """The one line for inputs that hold no image file (``others``: the files there that are not images)."""
+    listed = ", ".join(str(p) for p in inputs)
+    return f"no image files found in {listed}" + (f" ({others} other file(s) there, not images)" if others else "")
+
+
 def fingerprint_frame(meta: dict, shape: tuple[int, int]) -> tuple[int, int] | None:
     """The source frame (rows, cols) a stored fingerprint records; None if unknown (older, cropped)."""
     frame = (meta.get("geometry") or {}).get("frame")

@@ -33,7 +33,7 @@ import hashlib
 import io
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ from .jpegdomain import AwareSettings, NoCoefficients, coefficients_of
 from .jpegtables import ijg_tables
 from .networks import ARCHITECTURES, RestorationNet, build_generator
 from .modelcards import DEFAULT_CARD, TEXTURED_BLOCK_STD_ABOVE, policy_text
-from .residual import ResidualParams, grey_residual, postprocess, sample_std, wiener_dft, zero_mean_cfa
+from .residual import ResidualParams, grey_residual, postprocess
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -369,10 +369,7 @@ class Restorer:
 def _finish(residual: np.ndarray, wiener: bool, params: ResidualParams) -> np.ndarray:
     """A restored residual's post-processing: CFA zero-mean, then the spectral Wiener filter when the card's
     policy says so (float32, contiguous)."""
-    restored = zero_mean_cfa(residual)
-    if wiener:
-        restored = wiener_dft(restored, sample_std(restored), params.windows, inplace=True)  # zero_mean_cfa's copy
-    return np.ascontiguousarray(restored, dtype=np.float32)
+    return postprocess(residual, replace(params, zero_mean=True, wiener_dft=wiener))
 
 
 def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype:

@@ -429,11 +429,7 @@ class FingerprintStore:
         body = struct.pack("<I", len(head)) + head + d.words.astype("<u8", copy=False).tobytes()
         record = _SIG_MAGIC + body + hashlib.sha256(body).digest()
         path = self.folder / SIGNS
-        if path.is_symlink():
-            raise StoreError(f"{path}: a symbolic link, not followed; nothing was stored")
-        if path.exists() and not path.is_file():
-            raise StoreError(f"{path}: not a regular file (a FIFO, folder or device); nothing was stored")
-        try:  # the entry may have been replaced since the checks
+        try:
             fd, _ = open_regular(path, os.O_RDWR | os.O_CREAT, 0o644)
         except RefusedFile as exc:
             special = "not a regular file (a FIFO, folder or device)"

@@ -76,7 +76,7 @@ def image_paths(inputs, *, residuals: bool = False, absolute: bool = True) -> li
     Says how many files were not images; inputs that hold no image file at all are one error line (exit 2),
     not an empty report.
     """
-    from ..identify import gather_inputs
+    from ..identify import gather_inputs, no_images_found
 
     others: list = []
     paths = [p.absolute() if absolute else p for p in gather_inputs(inputs, on_other=others.append,
@@ -85,12 +85,6 @@ def image_paths(inputs, *, residuals: bool = False, absolute: bool = True) -> li
     if not paths:
         die(no_images_found(inputs, len(others)))
     return paths
-
-
-def no_images_found(inputs, others: int) -> str:
-    """The one line for inputs that hold no image file."""
-    listed = ", ".join(str(p) for p in inputs)
-    return f"no image files found in {listed}" + (f" ({others} other file(s) there, not images)" if others else "")
 
 
 def warn(message: str) -> None:

@@ -11,13 +11,12 @@ from typing import Annotated
 
 import typer
 
-from ..casefile import Case, CaseError
+from ..casefile import CASE_FILES, Case, CaseError
 from ..provenance import OutputInsideEvidence, atomic_write_bytes, check_output_location
 from ..report import build_report, check_fingerprints
 from ._app import app
 from ._common import EXIT_SOME_FAILED, die, err, fail_line, warn
 
-CASE_FILES = frozenset({"results.jsonl", "results.csv", "errors.jsonl", "manifest.json", "audit.jsonl", "case.lock"})
 
 CHROMIUM_FLAGS = [
     "--headless",
