@@ -397,7 +397,12 @@ def calibrate(
         on_progress(str(path))
     if not images:
         raise ValueError("no background image could be used: nothing to calibrate; nothing stored")
-    labels_sha = hashlib.sha256(Path(labels_file).read_bytes()).hexdigest() if labels_file else None
+    labels_sha = None
+    if labels_file:
+        try:  # read as read_labels reads it: never a link followed, never a FIFO opened
+            labels_sha = hashlib.sha256(read_bytes(labels_file, max_bytes=LABELS_MAX_BYTES)).hexdigest()
+        except EvidenceError as exc:
+            raise ValueError(f"{labels_file}: labels unreadable ({exc.reason}); nothing stored") from None
     digest = hashlib.sha256("\n".join(sorted(i["sha256"] for i in images)).encode()).hexdigest()
     cams = {c: {"fingerprint_sha256": sha, "bands": {}} for c, sha in matcher.cameras}
     for cam, bands in null.items():

@@ -680,6 +680,14 @@ def test_degrade_into_a_used_folder_keeps_the_earlier_manifest_entries(runner, t
     res = runner.invoke(app, ["degrade", str(files[1]), "--out", str(out), "-q", "60"])
     assert res.exit_code == 2 and "is not a manifest of spn degrade" in res.output
     assert (out / "manifest.json").read_text() == "[]"
+    # a journal that is a link out of the folder is never followed: it was ignored when read and then appended to
+    fresh, outside = tmp_path / "deg2", tmp_path / "outside.txt"
+    fresh.mkdir()
+    outside.write_text("precious\n")
+    (fresh / ".manifest-journal.jsonl").symlink_to(outside)
+    res = runner.invoke(app, ["degrade", str(files[1]), "--out", str(fresh), "-q", "60"])
+    assert res.exit_code == 2 and ".manifest-journal.jsonl: is a symbolic link" in res.output, res.output
+    assert outside.read_text() == "precious\n" and not list(fresh.glob("*.jpg"))
 
 
 @pytest.mark.parametrize("command", ["extract", "degrade", "restore"])

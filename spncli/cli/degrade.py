@@ -15,10 +15,12 @@ from ..degrade import CODECS, SUBSAMPLING, DegradeSettings, encode, output_name
 from ..evidence import EvidenceError, load_image
 from ..provenance import (
     OutputInsideEvidence,
+    RefusedFile,
     atomic_write_bytes,
     atomic_write_json,
     check_output_location,
     clashing_stems,
+    open_regular,
     output_stem,
     tool_info,
     utc_now,
@@ -52,11 +54,32 @@ JOURNAL = ".manifest-journal.jsonl"
 run's journal is merged by the next run into the same folder."""
 
 
+def append_journal(path: Path, entries: list[dict]) -> None:
+    """Append entries to the journal, fsync'd, through :func:`spncli.provenance.open_regular` (never a link)."""
+    fd, _ = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, one_name=True)
+    with os.fdopen(fd, "a", encoding="utf-8") as log:
+        log.write("".join(json.dumps(e) + "\n" for e in entries))
+        log.flush()
+        os.fsync(log.fileno())
+
+
 def journal_entries(path: Path) -> list[dict]:
-    """The whole lines of a journal a killed ``spn degrade`` left (none when absent)."""
-    if not path.is_file() or path.is_symlink():
+    """The whole lines of a journal a killed ``spn degrade`` left (none when absent).
+
+    Raises
+    ------
+    ValueError
+        One line, when the journal is a link, a special file or a file with other names (it is never
+        followed, read or appended to).
+    """
+    try:
+        fd, _ = open_regular(path, one_name=True)
+    except FileNotFoundError:
         return []
-    data = path.read_bytes()
+    except RefusedFile as exc:
+        raise ValueError(f"{path}: {exc.strerror}, not a journal of spn degrade; choose another --out") from None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read()
     lines = data[: data.rfind(b"\n") + 1].decode("utf-8", "replace").splitlines()
     out = []
     for line in lines:
@@ -101,7 +124,10 @@ def degrade(
     except ValueError as exc:
         die(str(exc))
     journal = out / JOURNAL
-    entries, failed = journal_entries(journal), 0  # a killed run's files: kept
+    try:
+        entries, failed = journal_entries(journal), 0  # a killed run's files: kept
+    except ValueError as exc:
+        die(str(exc))
     clashes = clashing_stems(paths)
     started = utc_now()
 
@@ -138,10 +164,10 @@ def degrade(
                     **s.as_dict(),
                 }
             )
-        with open(journal, "a", encoding="utf-8") as log:  # a kill leaves every written file in the journal
-            log.write("".join(json.dumps(e) + "\n" for e in entries[-len(settings):]))
-            log.flush()
-            os.fsync(log.fileno())
+        try:  # a kill leaves every written file in the journal
+            append_journal(journal, entries[-len(settings):])
+        except OSError as exc:
+            die(f"{journal}: cannot append to the journal ({exc.strerror}); the files written so far are kept")
         note(f"{path}: {len(settings)} version(s) written")
     write_manifest()
     journal.unlink(missing_ok=True)
