@@ -731,6 +731,16 @@ def cluster_section(case: Case) -> str:
     return "".join(out)
 
 
+def _pooled_as(rows: list[dict]) -> str:
+    """What a pooled record's images were pooled into, as its ``estimator`` says (earlier versions pooled the ML
+    estimate; a report regenerated from their case files must say so)."""
+    estimator = rows[0].get("estimator", "") if rows else ""
+    if estimator.startswith("pooled ML estimate"):
+        return "one maximum-likelihood estimate of their common sensor pattern"
+    return ("one matched-filter statistic (each residual multiplied by its image's intensity and summed, the "
+            "single-image detector's correlation summed over the images)")
+
+
 def pool_section(case: Case) -> str:
     """Each pooled probe written by ``spn match --pool --case``: the images pooled and every camera's score."""
     out = []
@@ -743,8 +753,8 @@ def pool_section(case: Case) -> str:
         threshold = float(rows[0]["threshold"]) if rows else 60.0
         out.append(
             f"<h2>Pooled probe {_e(Path(rel).stem)}: {len(images)} image(s) scored as one probe</h2>"
-            "<p>The images below, of one suspected source, are pooled into one maximum-likelihood estimate of "
-            "their common sensor pattern (each weighted by the inverse variance of its residual unless stated) "
+            f"<p>The images below, of one suspected source, are pooled into {_pooled_as(rows)} "
+            "(each weighted by the inverse variance of its residual unless stated) "
             "and scored against each camera as <b>one</b> test, with that test's false-alarm probability.</p>"
             "<table><tr><th>Pooled image</th><th>SHA-256</th><th>Size</th><th>JPEG quality</th></tr>"
         )

@@ -37,7 +37,7 @@ def check_pool_options(*, restore: bool, residual: str, workers, scheduler, weig
 
 
 def _pooled(images, matcher: Matcher, *, singles: bool, weighting: str) -> tuple[list[dict], list[dict]]:
-    """Load the images (failures named, the rest go on) and score their pooled estimate; records and failures.
+    """Load the images (failures named, the rest go on) and score their pooled statistic; records and failures.
 
     Raises ``ValueError`` (:class:`spncli.pooling.PoolSizeError` naming files and sizes) when nothing can be pooled.
     """
@@ -57,9 +57,9 @@ def _pooled(images, matcher: Matcher, *, singles: bool, weighting: str) -> tuple
     note_not_images(others)
     if not evidences:
         raise ValueError("no usable image to pool")
-    if len(evidences) == 1:  # K = W I / I^2 of one image: noisier than correlating W with I K, as plain match does
-        note(f"one image pooled ({evidences[0].path}): the pooled estimate divides by the image's own intensity; "
-             "for a single image the plain match (without --pool) is the stronger test (README, --pool)")  # fmt: skip
+    if len(evidences) == 1:  # T = W I / s2 of one image: not the plain match the thresholds were calibrated for
+        note(f"one image pooled ({evidences[0].path}): its pooled statistic is its residual weighted by its "
+             "intensity; the calibrated test for one image is the plain match, without --pool (README, --pool)")
     try:
         return pool_match(evidences, matcher, singles=singles, weighting=weighting), failed
     except EvidenceError as exc:

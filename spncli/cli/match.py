@@ -160,8 +160,9 @@ def match(
     pool: Annotated[
         bool,
         typer.Option(
-            help="Score all the images as ONE probe of one suspected source (pooled ML estimate, one test per "
-            "camera); with --case the pooled result goes into the case."
+            help="Score all the images as ONE probe of one suspected source (their residuals weighted by their "
+            "intensity and summed: the matched-filter statistic, one test per camera); with --case the pooled result "
+            "goes into the case."
         ),
     ] = False,
     singles: Annotated[bool, typer.Option(help="With --pool: also score each image alone (best single PCE).")] = False,
