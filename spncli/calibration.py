@@ -166,7 +166,16 @@ LABELS_MAX_BYTES = 64 << 20
 """Largest labels CSV read (about a million rows)."""
 
 
-def read_labels(path: str | os.PathLike) -> dict[str, str]:
+class Labels(dict):
+    """``{real path: camera}`` read from a labels CSV, with the CSV's absolute ``path`` and the ``sha256`` of the
+    bytes the labels were read from (what a calibration records: one read, so the two cannot differ)."""
+
+    def __init__(self, labels: dict[str, str], path: str, sha256: str):
+        super().__init__(labels)
+        self.path, self.sha256 = path, sha256
+
+
+def read_labels(path: str | os.PathLike) -> Labels:
     """``{real path: camera}`` from a CSV with the header ``path,camera`` (relative paths: from the CSV's folder).
 
     Raises
@@ -177,7 +186,8 @@ def read_labels(path: str | os.PathLike) -> dict[str, str]:
     """
     path = Path(path)
     try:  # read as evidence is read: never a link followed, never a FIFO opened (it would hang)
-        text = read_bytes(path, max_bytes=LABELS_MAX_BYTES).decode("utf-8-sig")
+        data = read_bytes(path, max_bytes=LABELS_MAX_BYTES)
+        text = data.decode("utf-8-sig")
     except EvidenceError as exc:
         raise ValueError(f"{path}: labels unreadable ({exc.reason})") from None
     except UnicodeDecodeError as exc:
@@ -193,7 +203,7 @@ def read_labels(path: str | os.PathLike) -> dict[str, str]:
         key = _key(path.parent / file)
         if labels.setdefault(key, camera) != camera:
             raise ValueError(f"{path}: line {n} labels {file} {camera!r}, an earlier line {labels[key]!r}")
-    return labels
+    return Labels(labels, os.path.abspath(path), hashlib.sha256(data).hexdigest())
 
 
 def labelled_backgrounds(
@@ -319,7 +329,7 @@ def calibrate(
     settings: MatchSettings = MatchSettings(),
     qualities: Iterable[int] = DEFAULT_QUALITIES,
     leave_one_camera_out: bool = False,
-    labels_file: str | os.PathLike | None = None,
+    labels: Labels | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = None,
     on_error: Callable[[str, str], None] = lambda path, reason: None,
@@ -340,8 +350,9 @@ def calibrate(
         Re-compress each image in memory at these IJG qualities too (see :func:`recompressed`).
     leave_one_camera_out : bool
         Recorded: whether the labels came from the database's own cameras.
-    labels_file : path or None
-        The labels CSV, recorded with its SHA-256.
+    labels : Labels or None
+        The labels the backgrounds' cameras came from (:func:`read_labels`): their CSV is recorded with the
+        SHA-256 of the bytes read.
     max_pixels, max_bytes : int
         Bounds of :func:`spncli.evidence.read_bytes` and :func:`spncli.evidence.decode`.
     on_error, on_progress, on_notice : callable
@@ -397,12 +408,6 @@ def calibrate(
         on_progress(str(path))
     if not images:
         raise ValueError("no background image could be used: nothing to calibrate; nothing stored")
-    labels_sha = None
-    if labels_file:
-        try:  # read as read_labels reads it: never a link followed, never a FIFO opened
-            labels_sha = hashlib.sha256(read_bytes(labels_file, max_bytes=LABELS_MAX_BYTES)).hexdigest()
-        except EvidenceError as exc:
-            raise ValueError(f"{labels_file}: labels unreadable ({exc.reason}); nothing stored") from None
     digest = hashlib.sha256("\n".join(sorted(i["sha256"] for i in images)).encode()).hexdigest()
     cams = {c: {"fingerprint_sha256": sha, "bands": {}} for c, sha in matcher.cameras}
     for cam, bands in null.items():
@@ -434,7 +439,7 @@ def calibrate(
                 "region": f"the analysed region widened to the frame's {MCU}x{MCU} grid, re-compressed in place",
             } if qualities else None,
             "leave_one_camera_out": leave_one_camera_out,
-            "labels": {"path": os.path.abspath(labels_file), "sha256": labels_sha} if labels_file else None,
+            "labels": {"path": labels.path, "sha256": labels.sha256} if labels is not None else None,
             "seed": None,
             "deterministic": True,
         },

@@ -55,10 +55,11 @@ def lab(dresden, tmp_path_factory):
     labels = root / "labels.csv"
     labels.write_text("path,camera\n" + "".join(f"{p},{camera_of(p)}\n" for p in background))
     store = FingerprintStore(db)
-    items = labelled_backgrounds(background, leave_one_camera_out=True, cameras=CAMERAS, labels=read_labels(labels))
+    label_map = read_labels(labels)
+    items = labelled_backgrounds(background, leave_one_camera_out=True, cameras=CAMERAS, labels=label_map)
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in [db, *db.with_name("db.h5.d").iterdir()]}
     doc = calibrate(store, items, settings=MatchSettings(crop=CROP), qualities=QUALITIES, leave_one_camera_out=True,
-                    labels_file=labels)  # fmt: skip
+                    labels=label_map)  # fmt: skip
     sha = store.store_calibration(doc)
     return {"root": root, "db": db, "labels": labels, "background": background, "doc": doc, "sha": sha,
             "before": before, "flats": flats}  # fmt: skip
@@ -103,6 +104,8 @@ def test_leave_one_camera_out_null_per_band(lab):
     assert doc["background"]["sha256_list_digest"] == digest
     assert doc["parameters"]["qualities"] == list(QUALITIES) and doc["parameters"]["leave_one_camera_out"]
     assert doc["parameters"]["recompression"]["in_memory"] and doc["parameters"]["seed"] is None
+    assert doc["parameters"]["labels"] == {"path": str(lab["labels"]),  # the bytes the labels were read from
+                                           "sha256": hashlib.sha256(lab["labels"].read_bytes()).hexdigest()}
     labels = {i["sha256"]: i["label"] for i in doc["background"]["images"]}
     for cam in CAMERAS:
         entry = doc["cameras"][cam]

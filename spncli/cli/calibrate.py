@@ -182,7 +182,7 @@ def calibrate(
         note_not_images(others)
         doc = measure(
             store, items, settings=settings, qualities=quals, leave_one_camera_out=leave_one_camera_out,
-            labels_file=labels, max_pixels=State.max_pixels, max_bytes=State.max_bytes, on_error=on_error,
+            labels=label_map, max_pixels=State.max_pixels, max_bytes=State.max_bytes, on_error=on_error,
             on_progress=lambda path: note(f"scored {path}"), on_notice=note,
         )  # fmt: skip
         sha = store.store_calibration(doc)
