@@ -891,6 +891,12 @@ class Case:
                     v.problems.append(f"{rel}: unreadable ({exc})")
                     continue
                 items += input_items(record, rel, v.problems)
+                if rel.startswith("pool/") and isinstance(record, dict):  # its rows must follow from their PCEs
+                    pooled = record.get("pooled")
+                    if isinstance(pooled, list) and all(isinstance(r, dict) for r in pooled):
+                        v.problems += row_problems(pooled, rel)
+                    else:
+                        v.problems.append(f"{rel}: not a pooled record (a list of rows under 'pooled' expected)")
         for item in {(i["path"], i.get("sha256")): i for i in items}.values():  # each input once
             if item.get("sha256") or "unhashed" in item or str(item.get("status", "")).startswith("not an image"):
                 v.inputs_checked += 1
@@ -1022,18 +1028,24 @@ PCE_ROUNDING = 0.5e-4
 """Half the last decimal a row's PCE is stored with (``round(pce, 4)``)."""
 
 
-def row_problems(rows: list[dict]) -> list[str]:
+def row_problems(rows: list[dict], source: str = "results.jsonl") -> list[str]:
     """Rows the tool cannot have written: two rows for one image and camera (paths compared after
     normalisation), or a decision or a false-alarm probability that does not follow from the row's PCE
-    and threshold (:func:`spncli.identify.decision_text`, :func:`spncli.pce.false_alarm_probability`)."""
+    and threshold (:func:`spncli.identify.decision_text`, :func:`spncli.pce.false_alarm_probability`).
+    Rows without ``image`` are a pooled probe's (``source``: its file), one per camera."""
     from .pce import false_alarm_probability
 
     problems = []
     seen: dict[tuple, int] = {}
     for r in rows:
-        key = (os.path.normpath(r["image"]), r["camera"])
+        try:
+            key = (os.path.normpath(r["image"]) if "image" in r else "", str(r["camera"]))
+        except (KeyError, TypeError):
+            problems.append(f"{source}: a row without a camera")
+            continue
         seen[key] = seen.get(key, 0) + 1
-        what = f"results.jsonl: the row for {r['image']} against {r['camera']}"
+        what = f"{source}: the row for {r['image']} against {r['camera']}" if "image" in r else \
+            f"{source}: the pooled row against {r['camera']}"
         try:
             threshold = float(r["threshold"])
             pces = [float(r[k]) for k in ("pce_classic", "pce_restored") if r.get(k) is not None] or [float(r["pce"])]
@@ -1061,7 +1073,7 @@ def row_problems(rows: list[dict]) -> list[str]:
                 problems.append(f"{what} gives p_fa {p_fa:.3g}, but PCE {', '.join(f'{x:g}' for x in pces)} over "
                                 f"{n} shift(s) gives {want:.3g}")  # fmt: skip
     for (image, camera), n in sorted((k, n) for k, n in seen.items() if n > 1):
-        problems.append(f"results.jsonl: {n} rows for {image} against {camera} (one expected)")
+        problems.append(f"{source}: {n} rows for {image or 'the pooled probe'} against {camera} (one expected)")
     return problems
 
 

@@ -11,7 +11,10 @@ statistic [1]_ [3]_
 (per colour channel, saturated pixels excluded, then the fingerprint
 post-processing), the single-image detector's correlation of ``W`` with
 ``I K`` summed over the images. With ``weighting="none"`` all ``σ_i`` are
-taken equal, which lets a textured or noisy probe drown a clean one. ``T`` is
+taken equal, which lets a textured or noisy probe drown a clean one. A
+residual variance below :data:`NOISE_FLOOR` (that of rounding to 8 bits) is
+no measurement of sensor noise (a uniform or synthetic image): the weight is
+capped there, and each record gives every image's share of the weight. ``T`` is
 scored against each camera fingerprint by PCE. The weights come from the
 probes alone, so the null distribution of the score is unchanged. The pooled
 score is one test per camera, with the false-alarm probability of that one
@@ -48,13 +51,22 @@ import numpy as np
 
 from .evidence import Evidence
 from .fingerprint import saturation_mask
-from .identify import Matcher, cropped_pixels, decision_text
+from .geometry import alignment_note
+from .identify import Matcher, cropped_pixels, decision_text, frame_turned
 from .pce import score
 from .residual import denoise_noise, postprocess, rgb_to_grey
 
-__all__ = ["WEIGHTINGS", "PoolSizeError", "pooled_statistic", "pool_match"]
+__all__ = ["WEIGHTINGS", "NOISE_FLOOR", "PoolSizeError", "pooled_statistic", "weighted_statistic", "pool_match"]
 
 WEIGHTINGS = ("variance", "none")
+
+NOISE_FLOOR = 1.0 / 12.0
+"""Smallest residual variance a weight is computed from (0..255 scale): the variance of rounding to 8 bits.
+A camera image's residual varies more (shot and read noise, content); a uniform image's varies by float
+rounding only (about 1e-11), whose inverse weighted it 10^6 times above real photos and cancelled a match."""
+
+DOMINANT_SHARE = 0.5
+"""In a pool of three or more, an image carrying more of the weight than this is named in a note."""
 
 
 class PoolSizeError(ValueError):
@@ -68,6 +80,9 @@ def _check_sizes(evidences: Sequence[Evidence], crop: tuple[int, int] | None) ->
         raise PoolSizeError(f"pooled images differ in size; use --crop N for their common centre, or {hint}")
     if len({ev.shape[0] > ev.shape[1] for ev in evidences}) > 1:
         raise PoolSizeError(f"pooled images mix portrait and landscape; {hint}")
+    if len({ev.samples.shape[2] for ev in evidences}) > 1:
+        channels = ", ".join(f"{ev.path} {ev.samples.shape[2]}" for ev in evidences)
+        raise PoolSizeError(f"pooled images mix grey and colour; pool images of one kind (channels: {channels})")
     if crop is not None:
         small = [f"{ev.path} {ev.shape[1]}x{ev.shape[0]}" for ev in evidences if ev.shape[0] < crop[0] or
                  ev.shape[1] < crop[1]]
@@ -77,6 +92,8 @@ def _check_sizes(evidences: Sequence[Evidence], crop: tuple[int, int] | None) ->
 
 def pooled_statistic(evidences: Sequence[Evidence], matcher: Matcher, *, weighting: str = "variance") -> np.ndarray:
     """The probes' matched-filter statistic ``T = Σ W_i I_i / σ_i²`` at the matcher's crop (see the module).
+
+    :func:`weighted_statistic` gives each image's share of the weight as well.
 
     Parameters
     ----------
@@ -100,26 +117,48 @@ def pooled_statistic(evidences: Sequence[Evidence], matcher: Matcher, *, weighti
     ValueError
         If ``weighting`` is not one of :data:`WEIGHTINGS`.
     """
+    return weighted_statistic(evidences, matcher, weighting=weighting)[0]
+
+
+def weighted_statistic(
+    evidences: Sequence[Evidence], matcher: Matcher, *, weighting: str = "variance"
+) -> tuple[np.ndarray, list[float]]:
+    """:func:`pooled_statistic` and each image's share of the weight (mean over its channels; they sum to 1)."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
     if not evidences:
         raise PoolSizeError("no image to pool")
     crop, params = matcher.settings.crop, matcher.settings.params
     _check_sizes(evidences, crop)
-    total = None
+    total, weights = None, []
     for ev in evidences:
         pixels = cropped_pixels(ev, crop)
         if total is None:
             total = np.zeros(pixels.shape, np.float64)
-        elif pixels.shape != total.shape:
-            raise PoolSizeError(f"{ev.path}: {pixels.shape[2]} channel(s), the other images {total.shape[2]}")
         for c in range(pixels.shape[2]):
             intensity = pixels[:, :, c]
             w = denoise_noise(intensity, params)
-            weight = 1.0 / max(float(w.var(dtype=np.float64)), 1e-12) if weighting == "variance" else 1.0
+            weight = 1.0 / max(float(w.var(dtype=np.float64)), NOISE_FLOOR) if weighting == "variance" else 1.0
             w *= np.where(saturation_mask(intensity, ev.saturation), np.float32(0), intensity)
             total[:, :, c] += weight * w
-    return postprocess(rgb_to_grey(total.astype(np.float32)), params)
+            weights.append(weight)
+    per_channel = np.asarray(weights).reshape(len(evidences), -1)
+    shares = (per_channel / per_channel.sum(axis=0)).mean(axis=1)
+    return postprocess(rgb_to_grey(total.astype(np.float32)), params), [float(x) for x in shares]
+
+
+def pool_notes(evidences: Sequence[Evidence], shares: Sequence[float]) -> list[str]:
+    """What a reader of a pooled result must know besides the score: one image pooled alone, or one image
+    carrying most of the weight (:data:`DOMINANT_SHARE`)."""
+    if len(evidences) == 1:
+        return [f"one image pooled ({evidences[0].path}): its pooled statistic is its residual weighted by its "
+                "intensity; the calibrated test for one image is the plain match, without --pool"]  # fmt: skip
+    heavy = [(ev.path, share) for ev, share in zip(evidences, shares) if share > DOMINANT_SHARE]
+    if len(evidences) >= 3 and heavy:
+        path, share = heavy[0]
+        return [f"{path} carries {share:.0%} of the pooled weight (its residual varies least, as a flat or "
+                "uniform image's does): check that it belongs with the others (--singles scores each alone)"]
+    return []
 
 
 def pool_match(
@@ -141,11 +180,12 @@ def pool_match(
     -------
     list of dict
         ``camera``, ``pce``, ``p_fa`` (of the one pooled test), ``decision``,
-        ``n_images``, ``images`` (path, SHA-256, size, quality of each pooled
-        image), alignment, settings and the fingerprint's SHA-256.
+        ``n_images``, ``images`` (path, SHA-256, size, quality and weight
+        share of each pooled image), ``notes`` (:func:`pool_notes`), rotation,
+        alignment, settings and the fingerprint's SHA-256.
     """
     s = matcher.settings
-    statistic = pooled_statistic(evidences, matcher, weighting=weighting)
+    statistic, shares = weighted_statistic(evidences, matcher, weighting=weighting)
     single = [matcher.match(ev) for ev in evidences] if singles else None
     images = [
         {
@@ -155,12 +195,16 @@ def pool_match(
             "cols": int(ev.shape[1]),
             "jpeg_quality": ev.quality.quality if ev.quality else None,
             "decoder_warnings": list(ev.warnings),
+            "weight_share": round(share, 4),
         }
-        for ev in evidences
+        for ev, share in zip(evidences, shares)
     ]
+    notes = pool_notes(evidences, shares)
     records = []
     for c, (camera, fp_sha) in enumerate(matcher.cameras):
-        m = score(statistic, matcher.spectra[camera], max_shift=s.max_shift, rotations=s.rotations)
+        frame = matcher.frames[camera]
+        m = score(statistic, matcher.spectra[camera], max_shift=s.max_shift, rotations=s.rotations,
+                  turned=frame_turned(evidences[0].shape, frame))  # as a plain match of these images turns
         record = {
             "camera": camera,
             "pce": round(m.pce, 4),
@@ -175,6 +219,8 @@ def pool_match(
             "rows": int(statistic.shape[0]),
             "cols": int(statistic.shape[1]),
             "fingerprint_sha256": fp_sha,
+            "alignment": alignment_note(evidences[0].shape, frame, s.max_shift),
+            "notes": notes,
             "estimator": "matched filter sum(W*I/s2) over the images (Chen et al. 2008), scored by PCE as one test",
             "weighting": weighting,
             **s.as_dict(),

@@ -741,6 +741,43 @@ def _pooled_as(rows: list[dict]) -> str:
             "single-image detector's correlation summed over the images)")
 
 
+def pooled_database_changes(rows: list[dict]) -> list[str]:
+    """One pooled record's database as it is now: a line if it changed since the probe was scored, cannot be read,
+    or no longer holds a scored camera's fingerprint (each camera named); nothing if it is the one scored."""
+    db, recorded = (rows[0].get("db"), rows[0].get("db_sha256")) if rows else (None, None)
+    if not db or not recorded:
+        return []
+    try:
+        store = FingerprintStore(db)
+        now = store.file_sha256()
+    except (StoreError, OSError) as exc:
+        return [f"the fingerprint database {db} cannot be read now ({exc}): the scores below cannot be checked "
+                "against it"]  # fmt: skip
+    if now == recorded:
+        return []
+    out = [f"the fingerprint database {db} changed since this probe was scored (SHA-256 now {now}, recorded "
+           f"{recorded})"]  # fmt: skip
+    for r in rows:
+        try:
+            held = store.meta(r["camera"]).get("sha256")
+        except StoreError as exc:
+            held = f"unreadable ({exc})"
+        if held != r.get("fingerprint_sha256"):
+            out.append(f"{r['camera']}: the database's fingerprint now is not the one scored "
+                       f"({held or 'none'}; scored {r.get('fingerprint_sha256')})")  # fmt: skip
+    return out
+
+
+def pool_database_warnings(case: Case) -> list[str]:
+    """:func:`pooled_database_changes` of every pooled probe of a case, each line naming its file."""
+    out = []
+    for rel in case.analysis_files("pool/"):
+        if rel.endswith(".json"):
+            record = json.loads(case.read_analysis(rel) or b"{}")
+            out += [f"{rel}: {line}" for line in pooled_database_changes(record.get("pooled", []))]
+    return out
+
+
 def pool_section(case: Case) -> str:
     """Each pooled probe written by ``spn match --pool --case``: the images pooled and every camera's score."""
     out = []
@@ -756,14 +793,20 @@ def pool_section(case: Case) -> str:
             f"<p>The images below, of one suspected source, are pooled into {_pooled_as(rows)} "
             "(each weighted by the inverse variance of its residual unless stated) "
             "and scored against each camera as <b>one</b> test, with that test's false-alarm probability.</p>"
-            "<table><tr><th>Pooled image</th><th>SHA-256</th><th>Size</th><th>JPEG quality</th></tr>"
+            "<table><tr><th>Pooled image</th><th>SHA-256</th><th>Size</th><th>JPEG quality</th>"
+            "<th>Share of the weight</th></tr>"
         )
         for im in images:
+            share = im.get("weight_share")  # absent from records of earlier versions
             out.append(
                 f"<tr><td><code>{_e(normalized_path(im['path']))}</code></td><td><code>{_e(im['sha256'])}</code>"
                 f"</td><td>{_e(im.get('cols'))}x{_e(im.get('rows'))}</td><td>{_e(im.get('jpeg_quality') or 'n/a')}"
-                "</td></tr>"
+                f"</td><td>{'n/a' if share is None else f'{share:.0%}'}</td></tr>"
             )
+        for line in (rows[0].get("notes") or ()) if rows else ():  # one image alone, or one carrying the pool
+            out.append(f"<p class='leak' style='color:#9a3412;font-weight:600'>Note — {_e(line)}</p>")
+        for line in pooled_database_changes(rows):
+            out.append(f"<p class='note' style='color:#c00'><b>Database</b> — {_e(line)}</p>")
         out.append(
             "</table><table><tr><th>Camera</th><th>Pooled PCE</th><th>p (false alarm)</th><th>Best single PCE</th>"
             "<th>Decision</th></tr>"

@@ -3,8 +3,10 @@ checked."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -90,7 +92,7 @@ def test_match_pool_rows_and_refusal(weak_probes, pool_db, runner, tmp_path):
     other = tmp_path / "other.jpg"
     other.write_bytes(encode_jpeg(np.zeros((100, 100, 3), np.uint8) + 90, 90))
     res = runner.invoke(app, ["match", "--pool", str(paths[0]), str(other), "--db", str(db)])
-    assert res.exit_code == 1 and "other.jpg 100x100" in res.output and "differ in size" in res.output
+    assert res.exit_code == 2 and "other.jpg 100x100" in res.output and "differ in size" in res.output
     res = runner.invoke(app, ["match", "--pool", str(paths[0]), "--db", str(db), "--restore"])
     assert res.exit_code == 2 and "--pool" in res.output
     res = runner.invoke(app, ["match", "--pool", str(paths[0]), "--db", str(db)])  # one image: the note says so
@@ -112,7 +114,7 @@ def test_match_pool_into_case_verified_and_reported(weak_probes, pool_db, runner
     small.parent.mkdir()
     small.write_bytes(encode_jpeg(np.zeros((64, 64, 3), np.uint8) + 90, 90))
     res = runner.invoke(app, ["match", "--pool", str(paths[0]), str(small), "--db", str(db), "--case", str(case)])
-    assert res.exit_code == 1 and "small.jpg 64x64" in res.output  # a failed pooling is audited, nothing written
+    assert res.exit_code == 2 and "small.jpg 64x64" in res.output  # a refused pooling is audited, nothing written
     assert sorted(p.name for p in (case / "pool").iterdir()) == ["pool-001.json"]
     assert runner.invoke(app, ["case", "verify", str(case)]).exit_code == 0
     res = runner.invoke(app, ["report", str(case)])
@@ -122,7 +124,7 @@ def test_match_pool_into_case_verified_and_reported(weak_probes, pool_db, runner
     from spncli.report import _pooled_as  # a case file of an earlier version is described as what it pooled
 
     assert "maximum-likelihood" in _pooled_as([{"estimator": "pooled ML estimate sum(W*I/s2)/sum(I^2/s2) ..."}])
-    assert all(str(p) in page for p in paths[:3]) and str(paths[3]) not in page
+    assert all(str(p) in page for p in paths[:3]) and str(paths[3]) not in page and "Share of the weight" in page
     best = max(record["pooled"], key=lambda r: r["pce"])
     assert best["camera"] == "cam-true" and best["pce"] > 20 and f"{best['pce']:.1f}" in page
     record["pooled"][0]["pce"] += 100.0  # tampered
@@ -256,3 +258,119 @@ def test_a_damaged_probe_is_pooled_with_its_decoder_warning_recorded(weak_probes
     images = pool_match(evidences, Matcher(fps, MatchSettings()))[0]["images"]
     assert images[0]["decoder_warnings"][0].startswith("Corrupt JPEG data")
     assert all(im["decoder_warnings"] == [] for im in images[1:])
+
+
+def test_a_uniform_image_cannot_take_over_the_pool(weak_probes):
+    """A uniform grey image's residual varies by float rounding only (about 1e-11): its inverse-variance weight
+    outweighed the photographs a millionfold and cancelled the match. The weight is capped at 8-bit rounding's
+    variance (NOISE_FLOOR); the image's share of the weight is recorded and named in a note."""
+    from spncli.pooling import NOISE_FLOOR
+
+    paths, fps = weak_probes
+    matcher = Matcher(fps, MatchSettings())
+    evidences = _evidence(paths)
+    alone = pool_match(evidences, matcher)[0]
+    grey = decode(encode_jpeg(np.full((*SHAPE, 3), 128, np.uint8), 90), "grey.jpg")
+    with_grey = pool_match([*evidences, grey], matcher)[0]
+    assert with_grey["camera"] == "cam-true" and with_grey["pce"] > 0.9 * alone["pce"] > 60
+    shares = [im["weight_share"] for im in with_grey["images"]]
+    assert abs(sum(shares) - 1) < 1e-3 and shares[-1] == max(shares) > 0.5 and NOISE_FLOOR == 1 / 12
+    assert any("grey.jpg carries" in n for n in with_grey["notes"]) and alone["notes"] == []
+    assert all(abs(im["weight_share"] - 0.2) < 0.05 for im in alone["images"])  # five alike probes share alike
+
+
+def test_portrait_probes_are_turned_as_a_plain_match_turns_them(weak_probes, tmp_path):
+    """Probes turned 90 degrees (pixels, not EXIF) against a landscape fingerprint, square crop: the pooled
+    statistic is turned like a plain match's residual (it was scored unturned and the match was lost)."""
+    paths, fps = weak_probes
+    settings = MatchSettings(crop=(96, 96))
+    turned = []
+    for p in paths:
+        q = tmp_path / (p.stem + ".png")
+        q.write_bytes(cv2.imencode(".png", np.rot90(cv2.imread(str(p)), -1))[1].tobytes())
+        turned.append(q)
+    matcher = Matcher(fps, settings)
+    upright = next(r for r in pool_match(_evidence(paths), matcher) if r["camera"] == "cam-true")
+    record = next(r for r in pool_match(_evidence(turned), matcher) if r["camera"] == "cam-true")
+    assert record["rotation"] in (90, 270) and record["pce"] > 0.8 * upright["pce"] > 40
+
+
+def test_copies_csv_and_names(weak_probes, pool_db, runner, tmp_path):
+    """A copy with the same pixels and other bytes is one photograph: it fails naming the first, the rest are
+    pooled (exit 1). CSV rows carry the estimator, settings, notes and single PCEs; the pooled images are a JSON
+    list, so a file name with a newline or '; ' cannot forge an entry (nor break the table's caption)."""
+    paths, _ = weak_probes
+    db, _ = pool_db
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes(paths[0].read_bytes() + b"trailing bytes")  # other bytes, the same decoded pixels
+    odd = tmp_path / "b.jpg (SHA-256 0); evil\nname.jpg"
+    odd.write_bytes(paths[1].read_bytes())
+    args = ["match", "--pool", str(paths[0]), str(copy), str(odd), str(paths[2]), "--db", str(db), "--singles"]
+    res = runner.invoke(app, [*args, "-f", "csv"])
+    assert res.exit_code == 1 and "same decoded pixels as" in res.output and "copy.jpg" in res.output
+    import csv as csv_module
+    import io
+
+    rows = list(csv_module.DictReader(io.StringIO(res.stdout)))
+    assert len(rows) == 2 and {r["camera"] for r in rows} == {"cam-true", "cam-other"}
+    row = next(r for r in rows if r["camera"] == "cam-true")
+    pooled = json.loads(row["pooled_images"])
+    assert [im["path"] for im in pooled] == [str(paths[0]), str(odd), str(paths[2])] and row["n_images"] == "3"
+    assert row["estimator"].startswith("matched filter") and row["weighting"] == "variance"
+    assert len(json.loads(row["single_pce"])) == 3 and json.loads(row["notes"]) == [] and row["db_sha256"]
+    table = runner.invoke(app, [*args])
+    assert table.exit_code == 1 and "evil\\nname.jpg" in table.output and "\nname.jpg" not in table.output
+
+
+def test_pooled_rows_that_do_not_follow_from_their_pce_are_named(weak_probes):
+    """verify's row check covers a pooled record: a decision or p_fa edited in pool/pool-NNN.json is named even
+    when the audit chain was rebuilt around the edit (only --head would catch that otherwise)."""
+    from spncli.casefile import row_problems
+
+    paths, fps = weak_probes
+    rows = pool_match(_evidence(paths), Matcher(fps, MatchSettings()))
+    assert row_problems(rows, "pool/pool-001.json") == []
+    low = next(r for r in rows if r["camera"] == "cam-other")
+    problems = row_problems([{**low, "decision": "consistent"}], "pool/pool-001.json")
+    assert problems and problems[0].startswith("pool/pool-001.json: the pooled row against cam-other says")
+    assert row_problems([{**low, "p_fa": 1e-30}], "pool/pool-001.json")
+
+
+def test_failed_inputs_of_a_pooled_case_are_hashed_and_verified(weak_probes, pool_db, runner, tmp_path):
+    """A file that failed in a pooled case is recorded with its absolute path and SHA-256 (or why it could not
+    be hashed) among the record's inputs: replacing it afterwards is named by spn case verify."""
+    paths, _ = weak_probes
+    db, _ = pool_db
+    broken = tmp_path / "ev" / "broken.jpg"
+    broken.parent.mkdir()
+    broken.write_bytes(paths[0].read_bytes()[:200])
+    case = tmp_path / "case"
+    res = runner.invoke(app, ["match", "--pool", str(paths[0]), str(paths[1]), str(broken), "--db", str(db),
+                              "--case", str(case)])  # fmt: skip
+    assert res.exit_code == 1 and "broken.jpg" in res.output
+    record = json.loads((case / "pool" / "pool-001.json").read_text())
+    failed = next(i for i in record["inputs"] if i.get("status") == "error")
+    assert failed["path"] == str(broken) and failed["sha256"] == hashlib.sha256(broken.read_bytes()).hexdigest()
+    assert runner.invoke(app, ["case", "verify", str(case)]).exit_code == 0
+    broken.write_bytes(paths[2].read_bytes())  # a good image put in its place later
+    res = runner.invoke(app, ["case", "verify", str(case)])
+    assert res.exit_code == 1 and "broken.jpg" in res.output
+
+
+def test_a_pool_only_case_report_says_the_database_changed(weak_probes, pool_db, runner, tmp_path):
+    """A case holding only a pooled probe: after the camera's fingerprint is replaced in the database, spn report
+    warns and the pooled section says so, naming the camera (it reported the old verdict silently)."""
+    paths, fps = weak_probes
+    db, _ = pool_db
+    case = tmp_path / "case"
+    assert runner.invoke(app, ["match", "--pool", *map(str, paths[:3]), "--db", str(db), "--case", str(case)]
+                         ).exit_code == 0  # fmt: skip
+    res = runner.invoke(app, ["report", str(case)])
+    assert res.exit_code == 0 and "changed since this probe" not in res.output
+    store = FingerprintStore(db)
+    store.remove("cam-true")
+    store.add("cam-true", fps[1].k, {"camera": "cam-true"})  # another pattern under the same name
+    res = runner.invoke(app, ["report", str(case)])
+    assert res.exit_code == 0 and "pool/pool-001.json: the fingerprint database" in res.output
+    page = (case / "report.html").read_text()
+    assert "changed since this probe was scored" in page and "cam-true: the database&#x27;s fingerprint now" in page

@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
+import numpy as np
 import typer
+from rich.markup import escape
 
 from .. import __version__
 from ..caseanalysis import next_pool_name, pool_files, run_analysis
-from ..casefile import CaseError
+from ..casefile import CaseError, digest_or_reason
 from ..evidence import EvidenceError, load_image
-from ..identify import Matcher, MatchSettings, gather_inputs
+from ..identify import Matcher, MatchSettings
 from ..leaks import match_warnings
-from ..pooling import WEIGHTINGS, pool_match
+from ..pooling import WEIGHTINGS, PoolSizeError, pool_match
 from ..store import FingerprintStore, StoreError
 from ._app import State
 from ._common import (
-    EXIT_SOME_FAILED, Format, decoder_warnings, die, err, fail_line, note, note_not_images, render, warn,
+    EXIT_SOME_FAILED, Format, decoder_warnings, die, err, fail_line, image_paths, note, printable, render, warn,
 )
 
 POOL_COLUMNS = ["camera", "pce", "p_fa", "verdict", "n_images", "best_single_pce", "rotation"]
 CSV_COLUMNS = [
-    "camera", "pce", "ncc", "p_fa", "decision", "threshold", "n_images", "best_single_pce", "rotation", "rows", "cols",
-    "weighting", "pooled_images", "warnings", "fingerprint_sha256", "db_sha256", "tool_version",
+    "camera", "pce", "ncc", "p_fa", "decision", "threshold", "n_images", "best_single_pce", "single_pce", "rotation",
+    "shift_row", "shift_col", "n_shifts", "rows", "cols", "alignment", "estimator", "weighting", "crop", "max_shift",
+    "rotations", "residual_params", "pooled_images", "notes", "warnings", "fingerprint_sha256", "db", "db_sha256",
+    "tool_version",
 ]  # fmt: skip
 
 
@@ -36,34 +43,39 @@ def check_pool_options(*, restore: bool, residual: str, workers, scheduler, weig
         die(f"--weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
 
 
-def _pooled(images, matcher: Matcher, *, singles: bool, weighting: str) -> tuple[list[dict], list[dict]]:
-    """Load the images (failures named, the rest go on) and score their pooled statistic; records and failures.
+def _pooled(paths, matcher: Matcher, *, singles: bool, weighting: str) -> tuple[list[dict], list[dict]]:
+    """Load the images (failures named and hashed, the rest go on) and score their pooled statistic; records and
+    failures.
 
-    Raises ``ValueError`` (:class:`spncli.pooling.PoolSizeError` naming files and sizes) when nothing can be pooled.
+    An image whose bytes or decoded pixels another pooled image already has is one observation of the sensor, not
+    two: it fails, naming the other. Raises ``ValueError`` when nothing can be pooled (every image failed), and
+    :class:`spncli.pooling.PoolSizeError` (naming files and sizes) when the images cannot be pooled together.
     """
-    evidences, failed, others, seen = [], [], [], {}
-    for path in gather_inputs(images, on_other=others.append):
+    evidences, failed, seen = [], [], {}
+    for path in paths:
         try:
             ev = load_image(path, max_pixels=State.max_pixels)
-            if ev.sha256 in seen:  # one image twice is not two observations of the sensor
-                raise EvidenceError(str(path), f"same bytes as {seen[ev.sha256]} (SHA-256 {ev.sha256[:16]}...): "
-                                    "pooled once")  # fmt: skip
-            seen[ev.sha256] = str(path)
+            pixels = "pixels " + hashlib.sha256(np.ascontiguousarray(ev.samples)).hexdigest()
+            for key, what in ((ev.sha256, "same bytes as"), (pixels, "same decoded pixels as")):
+                if key in seen:  # a re-encoded or re-wrapped copy is still one photograph
+                    raise EvidenceError(str(path), f"{what} {seen[key]} (SHA-256 {ev.sha256[:16]}...): pooled once")
+            seen[ev.sha256] = seen[pixels] = str(path)
             decoder_warnings({"path": str(path), "warnings": ev.warnings})
             evidences.append(ev)
         except EvidenceError as exc:
             fail_line(exc.path, exc.reason)
-            failed.append({"path": exc.path, "reason": exc.reason})
-    note_not_images(others)
+            digest, unhashed = digest_or_reason(path)
+            failed.append({"path": str(path), "reason": exc.reason, "sha256": digest,
+                           **({"unhashed": unhashed} if unhashed else {})})  # fmt: skip
     if not evidences:
-        raise ValueError("no usable image to pool")
-    if len(evidences) == 1:  # T = W I / s2 of one image: not the plain match the thresholds were calibrated for
-        note(f"one image pooled ({evidences[0].path}): its pooled statistic is its residual weighted by its "
-             "intensity; the calibrated test for one image is the plain match, without --pool (README, --pool)")
+        raise ValueError("no usable image to pool: every image failed")
     try:
-        return pool_match(evidences, matcher, singles=singles, weighting=weighting), failed
+        records = pool_match(evidences, matcher, singles=singles, weighting=weighting)
     except EvidenceError as exc:
         raise ValueError(f"{exc.path}: {exc.reason}") from None
+    for line in records[0]["notes"] if records else ():
+        note(line)
+    return records, failed
 
 
 def match_pool(images, db: Path, settings: MatchSettings, *, camera, singles: bool, weighting: str, case, examiner,
@@ -80,26 +92,30 @@ def match_pool(images, db: Path, settings: MatchSettings, *, camera, singles: bo
     for cam, lines in leaks.items():
         for line in lines:
             warn(f"matches against {cam}: {line}")
-    extra = {"db": str(db), "db_sha256": db_sha, "tool_version": __version__}
+    extra = {"db": os.path.abspath(db), "db_sha256": db_sha, "tool_version": __version__}
 
     def annotated(records: list[dict]) -> list[dict]:
         return [r | extra | {"warnings": list(leaks.get(r["camera"], ()))} for r in records]
 
+    paths = image_paths(images)  # no image file at all: one line, exit 2, before any case is touched
     made, head = {}, None
     try:
         if case is None:
-            made["records"], made["failed"] = _pooled(images, matcher, singles=singles, weighting=weighting)
+            made["records"], made["failed"] = _pooled(paths, matcher, singles=singles, weighting=weighting)
         else:
 
             def compute(c):
-                made["records"], made["failed"] = _pooled(images, matcher, singles=singles, weighting=weighting)
+                made["records"], made["failed"] = _pooled(paths, matcher, singles=singles, weighting=weighting)
                 made["name"] = next_pool_name(c)
                 return pool_files(made["name"], annotated(made["records"]), made["failed"])
 
-            parameters = settings.as_dict() | {"weighting": weighting, "singles": singles, "database": str(db),
-                                               "database_sha256": db_sha, "cameras": names}  # fmt: skip
+            parameters = settings.as_dict() | {"weighting": weighting, "singles": singles,
+                                               "database": os.path.abspath(db), "database_sha256": db_sha,
+                                               "cameras": names}  # fmt: skip
             head = run_analysis(case, images, "pool", parameters, compute, examiner=examiner, case_id=case_id)
-    except (ValueError, CaseError) as exc:
+    except (PoolSizeError, CaseError) as exc:  # the images cannot be pooled together, or the case refuses: usage
+        die(str(exc))
+    except ValueError as exc:  # every image failed (each named above)
         die(str(exc), EXIT_SOME_FAILED)
     records = [r | ({"case": str(case), "case_file": made["name"]} if head else {}) for r in annotated(made["records"])]
     _render(records, format, settings.threshold, singles)
@@ -116,11 +132,15 @@ def _render(records: list[dict], format: Format, threshold: float, singles: bool
     if format is Format.json:
         render(records, format, [])
         return
-    pooled = "; ".join(f"{im['path']} (SHA-256 {im['sha256']})" for im in records[0]["images"]) if records else ""
-    if format is Format.csv:
-        render([r | {"pooled_images": pooled, "warnings": "; ".join(r["warnings"])} for r in records], format,
-               CSV_COLUMNS)
+    images = records[0]["images"] if records else []
+    if format is Format.csv:  # lists as JSON in one cell: a file name cannot forge another entry
+        cell = {"pooled_images": json.dumps([{k: im[k] for k in ("path", "sha256", "weight_share")} for im in images]),
+                "notes": json.dumps(records[0]["notes"]) if records else "[]"}  # fmt: skip
+        render([r | cell | {"warnings": json.dumps(r["warnings"]), "single_pce": json.dumps(r.get("single_pce")),
+                            "residual_params": json.dumps(r.get("residual_params"))} for r in records],
+               format, CSV_COLUMNS)  # fmt: skip
         return
+    pooled = "; ".join(f"{printable(im['path'])} (SHA-256 {im['sha256']})" for im in images)
     view = [
         r
         | {
@@ -131,6 +151,6 @@ def _render(records: list[dict], format: Format, threshold: float, singles: bool
         for r in records
     ]
     columns = POOL_COLUMNS if singles else POOL_COLUMNS[:-2] + POOL_COLUMNS[-1:]
+    caption = escape(f"Pooled: {pooled}. A PCE at or below the threshold does not exclude the camera.")
     render(view, format, columns, title=f"Pooled PCE of {records[0]['n_images'] if records else 0} image(s) "
-           f"as one probe (threshold {threshold:g})",
-           caption=f"Pooled: {pooled}. A PCE at or below the threshold does not exclude the camera.")  # fmt: skip
+           f"as one probe (threshold {threshold:g})", caption=caption)  # fmt: skip

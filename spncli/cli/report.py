@@ -13,7 +13,7 @@ import typer
 
 from ..casefile import CASE_FILES, Case, CaseError
 from ..provenance import OutputInsideEvidence, atomic_write_bytes, check_output_location
-from ..report import build_report, check_fingerprints
+from ..report import build_report, check_fingerprints, pool_database_warnings
 from ._app import app
 from ._common import EXIT_SOME_FAILED, die, err, fail_line, warn
 
@@ -90,7 +90,7 @@ def report(
                      and isinstance(e.get("evidence"), list) for p in e["evidence"] if isinstance(p, str)]  # fmt: skip
             _check_target(folder, target, (case.read_manifest() or {}).get("evidence", []) + given)
             fingerprints = check_fingerprints(case.read_manifest() or {}, case.rows())
-            for line in fingerprints.warnings():  # the report says so too
+            for line in fingerprints.warnings() + pool_database_warnings(case):  # the report says so too
                 warn(line)
             page = build_report(folder, problems=v.problems, head=v.head, fingerprints=fingerprints).encode()
             atomic_write_bytes(target, page)
