@@ -52,7 +52,7 @@ from statistics import NormalDist
 import cv2
 import numpy as np
 
-from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, load_image, read_bytes, sniff
+from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, load_image, read_bytes, repeated_image, sniff
 from .fingerprint import FingerprintAccumulator
 from .identify import cropped_pixels, residual_of
 from .provenance import tool_info, utc_now
@@ -554,10 +554,9 @@ def _residual_matrix(shaped, size, settings, max_pixels, folder, fail, on_progre
         crop, rotation = _analysis_crop(shape, size)
         try:
             ev = load_image(path, max_pixels=max_pixels)
-            if ev.sha256 in seen:  # a copy would group with its original on content, not on the sensor
-                raise EvidenceError(str(path), f"same bytes as {seen[ev.sha256]} (SHA-256 {ev.sha256[:16]}...): "
-                                    "clustered once")  # fmt: skip
-            seen[ev.sha256] = str(path)
+            repeated = repeated_image(ev, seen)  # a copy would group with its original on content, not the sensor
+            if repeated:
+                raise EvidenceError(str(path), f"{repeated}: clustered once")
             w = residual_of(ev, settings.params, crop)
         except EvidenceError as exc:
             fail(exc.path, exc.reason)

@@ -50,6 +50,7 @@ __all__ = [
     "unsupported_reason",
     "not_regular_reason",
     "sha256_file",
+    "repeated_image",
     "sniff",
     "load_image",
     "read_bytes",
@@ -251,6 +252,15 @@ class Evidence:
         held = self._held_eight_bit()
         return cv2.convertScaleAbs(self.pixels) if held is None else held
 
+    def pixel_sha256(self) -> str:
+        """SHA-256 of the decoded image (type and shape included), as held: the decoded samples, or the float
+        pixels once made. Two files holding one photograph in other bytes (re-wrapped, extra bytes after the
+        end, re-saved losslessly) have the same digest when compared in the same state, as callers do at load."""
+        held = self.samples if self._pixels is None else self._pixels
+        digest = hashlib.sha256(f"{held.dtype.str} {held.shape}".encode())
+        digest.update(np.ascontiguousarray(held))
+        return digest.hexdigest()
+
     def release_pixels(self) -> None:
         """Drop the samples and pixels for zero-byte read-only stand-ins of the same shape (``shape`` holds)."""
         self.samples = np.broadcast_to(np.uint8(0), self.samples.shape)
@@ -313,6 +323,18 @@ def _open_regular(path: str | os.PathLike, max_bytes: int | None = None) -> tupl
         os.close(fd)
         _check_size(path, st.st_size, max_bytes)
     return fd, st
+
+
+def repeated_image(ev: Evidence, seen: dict[str, str]) -> str | None:
+    """Why ``ev`` repeats an image already in ``seen`` (its bytes, or its decoded pixels in other bytes: a
+    re-wrapped or losslessly re-saved copy is still one photograph), naming the first; None, and ``ev`` recorded
+    in ``seen``, when it is new. For analyses where a copy would count twice (pooling, clustering)."""
+    pixels = "pixels " + ev.pixel_sha256()
+    for key, what in ((ev.sha256, "same bytes as"), (pixels, "same decoded pixels as")):
+        if key in seen:
+            return f"{what} {seen[key]} (SHA-256 {ev.sha256[:16]}...)"
+    seen[ev.sha256] = seen[pixels] = ev.path
+    return None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -339,8 +339,8 @@ def test_files_that_are_not_images_are_counted_not_skipped_silently(synth_folder
 
 
 def test_a_copy_of_an_image_is_used_once_in_a_cluster_and_a_pool(synth_folder, runner, tmp_path):
-    """Two files of the same bytes group on their content, not on the sensor, and are one observation of it: the
-    copy is named (error line, exit 1) and not used."""
+    """Two files of the same bytes, or of the same decoded pixels in other bytes, group on their content, not on
+    the sensor, and are one observation of it: the copy is named (error line, exit 1) and not used."""
     src, _ = synth_folder
     first = sorted(src.iterdir())[0]
     copy = tmp_path / "copy.jpg"
@@ -355,3 +355,8 @@ def test_a_copy_of_an_image_is_used_once_in_a_cluster_and_a_pool(synth_folder, r
     res = runner.invoke(app, ["match", "--pool", str(first), str(copy), "--db", str(db), "-f", "json"])
     assert res.exit_code == 1 and f"error: {copy}: same bytes as {first}" in res.stderr, res.output
     assert json.loads(res.stdout.splitlines()[0])["n_images"] == 1
+    wrapped = tmp_path / "wrapped.jpg"  # other bytes, the same photograph: bytes after the end-of-image marker
+    wrapped.write_bytes(first.read_bytes() + b"\x00appended")
+    res = runner.invoke(app, ["cluster", str(first), str(wrapped), str(other), "-f", "json"])
+    assert res.exit_code == 1 and f"error: {wrapped}: same decoded pixels as {first}" in res.stderr, res.output
+    assert json.loads(res.stdout)["n_images"] == 2

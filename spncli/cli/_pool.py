@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
-import numpy as np
 import typer
 from rich.markup import escape
 
 from .. import __version__
 from ..caseanalysis import next_pool_name, pool_files, run_analysis
 from ..casefile import CaseError, digest_or_reason
-from ..evidence import EvidenceError, load_image
+from ..evidence import EvidenceError, load_image, repeated_image
 from ..identify import Matcher, MatchSettings
 from ..leaks import match_warnings
 from ..pooling import WEIGHTINGS, PoolSizeError, pool_match
@@ -55,11 +53,9 @@ def _pooled(paths, matcher: Matcher, *, singles: bool, weighting: str) -> tuple[
     for path in paths:
         try:
             ev = load_image(path, max_pixels=State.max_pixels)
-            pixels = "pixels " + hashlib.sha256(np.ascontiguousarray(ev.samples)).hexdigest()
-            for key, what in ((ev.sha256, "same bytes as"), (pixels, "same decoded pixels as")):
-                if key in seen:  # a re-encoded or re-wrapped copy is still one photograph
-                    raise EvidenceError(str(path), f"{what} {seen[key]} (SHA-256 {ev.sha256[:16]}...): pooled once")
-            seen[ev.sha256] = seen[pixels] = str(path)
+            repeated = repeated_image(ev, seen)
+            if repeated:
+                raise EvidenceError(str(path), f"{repeated}: pooled once")
             decoder_warnings({"path": str(path), "warnings": ev.warnings})
             evidences.append(ev)
         except EvidenceError as exc:
