@@ -120,7 +120,7 @@ def run_analysis(
     compute : callable
         Called with the case once the lock is held and the case checked; returns the files to write
         (each under :data:`spncli.casefile.ANALYSES`). A ``ValueError`` it raises ends the run with a
-        ``<kind>-failed`` entry and is raised again as :class:`CaseError`.
+        ``<kind>-failed`` entry and is raised again, unchanged (the images', not the case's, fault).
     examiner, case_id : str or None
 
     Raises
@@ -141,7 +141,7 @@ def run_analysis(
             made = compute(case)
         except ValueError as exc:
             case.audit(f"{kind}-failed", reason=str(exc), examiner=examiner, case_id=case_id, files=case.files())
-            raise CaseError(f"{case.root}: {exc}") from None
+            raise
         for rel, data in made.files.items():
             if not rel.startswith(ANALYSES):
                 raise ValueError(f"{rel}: an analysis writes only under {', '.join(ANALYSES)}")

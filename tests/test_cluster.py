@@ -220,7 +220,7 @@ def test_cluster_into_case_verified_tamper_detected_and_reported(synth_folder, r
     verify = _ok(runner.invoke(app, ["case", "verify", str(case), "--head", record["audit_head"]]))
     assert "21 input(s) unchanged" in verify.output
     again = runner.invoke(app, ["cluster", str(evidence), "--case", str(case)])
-    assert again.exit_code == 1 and "already holds a clustering" in again.output
+    assert again.exit_code == 2 and "already holds a clustering" in again.output
 
     _ok(runner.invoke(app, ["report", str(case)]))
     page = (case / "report.html").read_text()

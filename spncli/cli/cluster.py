@@ -166,7 +166,9 @@ def cluster(
                                            "min_size": min_size, "max_pixels": State.max_pixels}  # fmt: skip
         try:
             head = run_analysis(case, inputs, "cluster", parameters, compute, examiner=examiner, case_id=case_id)
-        except CaseError as exc:
+        except CaseError as exc:  # the case refuses (busy, does not verify, ...): nothing was measured
+            die(str(exc))
+        except ValueError as exc:  # as without --case; the run's failure is audited
             die(str(exc), EXIT_SOME_FAILED)
         result, failed = made["result"], made["failed"]
     record = result.as_dict()
