@@ -56,7 +56,7 @@ from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, load_image, read_bytes,
 from .fingerprint import FingerprintAccumulator
 from .identify import cropped_pixels, residual_of
 from .provenance import tool_info, utc_now
-from .residual import ResidualParams
+from .residual import NOISE_FLOOR, ResidualParams
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -557,6 +557,10 @@ def _residual_matrix(shaped, size, settings, max_pixels, folder, fail, on_progre
             repeated = repeated_image(ev, seen)  # a copy would group with its original on content, not the sensor
             if repeated:
                 raise EvidenceError(str(path), f"{repeated}: clustered once")
+            spread = float(cropped_pixels(ev, crop, samples=True).var(axis=(0, 1)).max())
+            if spread < NOISE_FLOOR:  # uniform images pair on the codec's rounding and inflated the null scale
+                raise EvidenceError(str(path), f"uniform: its pixels vary by {spread:.2g} (variance) over the analysed "
+                                    "region, less than 8-bit rounding; no sensor noise to measure")  # fmt: skip
             w = residual_of(ev, settings.params, crop)
         except EvidenceError as exc:
             fail(exc.path, exc.reason)

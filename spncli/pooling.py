@@ -12,7 +12,7 @@ statistic [1]_ [3]_
 post-processing), the single-image detector's correlation of ``W`` with
 ``I K`` summed over the images. With ``weighting="none"`` all ``σ_i`` are
 taken equal, which lets a textured or noisy probe drown a clean one. A
-residual variance below :data:`NOISE_FLOOR` (that of rounding to 8 bits) is
+residual variance below :data:`spncli.residual.NOISE_FLOOR` (that of rounding to 8 bits) is
 no measurement of sensor noise (a uniform or synthetic image): the weight is
 capped there, and each record gives every image's share of the weight. ``T`` is
 scored against each camera fingerprint by PCE. The weights come from the
@@ -54,16 +54,11 @@ from .fingerprint import saturation_mask
 from .geometry import alignment_note
 from .identify import Matcher, cropped_pixels, decision_text, frame_turned
 from .pce import score
-from .residual import denoise_noise, postprocess, rgb_to_grey
+from .residual import NOISE_FLOOR, denoise_noise, postprocess, rgb_to_grey
 
-__all__ = ["WEIGHTINGS", "NOISE_FLOOR", "PoolSizeError", "pooled_statistic", "weighted_statistic", "pool_match"]
+__all__ = ["WEIGHTINGS", "PoolSizeError", "pooled_statistic", "weighted_statistic", "pool_match"]
 
 WEIGHTINGS = ("variance", "none")
-
-NOISE_FLOOR = 1.0 / 12.0
-"""Smallest residual variance a weight is computed from (0..255 scale): the variance of rounding to 8 bits.
-A camera image's residual varies more (shot and read noise, content); a uniform image's varies by float
-rounding only (about 1e-11), whose inverse weighted it 10^6 times above real photos and cancelled a match."""
 
 DOMINANT_SHARE = 0.5
 """In a pool of three or more, an image carrying more of the weight than this is named in a note."""

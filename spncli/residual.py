@@ -57,6 +57,7 @@ __all__ = [
     "band_margin",
     "CONCURRENT_MAX_PIXELS",
     "BAND_SAMPLES",
+    "NOISE_FLOOR",
 ]
 
 _CHANNEL_THREADS = 1
@@ -78,6 +79,14 @@ against 4.8-6.1 s (1425 MiB) one channel at a time with OpenCV's own threads. Wi
 worker process) bands would only add that work, so the image is denoised whole, a channel at a time;
 the result is the same bit for bit either way. At 12 MP bands and channel threads took the same time
 (0.94 s), so images up to :data:`CONCURRENT_MAX_PIXELS` keep the channel threads."""
+
+
+NOISE_FLOOR = 1.0 / 12.0
+"""The variance of rounding to 8 bits on the 0..255 scale. Pixels that vary less than this over an analysed
+region hold no sensor noise to measure (a uniform or clipped image), and a residual variance below it is no
+measurement of noise: pooling caps its weights here, clustering refuses such an image. Real photographs'
+residuals vary more (Dresden flat-fields at 512x512: 0.41 and above as published, 0.29 and above per channel
+re-compressed at Q50 to Q5); a uniform JPEG's residual varies by 1e-13."""
 
 
 def set_channel_threads(n: int) -> int:

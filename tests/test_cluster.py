@@ -281,9 +281,16 @@ def test_killed_cluster_run_is_named_and_run_again(synth_folder, runner, tmp_pat
 
 
 def test_failed_clustering_is_audited_and_the_case_still_verifies(synth_folder, runner, tmp_path):
+    """Two image files, one unreadable: fewer than two usable images fails the run (exit 1), audited; one image
+    file alone is refused before the case is touched (exit 2)."""
     src, _ = synth_folder
     case = tmp_path / "case"
-    res = runner.invoke(app, ["cluster", str(sorted(src.iterdir())[0]), "--case", str(case)])
+    broken = tmp_path / "ev" / "broken.jpg"
+    broken.parent.mkdir()
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    alone = runner.invoke(app, ["cluster", str(sorted(src.iterdir())[0]), "--case", str(case)])
+    assert alone.exit_code == 2 and "at least two images" in alone.output and not case.exists()
+    res = runner.invoke(app, ["cluster", str(sorted(src.iterdir())[0]), str(broken), "--case", str(case)])
     assert res.exit_code == 1 and "at least two usable images" in res.output
     events = [json.loads(line)["event"] for line in (case / "audit.jsonl").read_text().splitlines()]
     assert events == ["cluster-start", "cluster-failed"] and not (case / "cluster").exists()
@@ -360,3 +367,29 @@ def test_a_copy_of_an_image_is_used_once_in_a_cluster_and_a_pool(synth_folder, r
     res = runner.invoke(app, ["cluster", str(first), str(wrapped), str(other), "-f", "json"])
     assert res.exit_code == 1 and f"error: {wrapped}: same decoded pixels as {first}" in res.stderr, res.output
     assert json.loads(res.stdout)["n_images"] == 2
+
+
+def test_uniform_images_are_refused_not_clustered(synth_folder, runner, tmp_path):
+    """Uniform images (grey, clipped white) hold no sensor noise; their residuals pair on the codec's rounding
+    (z 41.6 between a grey and a white JPEG) and inflated the null scale until real same-camera pairs fell to
+    z 1: each is refused one line (exit 1) and the real images cluster as without them. Fewer than two image
+    files is a usage error (exit 2)."""
+    src, _ = synth_folder
+    real = sorted(src.iterdir())
+    blanks = []
+    for name, value in (("grey.jpg", 128), ("white.jpg", 255), ("black.png", 0)):
+        blank = tmp_path / name
+        blank.write_bytes(encode_jpeg(np.full((128, 192, 3), value, np.uint8), 95) if name.endswith(".jpg")
+                          else cv2.imencode(".png", np.zeros((128, 192, 3), np.uint8))[1].tobytes())  # fmt: skip
+        blanks.append(blank)
+    plain = json.loads(runner.invoke(app, ["cluster", *map(str, real), "-f", "json"]).stdout)
+    res = runner.invoke(app, ["cluster", *map(str, real + blanks), "-f", "json"])
+    assert res.exit_code == 1 and all(f"error: {b}: uniform" in res.stderr for b in blanks), res.output
+    record = json.loads(res.stdout)
+    assert record["n_images"] == len(real) and [c["size"] for c in record["clusters"]] == \
+        [c["size"] for c in plain["clusters"]]  # fmt: skip
+    one = runner.invoke(app, ["cluster", str(real[0])])
+    assert one.exit_code == 2 and "at least two images" in one.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert runner.invoke(app, ["cluster", str(empty)]).exit_code == 2

@@ -264,7 +264,7 @@ def test_a_uniform_image_cannot_take_over_the_pool(weak_probes):
     """A uniform grey image's residual varies by float rounding only (about 1e-11): its inverse-variance weight
     outweighed the photographs a millionfold and cancelled the match. The weight is capped at 8-bit rounding's
     variance (NOISE_FLOOR); the image's share of the weight is recorded and named in a note."""
-    from spncli.pooling import NOISE_FLOOR
+    from spncli.residual import NOISE_FLOOR
 
     paths, fps = weak_probes
     matcher = Matcher(fps, MatchSettings())

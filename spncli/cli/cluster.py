@@ -13,13 +13,12 @@ from ..caseanalysis import cluster_files, cluster_order, run_analysis
 from ..casefile import CaseError
 from ..cluster import ClusterResult, ClusterSettings, cluster_fingerprint, cluster_images
 from ..evidence import EvidenceError
-from ..identify import gather_inputs
 from ..leaks import Screener, screen_summary
 from ..plots import similarity_png
 from ..provenance import OutputInsideEvidence, atomic_write_json, check_output_location, writable_file
 from ..store import FingerprintStore, StoreError, check_camera_id
 from ._app import State, app
-from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, note, note_not_images, render, warn
+from ._common import EXIT_SOME_FAILED, Format, crop_option, die, err, fail_line, image_paths, note, render, warn
 
 CLUSTER_COLUMNS = ["cluster", "size", "image", "rotation", "member_z", "jpeg_quality", "sha256"]
 CLUSTER_CAPTION = (
@@ -149,17 +148,20 @@ def cluster(
         if case is not None and path is not None and path.resolve().is_relative_to(case.resolve()):
             die(f"{path}: inside the case folder {case}; only the case's own files go there (write it outside)")
     store = (lambda result: _store_clusters(result, to_db, prefix, min_size, replace, case)) if to_db else None
+    paths = image_paths(inputs, absolute=False)  # before any case is touched: none at all is one line, exit 2
+    if len(paths) < 2:
+        die(f"clustering needs at least two images; the inputs hold one ({paths[0]})")
     head = None
     if case is None:
         try:
-            result, failed = _cluster(inputs, settings, store)
+            result, failed = _cluster(paths, settings, store)
         except ValueError as exc:
             die(str(exc), EXIT_SOME_FAILED)
     else:
         made = {}
 
         def compute(_case):
-            made["result"], made["failed"] = _cluster(inputs, settings, store)
+            made["result"], made["failed"] = _cluster(paths, settings, store)
             return cluster_files(made["result"].as_dict(), similarity_picture(made["result"]))
 
         parameters = settings.as_dict() | {"to_db": str(to_db) if to_db else None, "prefix": prefix,
@@ -202,17 +204,15 @@ def cluster(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-def _cluster(inputs, settings: ClusterSettings, store) -> tuple[ClusterResult, int]:
-    """Cluster the inputs (and store the cluster fingerprints); the result and the number of failures."""
-    others = []
+def _cluster(paths, settings: ClusterSettings, store) -> tuple[ClusterResult, int]:
+    """Cluster the images (and store the cluster fingerprints); the result and the number of failures."""
     result = cluster_images(
-        gather_inputs(inputs, on_other=others.append),
+        paths,
         settings,
         max_pixels=State.max_pixels,
         on_error=fail_line,
         on_progress=lambda p: note(f"residual {p}"),
     )
-    note_not_images(others)
     failed = len(result.failed)
     if store is not None:
         failed += store(result)
