@@ -299,11 +299,14 @@ def scoring_key(settings: MatchSettings, restored: bool) -> dict:
 
 
 def _sources(store: FingerprintStore, names: list[str]) -> dict[str, set[str]]:
-    """SHA-256 of each fingerprint source image -> the cameras built from it."""
+    """SHA-256 of each fingerprint source image, of its bytes and (fingerprints built since it is recorded) of
+    its decoded pixels -> the cameras built from it."""
     out: dict[str, set[str]] = {}
     for cam in names:
         for src in store.meta(cam).get("sources", []):
-            out.setdefault(src.get("sha256"), set()).add(cam)
+            for key in ("sha256", "pixel_sha256"):
+                if src.get(key):
+                    out.setdefault(src[key], set()).add(cam)
     return out
 
 
@@ -391,7 +394,7 @@ def calibrate(
             continue
         seen[ev.sha256] = str(path)
         against = [c for c in names if c != label]
-        clash = sorted(sources.get(ev.sha256, set()) & set(against))
+        clash = sorted((sources.get(ev.sha256, set()) | sources.get(ev.pixel_sha256(), set())) & set(against))
         if clash:
             said = f"labelled {label!r}" if label else "declared from none of the cameras"
             on_error(str(path), f"is a source image of the fingerprint of {', '.join(clash)} but {said}; not used")

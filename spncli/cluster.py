@@ -554,7 +554,8 @@ def _residual_matrix(shaped, size, settings, max_pixels, folder, fail, on_progre
         crop, rotation = _analysis_crop(shape, size)
         try:
             ev = load_image(path, max_pixels=max_pixels)
-            repeated = repeated_image(ev, seen)  # a copy would group with its original on content, not the sensor
+            digest = ev.pixel_sha256()  # before the residual: its float pixels would need converting back
+            repeated = repeated_image(ev, seen, digest)  # a copy would group with its original on content
             if repeated:
                 raise EvidenceError(str(path), f"{repeated}: clustered once")
             spread = float(cropped_pixels(ev, crop, samples=True).var(axis=(0, 1)).max())
@@ -570,6 +571,7 @@ def _residual_matrix(shaped, size, settings, max_pixels, folder, fail, on_progre
             {
                 "path": os.path.abspath(path),  # absolute when recorded: a relative path names nothing later
                 "sha256": ev.sha256,
+                "pixel_sha256": digest,  # a --to-db fingerprint's sources carry it (calibration checks)
                 "rows": int(ev.shape[0]),
                 "cols": int(ev.shape[1]),
                 "rotation": rotation,
@@ -716,7 +718,8 @@ def cluster_fingerprint(
         if rotation:
             pixels = np.ascontiguousarray(np.rot90(pixels, rotation // 90))
         acc.add(pixels, ev.saturation)
-        sources.append({k: image[k] for k in ("path", "sha256", "rows", "cols", "rotation", "jpeg_quality")})
+        sources.append({k: image[k] for k in ("path", "sha256", "pixel_sha256", "rows", "cols", "rotation",
+                                              "jpeg_quality") if k in image})  # fmt: skip
     k = acc.finalize()
     meta = {
         "camera": None,

@@ -253,10 +253,14 @@ class Evidence:
         return cv2.convertScaleAbs(self.pixels) if held is None else held
 
     def pixel_sha256(self) -> str:
-        """SHA-256 of the decoded image (type and shape included), as held: the decoded samples, or the float
-        pixels once made. Two files holding one photograph in other bytes (re-wrapped, extra bytes after the
-        end, re-saved losslessly) have the same digest when compared in the same state, as callers do at load."""
-        held = self.samples if self._pixels is None else self._pixels
+        """SHA-256 of the decoded samples (type and shape included), whether they are still held or the float
+        pixels replaced them (8- and 16-bit samples are recovered exactly from those). Two files holding one
+        photograph in other bytes (re-wrapped, extra bytes after the end, re-saved losslessly at its bit depth)
+        have the same digest. Not after :meth:`release_pixels`."""
+        held = self.samples
+        if self._pixels is not None and held.dtype != np.float32:  # the samples were replaced: recover them
+            scale = 65535.0 / 255.0 if held.dtype == np.uint16 else 1.0
+            held = np.rint(self._pixels * scale).astype(held.dtype)
         digest = hashlib.sha256(f"{held.dtype.str} {held.shape}".encode())
         digest.update(np.ascontiguousarray(held))
         return digest.hexdigest()
@@ -325,11 +329,12 @@ def _open_regular(path: str | os.PathLike, max_bytes: int | None = None) -> tupl
     return fd, st
 
 
-def repeated_image(ev: Evidence, seen: dict[str, str]) -> str | None:
+def repeated_image(ev: Evidence, seen: dict[str, str], pixel_sha256: str | None = None) -> str | None:
     """Why ``ev`` repeats an image already in ``seen`` (its bytes, or its decoded pixels in other bytes: a
     re-wrapped or losslessly re-saved copy is still one photograph), naming the first; None, and ``ev`` recorded
-    in ``seen``, when it is new. For analyses where a copy would count twice (pooling, clustering)."""
-    pixels = "pixels " + ev.pixel_sha256()
+    in ``seen``, when it is new. For analyses where a copy would count twice (pooling, clustering, fingerprints).
+    ``pixel_sha256``: :meth:`Evidence.pixel_sha256` if the caller has it already."""
+    pixels = "pixels " + (pixel_sha256 or ev.pixel_sha256())
     for key, what in ((ev.sha256, "same bytes as"), (pixels, "same decoded pixels as")):
         if key in seen:
             return f"{what} {seen[key]} (SHA-256 {ev.sha256[:16]}...)"

@@ -30,6 +30,7 @@ from .evidence import (
     EvidenceError,
     image_format,
     load_image,
+    repeated_image,
     not_regular_reason,
     unreadable_folder_reason,
     unsupported_reason,
@@ -359,11 +360,12 @@ def _check_source(ev: Evidence, first: Evidence | None, allow_mixed: bool) -> No
             )
 
 
-def _source_record(path, ev: Evidence) -> dict:
+def _source_record(path, ev: Evidence, pixel_sha256: str) -> dict:
     return {
         "path": os.path.abspath(path),  # absolute when recorded: a relative path names nothing later
         "name": Path(path).name,
         "sha256": ev.sha256,
+        "pixel_sha256": pixel_sha256,  # a copy in other bytes is still this source (calibration checks)
         "jpeg_quality": ev.quality.quality if ev.quality else None,
         "rows": ev.shape[0],
         "cols": ev.shape[1],
@@ -431,24 +433,25 @@ def build_fingerprint(
         acc = TorchFingerprintAccumulator(params, devices.torch_device(resolved))
     sources, qualities, exif_seen = [], [], []
     first = None
-    used: dict[str, str] = {}  # SHA-256 -> the path that brought those bytes in
+    used: dict[str, str] = {}  # SHA-256 of bytes or pixels -> the path that brought them in
     for path in paths:
         try:
             ev = load_image(path, max_pixels=max_pixels, max_bytes=max_bytes)
+            digest = ev.pixel_sha256()  # of the samples, before the float pixels replace them
             pixels = cropped_pixels(ev, crop)
         except EvidenceError as exc:
             on_error(exc.path, exc.reason)
             continue
-        if ev.sha256 in used:  # one picture counted twice would weigh its scene twice and inflate the count
-            on_warning(f"{path}: the same bytes as {used[ev.sha256]} (SHA-256 {ev.sha256}): used once")
+        repeated = repeated_image(ev, used, digest)  # one picture counted twice would weigh its scene twice
+        if repeated:
+            on_warning(f"{path}: {repeated}: used once")
             continue
-        used[ev.sha256] = str(path)
         _check_source(ev, first, allow_mixed)
         first = first or ev
         acc.add(pixels, ev.saturation)
         if ev.quality is not None:
             qualities.append(ev.quality.quality)
-        sources.append(_source_record(path, ev))
+        sources.append(_source_record(path, ev, digest))
         exif_seen.append(ev.exif)
         on_progress(str(path))
     if acc.count < MIN_IMAGES:

@@ -214,6 +214,14 @@ def test_source_images_and_labels_refused(lab, dresden, tmp_path):
               qualities=(), on_error=lambda p, r: errors.append((p, r)))  # fmt: skip
     assert errors == [(str(source), "is a source image of the fingerprint of Nikon_D70_0 but labelled "
                        "'Nikon_D70_1'; not used")]  # fmt: skip
+    wrapped = tmp_path / "wrapped.jpg"  # the same photograph in other bytes: still a source (its pixels say so)
+    wrapped.write_bytes(source.read_bytes() + b"\x00appended")
+    errors.clear()
+    calibrate(store, [(wrapped, None), (lab["background"][0], None)], settings=MatchSettings(crop=CROP),
+              qualities=(), on_error=lambda p, r: errors.append((p, r)))  # fmt: skip
+    assert errors == [(str(wrapped), "is a source image of the fingerprint of Nikon_D70_0 but declared from none "
+                       "of the cameras; not used")]  # fmt: skip
+    errors.clear()
     with pytest.raises(ValueError, match="no background image"):
         calibrate(store, [(source, None)], settings=MatchSettings(crop=CROP), qualities=())
     bg = tmp_path / "bg"

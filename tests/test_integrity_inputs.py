@@ -768,10 +768,14 @@ def test_the_same_picture_twice_counts_once_in_a_fingerprint(tmp_path):
         files[-1].write_bytes(encode_jpeg(expose(flat_field((128, 160), rng), k, rng), 95))
     copy = tmp_path / "copy.jpg"
     shutil.copy(files[0], copy)
+    wrapped = tmp_path / "wrapped.jpg"  # other bytes, the same decoded pixels: one photograph still
+    wrapped.write_bytes(files[1].read_bytes() + b"\x00tail")
     warnings = []
-    fp, meta = build_fingerprint([*files, copy], "cam", on_warning=warnings.append)
+    fp, meta = build_fingerprint([*files, copy, wrapped], "cam", on_warning=warnings.append)
     assert meta["image_count"] == 3 and [s["path"] for s in meta["sources"]] == [str(f) for f in files]
-    assert any(w.startswith(f"{copy}: the same bytes as {files[0]}") for w in warnings), warnings
+    assert any(w.startswith(f"{copy}: same bytes as {files[0]}") for w in warnings), warnings
+    assert any(w.startswith(f"{wrapped}: same decoded pixels as {files[1]}") for w in warnings), warnings
+    assert all(len(s["pixel_sha256"]) == 64 for s in meta["sources"])  # calibration refuses copies of a source
 
 
 def test_output_of_others_during_a_decode_passes_through_byte_for_byte(capfd):

@@ -296,3 +296,28 @@ def test_sample_std_is_the_float64_standard_deviation():
     assert abs(sample_std(x) - want) <= 1e-12 * want
     assert abs(sample_std(x, ddof=0) - np.std(x.astype(np.float64))) <= 1e-12 * want
     assert abs(sample_std(x, rows=7) - want) <= 1e-12 * want
+
+
+def test_pixel_digest_is_the_samples_whether_held_or_replaced(dresden, tmp_path):
+    """Evidence.pixel_sha256 hashes the decoded samples, recovered exactly once the float pixels replaced them
+    (8 and 16 bits); a copy in other bytes (extra bytes after the end marker, a lossless PNG) has the same
+    digest, another photograph another."""
+    import cv2
+
+    from spncli.evidence import decode, load_image
+
+    src = sorted((dresden / "nat-jpg").glob("*.JPG"))[:2]
+    ev = load_image(src[0])
+    held = ev.pixel_sha256()
+    ev.pixels  # noqa: B018  (the float pixels replace the samples)
+    assert ev.pixel_sha256() == held
+    wrapped = decode(src[0].read_bytes() + b"\x00tail", "wrapped.jpg")
+    png = decode(cv2.imencode(".png", cv2.cvtColor(load_image(src[0]).samples, cv2.COLOR_RGB2BGR))[1].tobytes(),
+                 "copy.png")  # fmt: skip
+    assert wrapped.sha256 != ev.sha256 and wrapped.pixel_sha256() == held == png.pixel_sha256()
+    assert load_image(src[1]).pixel_sha256() != held
+    deep = (load_image(src[0]).samples.astype(np.uint16) * 257)[:64, :64]
+    sixteen = decode(cv2.imencode(".png", deep)[1].tobytes(), "deep.png")
+    first = sixteen.pixel_sha256()
+    sixteen.pixels  # noqa: B018
+    assert sixteen.samples.dtype == np.uint16 and sixteen.pixel_sha256() == first
