@@ -375,6 +375,36 @@ def _member_z(members, g, r, q, turned, n: int, scale: float) -> np.ndarray:
     return dot * n / np.sqrt(np.maximum(energy, 1e-300)) / scale
 
 
+def _bridges(first, second, g, r, q, turned, n: int, scale: float) -> np.ndarray:
+    """z of ``first``'s consensus against ``second``'s with each member of either left out (the order of
+    ``first + second``); NaN where leaving it out would leave a side with fewer than two members.
+
+    The same consensus-to-consensus z as :meth:`_Linkage.z`, from the pair matrices with one row removed at a
+    time (each sum updated, O(k²) for k members in all). A merge of two groups that only one image links (a
+    composite of two cameras' frames, a blend) has a member whose removal leaves the groups unrelated.
+    """
+    joined = list(first) + list(second)
+    ix = np.ix_(joined, joined)
+    same = turned[joined][:, None] == turned[joined][None, :]
+    G = np.where(same, g[ix], r[ix]).astype(np.float64)
+    Q = q[ix].astype(np.float64)
+    k1, k2 = len(first), len(second)
+    a, b = slice(0, k1), slice(k1, k1 + k2)
+    dot, qab = G[a, b].sum(), Q[a, b].sum()
+    ca, cb = G[a, a].sum() - k1, G[b, b].sum() - k2
+    out = np.full(k1 + k2, np.nan)
+    for own, other, size, c_own, c_other, size_other in ((a, b, k1, ca, cb, k2), (b, a, k2, cb, ca, k1)):
+        if size - 1 < 2 or size_other < 2:
+            continue
+        rows = np.arange(own.start, own.stop)
+        d = dot - G[rows, other].sum(1)
+        qq = qab - Q[rows, other].sum(1)
+        c = c_own - 2 * (G[rows, own].sum(1) - G[rows, rows]) - G[rows, rows] + 1
+        energy = qq + n * (c_other * (size - 1) + c * size_other + c * c_other)
+        out[rows] = d * n / np.sqrt(np.maximum(energy, 1e-300)) / scale
+    return out
+
+
 def agglomerate(
     g: np.ndarray,
     q: np.ndarray,
@@ -445,6 +475,12 @@ def agglomerate(
         if loo.min() <= tau:
             weakest = joined[int(np.argmin(loo))]
             merges.append(record | {"accepted": False, "reason": f"image {weakest} would not be supported"})
+            score[a, b] = score[b, a] = -np.inf
+            continue
+        bridges = _bridges(members[a], members[b], g, r, q, trial, n, scale)
+        if np.nanmin(bridges, initial=np.inf) <= tau:  # two groups only one image links: it may hold both patterns
+            bridge = joined[int(np.nanargmin(bridges))]
+            merges.append(record | {"accepted": False, "reason": f"only image {bridge} links the two groups"})
             score[a, b] = score[b, a] = -np.inf
             continue
         merges.append(record | {"accepted": True})

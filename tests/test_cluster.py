@@ -393,3 +393,65 @@ def test_uniform_images_are_refused_not_clustered(synth_folder, runner, tmp_path
     empty = tmp_path / "empty"
     empty.mkdir()
     assert runner.invoke(app, ["cluster", str(empty)]).exit_code == 2
+
+
+def test_bridge_scores_equal_the_direct_consensus_z():
+    """_bridges updates the consensus sums one member at a time: equal to the consensus-to-consensus z computed
+    afresh on each pair of reduced groups; NaN where a side would keep fewer than two members."""
+    from spncli.cluster import _bridges
+
+    rng = np.random.default_rng(3)
+    k, n = 7, 4096
+    x = rng.standard_normal((k, n))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    g = x @ x.T
+    r = g * 0.5
+    q = n * (2 + rng.random((k, k)))  # pair energies: positive, of the order of n
+    q = q + q.T
+    turned = np.array([False, True, False, False, True, False, False])
+    first, second = [0, 2, 5], [1, 3, 4, 6]
+
+    def direct(a, b):
+        def sub(u, v):
+            same = turned[u][:, None] == turned[v][None, :]
+            return np.where(same, g[np.ix_(u, v)], r[np.ix_(u, v)])
+
+        ca, cb = sub(a, a).sum() - len(a), sub(b, b).sum() - len(b)
+        energy = q[np.ix_(a, b)].sum() + n * (cb * len(a) + ca * len(b) + ca * cb)
+        return sub(a, b).sum() * n / np.sqrt(energy) / 1.7
+
+    got = _bridges(first, second, g, r, q, turned, n, 1.7)
+    for i, m in enumerate(first + second):
+        a, b = [j for j in first if j != m], [j for j in second if j != m]
+        if len(a) < 2 or len(b) < 2:
+            assert np.isnan(got[i])
+        else:
+            assert got[i] == pytest.approx(direct(np.array(a), np.array(b)), rel=1e-9)
+
+
+def test_a_composite_of_two_cameras_does_not_join_them(tmp_path, monkeypatch):
+    """Three flat-fields of each of two synthetic cameras and one image whose left half is the first camera's
+    and right half the second's: the composite holds both patterns and every member stays above the threshold
+    against the rest, so without the bridge check the two cameras form one cluster; with it, two."""
+    from spncli import cluster as cl
+
+    rng = np.random.default_rng(11)
+    shape = (128, 192)
+    k1, k2 = synthetic_prnu(shape, rng, std=0.02), synthetic_prnu(shape, rng, std=0.02)
+    paths = []
+    for name, k in [(f"a{i}", k1) for i in range(3)] + [(f"b{i}", k2) for i in range(3)]:
+        paths.append(tmp_path / f"{name}.jpg")
+        paths[-1].write_bytes(encode_jpeg(expose(flat_field(shape, rng), k, rng), 95))
+    composite = np.concatenate([k1[:, :96], k2[:, 96:]], axis=1)
+    paths.append(tmp_path / "composite.jpg")
+    paths[-1].write_bytes(encode_jpeg(expose(flat_field(shape, rng), composite, rng), 95))
+
+    def groups(result):
+        return sorted(sorted(Path(result.images[m]["path"]).stem for m in c["members"]) for c in result.clusters)
+
+    checked = cl.cluster_images(paths)
+    assert all(not ({"a0", "b0"} <= set(g)) for g in groups(checked))  # the cameras stay apart
+    assert any("links the two groups" in m.get("reason", "") for m in checked.info["merges"])
+    monkeypatch.setattr(cl, "_bridges", lambda first, second, *a: np.full(len(first) + len(second), np.nan))
+    unchecked = cl.cluster_images(paths)
+    assert any({"a0", "b0", "composite"} <= set(g) for g in groups(unchecked))  # what the check prevents
