@@ -797,6 +797,19 @@ class Matcher:
                     "weights_sha256": info["weights_sha256"],
                     "restoration_policy": info["restoration_policy"],
                 }
+            elif self.restorer is not None:  # restoration asked but skipped for this file: the classic test alone
+                record |= {
+                    "decision_classic": record["decision"],
+                    "decision_restored": None,
+                    "pce_classic": record["pce"],
+                    "pce_restored": None,
+                    "p_fa_classic": m.p_fa,
+                    "p_fa_restored": None,
+                    "decided_by": "classic",
+                    "residuals_disagree": False,
+                    "network_applied": False,
+                    "weights_sha256": getattr(self.restorer, "weights_sha256", None),
+                }
             if self.tails is not None:
                 record |= self.tails.fields(camera, fp_sha, record["pce"], record["jpeg_quality"])
             if surfaces and record["decision"] == "consistent":  # the surface (an inverse FFT) only for matches

@@ -274,13 +274,15 @@ class RestoreJob:
             return {"path": path, "error": exc.reason}
         except ValueError as exc:
             return {"path": path, "error": str(exc)}
+        done = info.get("restored", True)  # False: the file's coefficients could not be read; classic instead
         written = save_with_provenance(
             self.out,
             f"{output_stem(path, ev.sha256, self.clashes)}.restored",
             restored,
             {
-                "kind": "restored sensor noise (quality-conditioned restoration network)",
-                "residual_kind": "restored",
+                "kind": "restored sensor noise (quality-conditioned restoration network)" if done else
+                        f"classic residual, not restored ({info.get('restoration_skipped')})",
+                "residual_kind": "restored" if done else info.get("input_residual", "classic"),
                 "input": ev.provenance(),
                 "crop": list(self.crop) if self.crop else None,
                 "restoration": info,

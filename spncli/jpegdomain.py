@@ -168,6 +168,8 @@ def read_luma_coefficients(data: bytes) -> LumaCoefficients:
 
     if data[:3] != b"\xff\xd8\xff":
         raise NoCoefficients("not a JPEG file (no SOI marker): no DCT coefficients to read")
+    # jpeglib reads a path: the bytes already read and hashed go to a private temporary folder (mode 0700),
+    # removed at once; messages name the evidence's bytes, not that path (a record must not hold a random name)
     with tempfile.TemporaryDirectory(prefix="spn-jpegdomain-") as tmp:
         path = os.path.join(tmp, "evidence.jpg")
         with open(path, "wb") as f:
@@ -179,7 +181,8 @@ def read_luma_coefficients(data: bytes) -> LumaCoefficients:
             y, qt, tables = np.asarray(jpeg.Y), np.asarray(jpeg.qt), list(jpeg.quant_tbl_no)
             rows, cols = int(jpeg.height), int(jpeg.width)
         except (OSError, RuntimeError) as exc:
-            raise NoCoefficients(f"DCT coefficients could not be read ({exc})") from None
+            why = str(exc).replace(path, "the file's bytes")
+            raise NoCoefficients(f"DCT coefficients could not be read ({why})") from None
     bh, bw = -(-rows // 8), -(-cols // 8)
     if y.ndim != 4 or y.shape[0] < bh or y.shape[1] < bw or y.shape[2:] != (8, 8):
         raise NoCoefficients(f"luma coefficient array {y.shape} does not cover the {cols}x{rows} image")

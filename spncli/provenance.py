@@ -300,9 +300,10 @@ def writable_file(path: str | os.PathLike) -> None:
 def check_apart(output: str | os.PathLike, inputs) -> None:
     """Refuse an output folder inside (or beside) the evidence, and evidence inside the output folder.
 
-    The second rule keeps a tool's own files from ever being read as evidence
-    (e.g. evidence placed at ``CASE/artifacts``) and the evidence from ever
-    being written into.
+    For every command that writes a folder (cases, ``--out``). The second rule keeps a tool's own files from
+    ever being read as evidence (e.g. evidence placed at ``CASE/artifacts``) and the outputs from being
+    written among the evidence: ``--out`` naming the folder above an evidence folder wrote the residuals
+    into the evidence tree.
 
     Raises
     ------
@@ -316,5 +317,6 @@ def check_apart(output: str | os.PathLike, inputs) -> None:
         p = Path(item).resolve()
         if p.is_relative_to(out):
             raise OutputInsideEvidence(
-                f"{item}: evidence inside the output folder {output}; keep the evidence outside the case folder"
+                f"{item}: evidence inside the output folder {output}; its outputs would be written among the "
+                "evidence: choose an output folder that does not hold it"
             )

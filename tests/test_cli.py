@@ -198,6 +198,12 @@ def test_output_inside_evidence_is_refused(runner, synth_case):
     res = runner.invoke(app, ["fingerprint", str(folder), "-c", "X", "--db", str(folder / "db.h5")])
     assert res.exit_code == 2 and "inside the evidence" in res.stderr
     assert _snapshot(folder) == before
+    above = folder.parent  # the folder holding the evidence folder: its outputs would lie in the evidence tree
+    listed = sorted(p.name for p in above.iterdir())
+    for command in ("extract", "restore", "degrade"):
+        res = runner.invoke(app, [command, str(next(folder.iterdir())), "--out", str(above)])
+        assert res.exit_code == 2 and "evidence inside the output folder" in res.stderr, (command, res.output)
+    assert sorted(p.name for p in above.iterdir()) == listed and _snapshot(folder) == before
 
 
 def test_exif_rotation_is_not_applied(tmp_path):

@@ -204,7 +204,8 @@ def test_match_of_a_seized_folder_reports_every_refused_entry(runner, seized, sy
     db = tmp_path / "db.h5"
     flats = synth_case["flats"]["CAM-A"]
     assert runner.invoke(app, ["fingerprint", str(flats), "-c", "A", "--db", str(db)]).exit_code == 0
-    commands = (["match", str(seized), "--db", str(db), "-f", "json"], ["extract", str(seized), "--out", str(tmp_path)])
+    commands = (["match", str(seized), "--db", str(db), "-f", "json"],
+                ["extract", str(seized), "--out", str(tmp_path / "out")])  # fmt: skip
     for args in commands:
         res = runner.invoke(app, args)
         assert res.exit_code == 1, res.output
@@ -688,6 +689,28 @@ def test_degrade_into_a_used_folder_keeps_the_earlier_manifest_entries(runner, t
     res = runner.invoke(app, ["degrade", str(files[1]), "--out", str(fresh), "-q", "60"])
     assert res.exit_code == 2 and ".manifest-journal.jsonl: is a symbolic link" in res.output, res.output
     assert outside.read_text() == "precious\n" and not list(fresh.glob("*.jpg"))
+
+
+def test_degrade_rerun_after_a_kill_lists_each_file_once_and_one_run_at_a_time(runner, tmp_path):
+    """A killed run's journal names files the rerun writes again: the manifest lists each file once (it listed
+    both entries) and the run records the merge; a second run into a folder another run holds is refused."""
+    import fcntl
+
+    files = _dup_names(tmp_path / "ev")
+    out = tmp_path / "deg"
+    assert runner.invoke(app, ["degrade", str(files[0]), "--out", str(out), "-q", "80"]).exit_code == 0
+    first = json.loads((out / "manifest.json").read_text())["files"][0]
+    (out / ".manifest-journal.jsonl").write_text(json.dumps(first) + "\n")  # as a run killed after that file
+    res = runner.invoke(app, ["degrade", str(files[0]), "--out", str(out), "-q", "80"])
+    assert res.exit_code == 0 and "1 file(s) written" in res.output, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [e["output"] for e in manifest["files"]] == [first["output"]]
+    assert manifest["runs"][-1]["killed_run_entries_merged"] == 1 and len(manifest["runs"]) == 2
+    with open(out / ".degrade.lock", "a") as held:  # another run is writing the folder
+        fcntl.flock(held, fcntl.LOCK_EX)
+        res = runner.invoke(app, ["degrade", str(files[1]), "--out", str(out), "-q", "70"])
+    assert res.exit_code == 2 and "another spn degrade is writing" in res.output
+    assert len(json.loads((out / "manifest.json").read_text())["files"]) == 1
 
 
 @pytest.mark.parametrize("command", ["extract", "degrade", "restore"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import cv2
@@ -268,6 +270,10 @@ def test_saved_residuals_match_like_their_images_and_bad_ones_are_one_line(runne
         assert r["sha256"] == source and r["residual_file"].endswith(".npy") and len(r["residual_file_sha256"]) == 64
         assert r["pce"] == pytest.approx(direct[r["residual_kind"]][r["camera"]], rel=1e-6, abs=1e-3)
         assert (r["pce"] > 60) == (r["camera"] == "CAM-A")
+    csv_rows = list(csv.DictReader(io.StringIO(runner.invoke(app, ["match", *map(str, saved), "--db", str(db), "-f",
+                                                                   "csv", "--crop", "192x256"]).stdout)))
+    assert {r["residual_file"] for r in csv_rows} == set(map(str, saved))  # a CSV row names the file it scored
+    assert all(len(r["residual_file_sha256"]) == 64 and len(r["residual_provenance_sha256"]) == 64 for r in csv_rows)
     # a crop that disagrees, a changed array, no provenance, a provenance without the source's hash
     bad = tmp_path / "bad"
     bad.mkdir()

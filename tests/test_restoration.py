@@ -348,6 +348,8 @@ def test_restore_never_assumes_a_quality_for_files_without_tables(runner, synth_
     (row,) = [json.loads(x) for x in res.stdout.splitlines()]
     assert row["restored"] is False and "no JPEG quantization tables" in row["restoration_skipped"]
     assert row["decision"] == "consistent"  # scored with the classic residual
+    assert row["pce_classic"] == row["pce"] and row["pce_restored"] is None and row["decided_by"] == "classic"
+    assert row["network_applied"] is False and len(row["weights_sha256"]) == 64  # every --restore row says so
 
 
 def test_inference_never_imports_training_code():

@@ -255,3 +255,22 @@ def test_shipped_card_keeps_the_compression_aware_residual_on_flat_content(dresd
     data, ev = _probe(dresden, quality=50)
     _, info = restorer.restore(ev, tile=1024, data=data)
     assert info["network_applied"] and info["textured_block_fraction"] >= least and "network_skipped" not in info
+
+
+def test_restore_cli_labels_a_file_it_could_not_restore_as_classic(tmp_path, runner, dresden):
+    """A CMYK JPEG has no usable luma coefficients: spn restore writes the classic residual and its record, and
+    the record's residual_kind, say so (it said "restored", and a later spn match of the .npy believed it)."""
+    from PIL import Image
+
+    from spncli.cli import app
+
+    photo = load_image(dresden / "nat-jpg" / "Nikon_D70_0_19445.JPG").pixels
+    pixels = np.clip(centre_crop(photo, (96, 128)), 0, 255).astype(np.uint8)
+    evidence = tmp_path / "ev" / "cmyk.jpg"
+    evidence.parent.mkdir()
+    Image.fromarray(pixels).convert("CMYK").save(evidence, quality=80)
+    res = runner.invoke(app, ["restore", str(evidence), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    record = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert record["residual_kind"] == "classic" and record["restoration"]["restored"] is False
+    assert record["kind"].startswith("classic residual, not restored")

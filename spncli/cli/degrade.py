@@ -18,7 +18,7 @@ from ..provenance import (
     RefusedFile,
     atomic_write_bytes,
     atomic_write_json,
-    check_output_location,
+    check_apart,
     clashing_stems,
     open_regular,
     output_stem,
@@ -52,6 +52,30 @@ def previous_manifest(path: Path) -> dict | None:
 JOURNAL = ".manifest-journal.jsonl"
 """Entries appended after each image (fsync'd); merged into manifest.json at the end, then removed. A killed
 run's journal is merged by the next run into the same folder."""
+
+
+LOCK = ".degrade.lock"
+"""Held (``flock``) by the one ``spn degrade`` writing an output folder: two runs into one folder would each
+write the manifest from their own entries, and one run's record would be lost."""
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path):
+    """Hold the output folder's lock for the run; one line (exit 2) when another run holds it."""
+    import fcntl
+
+    try:
+        fd, _ = open_regular(out / LOCK, os.O_RDWR | os.O_CREAT, one_name=True)
+    except (RefusedFile, OSError) as exc:
+        die(f"{out / LOCK}: cannot open the folder's lock ({exc.strerror}); choose another --out")
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            die(f"{out}: another spn degrade is writing this folder; wait for it or choose another --out")
+        yield
+    finally:
+        os.close(fd)
 
 
 def append_journal(path: Path, entries: list[dict]) -> None:
@@ -113,11 +137,17 @@ def degrade(
     """
     try:
         settings = [DegradeSettings(q, codec, subsampling) for q in (quality or [90, 70, 50, 30])]
-        check_output_location(out, images)
+        check_apart(out, images)
         paths = image_paths(images, absolute=False)  # before the output folder is made
         writable_folder(out)
     except (ValueError, OutputInsideEvidence) as exc:
         die(str(exc))
+    with folder_lock(out):
+        _degrade(paths, out, settings)
+
+
+def _degrade(paths, out: Path, settings: list[DegradeSettings]) -> None:
+    """The run itself, under the folder's lock."""
     manifest_path = out / "manifest.json"
     try:
         earlier = previous_manifest(manifest_path)
@@ -128,17 +158,20 @@ def degrade(
         entries, failed = journal_entries(journal), 0  # a killed run's files: kept
     except ValueError as exc:
         die(str(exc))
+    merged = len(entries)
     clashes = clashing_stems(paths)
     started = utc_now()
 
     def write_manifest() -> None:
-        mine = {e["output"] for e in entries}
+        latest = {e["output"]: e for e in entries}  # a file written again (a killed run's, rerun): its last entry
+        run = {"started_utc": started, **tool_info(), **({"killed_run_entries_merged": merged} if merged else {})}
         atomic_write_json(manifest_path, {
             "created_utc": earlier.get("created_utc", started) if earlier else started,
             "updated_utc": utc_now(),
             "settings": [s.as_dict() for s in settings],
-            "runs": [*(earlier or {}).get("runs", []), {"started_utc": started, **tool_info()}],
-            "files": [e for e in (earlier or {}).get("files", []) if e.get("output") not in mine] + entries,
+            "runs": [*(earlier or {}).get("runs", []), run],
+            "files": [e for e in (earlier or {}).get("files", []) if e.get("output") not in latest]
+            + list(latest.values()),
             "seed": None,
             **tool_info(),
         })  # fmt: skip
@@ -171,6 +204,7 @@ def degrade(
         note(f"{path}: {len(settings)} version(s) written")
     write_manifest()
     journal.unlink(missing_ok=True)
-    err.print(f"{len(entries)} file(s) written to {out}, {failed} input(s) failed; manifest {manifest_path}")
+    written = len({e["output"] for e in entries[merged:]})
+    err.print(f"{written} file(s) written to {out}, {failed} input(s) failed; manifest {manifest_path}")
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)

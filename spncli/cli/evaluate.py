@@ -18,7 +18,7 @@ from ..provenance import (
     OutputInsideEvidence,
     atomic_write_bytes,
     atomic_write_json,
-    check_output_location,
+    check_apart,
     tool_info,
     utc_now,
     writable_folder,
@@ -66,7 +66,7 @@ def evaluate(
     size = crop_option(crop)
     if out is not None:
         try:
-            check_output_location(out, probes)
+            check_apart(out, probes)
             writable_folder(out)
         except (OutputInsideEvidence, ValueError) as exc:
             die(str(exc))

@@ -9,7 +9,7 @@ import typer
 
 from ..jobs import ExtractJob
 from ..jpegdomain import RESIDUAL_KINDS
-from ..provenance import OutputInsideEvidence, check_output_location, clashing_stems, writable_folder
+from ..provenance import OutputInsideEvidence, check_apart, clashing_stems, writable_folder
 from ..residual import ResidualParams
 from ._app import State, app
 from ._batch import SchedulerOption, WorkersOption, run_jobs
@@ -56,7 +56,7 @@ def extract(
     device_option(device, here=not scheduler)  # local workers (--workers) run on this machine
     try:
         params = ResidualParams(sigma=sigma)
-        check_output_location(out, images)
+        check_apart(out, images)
         paths = image_paths(images)  # before the output folder is made: inputs without an image leave nothing
         writable_folder(out)
     except (ValueError, OutputInsideEvidence) as exc:

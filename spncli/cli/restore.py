@@ -11,7 +11,7 @@ import typer
 from ..jobs import RestoreJob
 from ..provenance import (
     OutputInsideEvidence,
-    check_output_location,
+    check_apart,
     clashing_stems,
     writable_folder,
 )
@@ -80,7 +80,7 @@ def restore(
     size = crop_option(crop)
     out = out or default_out()
     try:
-        check_output_location(out, images)
+        check_apart(out, images)
         paths = image_paths(images)  # before the output folder is made: inputs without an image leave nothing
         writable_folder(out)
     except (OutputInsideEvidence, ValueError) as exc:
