@@ -111,9 +111,10 @@ def main() -> None:
         med = {k: statistics.median(r[k] for r in group) for k in ("best_single", "variance", "none", "ml_estimate")}
         above = "/".join(str(sum(r[k] > 60 for r in group)) for k in ("best_single", "variance", "ml_estimate"))
         wins = sum(r["variance"] > r["ml_estimate"] for r in group)
-        other = max(max(r["variance_other_max"], r["none_other_max"]) for r in group)
+        other = max(max(r["variance_other_max"], r["none_other_max"], r["ml_estimate_other_max"]) for r in group)
         print(f"{quality or 'as published':>12} {n:>6} {len(group):>5} {med['best_single']:>11.1f} "
-              f"{med['variance']:>8.1f} {med['none']:>10.1f} {med['ml_estimate']:>11.1f} {above:>21} {wins:>9} {other:>9.1f}")
+              f"{med['variance']:>8.1f} {med['none']:>10.1f} {med['ml_estimate']:>11.1f} {above:>21} {wins:>9} "
+              f"{other:>9.1f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     print(f"{time.perf_counter() - start:.0f} s")

@@ -76,7 +76,7 @@ import numpy as np
 
 from . import jpegtables
 from .degrade import DegradeSettings, encode
-from .evidence import DEFAULT_MAX_PIXELS, Evidence, EvidenceError, decode, read_bytes
+from .evidence import DEFAULT_MAX_PIXELS, Evidence, EvidenceError, decode, read_bytes, repeated_image
 from .geometry import crop_offsets
 from .identify import Matcher, MatchSettings, walk_inputs
 from .pce import false_alarm_probability
@@ -91,6 +91,7 @@ __all__ = [
     "HEAVY_FACTOR",
     "band_of",
     "parse_qualities",
+    "Labels",
     "read_labels",
     "labelled_backgrounds",
     "recompressed",
@@ -389,12 +390,13 @@ def calibrate(
         except EvidenceError as exc:
             on_error(exc.path, exc.reason)
             continue
-        if ev.sha256 in seen:
-            on_notice(f"{path}: same bytes as {seen[ev.sha256]} (SHA-256 {ev.sha256[:16]}...): counted once")
+        digest = ev.pixel_sha256()
+        repeated = repeated_image(ev, seen, digest)  # a copy in other bytes too would enter the null twice
+        if repeated:
+            on_notice(f"{path}: {repeated}: counted once")
             continue
-        seen[ev.sha256] = str(path)
         against = [c for c in names if c != label]
-        clash = sorted((sources.get(ev.sha256, set()) | sources.get(ev.pixel_sha256(), set())) & set(against))
+        clash = sorted((sources.get(ev.sha256, set()) | sources.get(digest, set())) & set(against))
         if clash:
             said = f"labelled {label!r}" if label else "declared from none of the cameras"
             on_error(str(path), f"is a source image of the fingerprint of {', '.join(clash)} but {said}; not used")
@@ -442,7 +444,8 @@ def calibrate(
                 "region": f"the analysed region widened to the frame's {MCU}x{MCU} grid, re-compressed in place",
             } if qualities else None,
             "leave_one_camera_out": leave_one_camera_out,
-            "labels": {"path": labels.path, "sha256": labels.sha256} if labels is not None else None,
+            "labels": {"path": getattr(labels, "path", None), "sha256": getattr(labels, "sha256", None)}
+            if labels is not None else None,  # a plain dict (no CSV read) records neither
             "seed": None,
             "deterministic": True,
         },

@@ -126,7 +126,9 @@ def run_analysis(
     Raises
     ------
     CaseError
-        The folder cannot be used, or the analysis could not be made (one line naming the case).
+        The folder cannot be used (one line naming the case).
+    ValueError
+        The analysis could not be made from these images (``compute``'s own, after the failure is audited).
     """
     if kind not in ("cluster", "pool"):
         raise ValueError(f"kind {kind!r} is not one of cluster, pool")

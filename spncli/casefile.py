@@ -1038,11 +1038,11 @@ def row_problems(rows: list[dict], source: str = "results.jsonl") -> list[str]:
     problems = []
     seen: dict[tuple, int] = {}
     for r in rows:
-        try:
-            key = (os.path.normpath(r["image"]) if "image" in r else "", str(r["camera"]))
-        except (KeyError, TypeError):
-            problems.append(f"{source}: a row without a camera")
+        if not isinstance(r.get("camera"), str) or not isinstance(r.get("decision"), str) or \
+                ("image" in r and not isinstance(r["image"], str)):
+            problems.append(f"{source}: a row without a camera, a decision or an image name as text")
             continue
+        key = (os.path.normpath(r["image"]) if "image" in r else "", r["camera"])
         seen[key] = seen.get(key, 0) + 1
         what = f"{source}: the row for {r['image']} against {r['camera']}" if "image" in r else \
             f"{source}: the pooled row against {r['camera']}"

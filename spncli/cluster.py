@@ -56,7 +56,7 @@ from .evidence import DEFAULT_MAX_PIXELS, EvidenceError, load_image, read_bytes,
 from .fingerprint import FingerprintAccumulator
 from .identify import cropped_pixels, residual_of
 from .provenance import tool_info, utc_now
-from .residual import NOISE_FLOOR, ResidualParams
+from .residual import ResidualParams, rounding_variance
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -377,7 +377,7 @@ def _member_z(members, g, r, q, turned, n: int, scale: float) -> np.ndarray:
 
 def _bridges(first, second, g, r, q, turned, n: int, scale: float) -> np.ndarray:
     """z of ``first``'s consensus against ``second``'s with each member of either left out (the order of
-    ``first + second``); NaN where leaving it out would leave a side with fewer than two members.
+    ``first + second``); NaN where leaving it out would leave its own side with fewer than two members.
 
     The same consensus-to-consensus z as :meth:`_Linkage.z`, from the pair matrices with one row removed at a
     time (each sum updated, O(k²) for k members in all). A merge of two groups that only one image links (a
@@ -394,7 +394,7 @@ def _bridges(first, second, g, r, q, turned, n: int, scale: float) -> np.ndarray
     ca, cb = G[a, a].sum() - k1, G[b, b].sum() - k2
     out = np.full(k1 + k2, np.nan)
     for own, other, size, c_own, c_other, size_other in ((a, b, k1, ca, cb, k2), (b, a, k2, cb, ca, k1)):
-        if size - 1 < 2 or size_other < 2:
+        if size - 1 < 2:  # a side of one left: that image joined on its own link, nothing to bridge
             continue
         rows = np.arange(own.start, own.stop)
         d = dot - G[rows, other].sum(1)
@@ -478,7 +478,10 @@ def agglomerate(
             score[a, b] = score[b, a] = -np.inf
             continue
         bridges = _bridges(members[a], members[b], g, r, q, trial, n, scale)
-        if np.nanmin(bridges, initial=np.inf) <= tau:  # two groups only one image links: it may hold both patterns
+        weakest_link = np.nanmin(bridges, initial=np.inf)
+        if weakest_link <= tau and weakest_link < best / 2:  # the link collapses without one image: it may hold
+            # both patterns (a composite); a link that merely dips under the threshold (a borderline merge, any
+            # member left out) is not a bridge
             bridge = joined[int(np.nanargmin(bridges))]
             merges.append(record | {"accepted": False, "reason": f"only image {bridge} links the two groups"})
             score[a, b] = score[b, a] = -np.inf
@@ -595,9 +598,10 @@ def _residual_matrix(shaped, size, settings, max_pixels, folder, fail, on_progre
             if repeated:
                 raise EvidenceError(str(path), f"{repeated}: clustered once")
             spread = float(cropped_pixels(ev, crop, samples=True).var(axis=(0, 1)).max())
-            if spread < NOISE_FLOOR:  # uniform images pair on the codec's rounding and inflated the null scale
-                raise EvidenceError(str(path), f"uniform: its pixels vary by {spread:.2g} (variance) over the analysed "
-                                    "region, less than 8-bit rounding; no sensor noise to measure")  # fmt: skip
+            if spread < rounding_variance(ev.bit_depth):  # uniform images pair on the codec's rounding
+                raise EvidenceError(str(path), f"uniform: its pixels vary by {spread:.2g} (variance) over the "
+                                    f"analysed region, less than {ev.bit_depth}-bit rounding; no sensor noise to "
+                                    "measure")  # fmt: skip
             w = residual_of(ev, settings.params, crop)
         except EvidenceError as exc:
             fail(exc.path, exc.reason)

@@ -218,6 +218,7 @@ class Evidence:
     exif: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     _pixels: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    _released: bool = field(default=False, init=False, repr=False, compare=False)
 
     @property
     def pixels(self) -> np.ndarray:
@@ -254,13 +255,24 @@ class Evidence:
 
     def pixel_sha256(self) -> str:
         """SHA-256 of the decoded samples (type and shape included), whether they are still held or the float
-        pixels replaced them (8- and 16-bit samples are recovered exactly from those). Two files holding one
-        photograph in other bytes (re-wrapped, extra bytes after the end, re-saved losslessly at its bit depth)
-        have the same digest. Not after :meth:`release_pixels`."""
+        pixels replaced them (8- and 16-bit samples are recovered exactly from those); 16-bit samples that are
+        all multiples of 257 (an 8-bit image saved at 16 bits) are hashed as the 8-bit ones. Two files holding
+        one photograph in other bytes (re-wrapped, extra bytes after the end, re-saved losslessly) have the
+        same digest.
+
+        Raises
+        ------
+        ValueError
+            After :meth:`release_pixels` (nothing is left to hash).
+        """
+        if self._released:
+            raise ValueError(f"{self.path}: pixels released; take the pixel digest before release_pixels")
         held = self.samples
         if self._pixels is not None and held.dtype != np.float32:  # the samples were replaced: recover them
             scale = 65535.0 / 255.0 if held.dtype == np.uint16 else 1.0
             held = np.rint(self._pixels * scale).astype(held.dtype)
+        if held.dtype == np.uint16 and not (held % 257).any():  # an 8-bit image saved at 16 bits (x 257)
+            held = (held // 257).astype(np.uint8)
         digest = hashlib.sha256(f"{held.dtype.str} {held.shape}".encode())
         digest.update(np.ascontiguousarray(held))
         return digest.hexdigest()
@@ -269,6 +281,7 @@ class Evidence:
         """Drop the samples and pixels for zero-byte read-only stand-ins of the same shape (``shape`` holds)."""
         self.samples = np.broadcast_to(np.uint8(0), self.samples.shape)
         self._pixels = np.broadcast_to(np.float32(0), self.samples.shape)
+        self._released = True
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -334,10 +347,12 @@ def repeated_image(ev: Evidence, seen: dict[str, str], pixel_sha256: str | None 
     re-wrapped or losslessly re-saved copy is still one photograph), naming the first; None, and ``ev`` recorded
     in ``seen``, when it is new. For analyses where a copy would count twice (pooling, clustering, fingerprints).
     ``pixel_sha256``: :meth:`Evidence.pixel_sha256` if the caller has it already."""
-    pixels = "pixels " + (pixel_sha256 or ev.pixel_sha256())
-    for key, what in ((ev.sha256, "same bytes as"), (pixels, "same decoded pixels as")):
+    digest = pixel_sha256 or ev.pixel_sha256()
+    for key, what, shown in ((ev.sha256, "same bytes as", f"SHA-256 {ev.sha256[:16]}..."),
+                             ("pixels " + digest, "same decoded pixels as", f"pixel SHA-256 {digest[:16]}...")):
         if key in seen:
-            return f"{what} {seen[key]} (SHA-256 {ev.sha256[:16]}...)"
+            return f"{what} {seen[key]} ({shown})"
+    pixels = "pixels " + digest
     seen[ev.sha256] = seen[pixels] = ev.path
     return None
 

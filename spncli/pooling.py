@@ -14,7 +14,9 @@ post-processing), the single-image detector's correlation of ``W`` with
 taken equal, which lets a textured or noisy probe drown a clean one. A
 residual variance below :data:`spncli.residual.NOISE_FLOOR` (that of rounding to 8 bits) is
 no measurement of sensor noise (a uniform or synthetic image): the weight is
-capped there, and each record gives every image's share of the weight. ``T`` is
+capped there, whatever the bit depth (a finer cap would let a uniform 16-bit
+image take the pool over again), and each record gives every image's share of
+the weight. ``T`` is
 scored against each camera fingerprint by PCE. The weights come from the
 probes alone, so the null distribution of the score is unchanged. The pooled
 score is one test per camera, with the false-alarm probability of that one
@@ -61,7 +63,7 @@ __all__ = ["WEIGHTINGS", "PoolSizeError", "pooled_statistic", "weighted_statisti
 WEIGHTINGS = ("variance", "none")
 
 DOMINANT_SHARE = 0.5
-"""In a pool of three or more, an image carrying more of the weight than this is named in a note."""
+"""An image carrying more of the weight than this (in a pool of two: more than 75%) is named in a note."""
 
 
 class PoolSizeError(ValueError):
@@ -148,8 +150,9 @@ def pool_notes(evidences: Sequence[Evidence], shares: Sequence[float]) -> list[s
     if len(evidences) == 1:
         return [f"one image pooled ({evidences[0].path}): its pooled statistic is its residual weighted by its "
                 "intensity; the calibrated test for one image is the plain match, without --pool"]  # fmt: skip
-    heavy = [(ev.path, share) for ev, share in zip(evidences, shares) if share > DOMINANT_SHARE]
-    if len(evidences) >= 3 and heavy:
+    bound = max(DOMINANT_SHARE, 1.5 / len(evidences))  # two images: above 75%; three or more: above half
+    heavy = [(ev.path, share) for ev, share in zip(evidences, shares) if share > bound]
+    if heavy:
         path, share = heavy[0]
         return [f"{path} carries {share:.0%} of the pooled weight (its residual varies least, as a flat or "
                 "uniform image's does): check that it belongs with the others (--singles scores each alone)"]

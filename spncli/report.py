@@ -747,6 +747,9 @@ def pooled_database_changes(rows: list[dict]) -> list[str]:
     db, recorded = (rows[0].get("db"), rows[0].get("db_sha256")) if rows else (None, None)
     if not db or not recorded:
         return []
+    if not os.path.isabs(db):  # earlier versions recorded the path as given: relative to a folder not recorded
+        return [f"the fingerprint database was recorded as {db}, relative to the folder the probe was scored "
+                "from (an earlier version); it is not checked against the database now"]  # fmt: skip
     try:
         store = FingerprintStore(db)
         now = store.file_sha256()
@@ -790,8 +793,8 @@ def pool_section(case: Case) -> str:
         threshold = float(rows[0]["threshold"]) if rows else 60.0
         out.append(
             f"<h2>Pooled probe {_e(Path(rel).stem)}: {len(images)} image(s) scored as one probe</h2>"
-            f"<p>The images below, of one suspected source, are pooled into {_pooled_as(rows)} "
-            "(each weighted by the inverse variance of its residual unless stated) "
+            f"<p>The images below, of one suspected source, are pooled into {_pooled_as(rows)}, "
+            "each weighted by the inverse variance of its residual unless stated, "
             "and scored against each camera as <b>one</b> test, with that test's false-alarm probability.</p>"
             "<table><tr><th>Pooled image</th><th>SHA-256</th><th>Size</th><th>JPEG quality</th>"
             "<th>Share of the weight</th></tr>"
@@ -803,10 +806,6 @@ def pool_section(case: Case) -> str:
                 f"</td><td>{_e(im.get('cols'))}x{_e(im.get('rows'))}</td><td>{_e(im.get('jpeg_quality') or 'n/a')}"
                 f"</td><td>{'n/a' if share is None else f'{share:.0%}'}</td></tr>"
             )
-        for line in (rows[0].get("notes") or ()) if rows else ():  # one image alone, or one carrying the pool
-            out.append(f"<p class='leak' style='color:#9a3412;font-weight:600'>Note — {_e(line)}</p>")
-        for line in pooled_database_changes(rows):
-            out.append(f"<p class='note' style='color:#c00'><b>Database</b> — {_e(line)}</p>")
         out.append(
             "</table><table><tr><th>Camera</th><th>Pooled PCE</th><th>p (false alarm)</th><th>Best single PCE</th>"
             "<th>Decision</th></tr>"
@@ -820,6 +819,10 @@ def pool_section(case: Case) -> str:
                 f"<td>{'' if best is None else f'{best:.1f}'}</td><td>{_e(verdict)}</td></tr>"
             )
         out.append("</table>")
+        for line in (rows[0].get("notes") or ()) if rows else ():  # one image alone, or one carrying the pool
+            out.append(f"<p class='leak' style='color:#9a3412;font-weight:600'>Note — {_e(line)}</p>")
+        for line in pooled_database_changes(rows):
+            out.append(f"<p class='note' style='color:#c00'><b>Database</b> — {_e(line)}</p>")
         for r in rows:
             for line in r.get("warnings") or ():  # leak safeguards (spncli.leaks), as for single images
                 out.append(f"<p class='leak' style='color:#9a3412;font-weight:600'>Warning — {_e(line)}</p>")

@@ -397,7 +397,7 @@ def test_uniform_images_are_refused_not_clustered(synth_folder, runner, tmp_path
 
 def test_bridge_scores_equal_the_direct_consensus_z():
     """_bridges updates the consensus sums one member at a time: equal to the consensus-to-consensus z computed
-    afresh on each pair of reduced groups; NaN where a side would keep fewer than two members."""
+    afresh on each pair of reduced groups; NaN where the image's own side would keep fewer than two members."""
     from spncli.cluster import _bridges
 
     rng = np.random.default_rng(3)
@@ -423,7 +423,7 @@ def test_bridge_scores_equal_the_direct_consensus_z():
     got = _bridges(first, second, g, r, q, turned, n, 1.7)
     for i, m in enumerate(first + second):
         a, b = [j for j in first if j != m], [j for j in second if j != m]
-        if len(a) < 2 or len(b) < 2:
+        if len(a if m in first else b) < 2:
             assert np.isnan(got[i])
         else:
             assert got[i] == pytest.approx(direct(np.array(a), np.array(b)), rel=1e-9)
@@ -451,6 +451,8 @@ def test_a_composite_of_two_cameras_does_not_join_them(tmp_path, monkeypatch):
 
     checked = cl.cluster_images(paths)
     assert all(not ({"a0", "b0"} <= set(g)) for g in groups(checked))  # the cameras stay apart
+    lone = cl.cluster_images([*paths[:4], paths[-1]])  # three of one camera, one of the other: still apart
+    assert all(not ({"a0", "b0"} <= set(g)) for g in groups(lone)), groups(lone)
     assert any("links the two groups" in m.get("reason", "") for m in checked.info["merges"])
     monkeypatch.setattr(cl, "_bridges", lambda first, second, *a: np.full(len(first) + len(second), np.nan))
     unchecked = cl.cluster_images(paths)

@@ -277,6 +277,8 @@ def test_a_uniform_image_cannot_take_over_the_pool(weak_probes):
     assert abs(sum(shares) - 1) < 1e-3 and shares[-1] == max(shares) > 0.5 and NOISE_FLOOR == 1 / 12
     assert any("grey.jpg carries" in n for n in with_grey["notes"]) and alone["notes"] == []
     assert all(abs(im["weight_share"] - 0.2) < 0.05 for im in alone["images"])  # five alike probes share alike
+    pair = pool_match([evidences[0], grey], matcher)[0]  # two images: one above 75% of the weight is named too
+    assert any("grey.jpg carries" in n for n in pair["notes"])
 
 
 def test_portrait_probes_are_turned_as_a_plain_match_turns_them(weak_probes, tmp_path):
@@ -334,6 +336,9 @@ def test_pooled_rows_that_do_not_follow_from_their_pce_are_named(weak_probes):
     problems = row_problems([{**low, "decision": "consistent"}], "pool/pool-001.json")
     assert problems and problems[0].startswith("pool/pool-001.json: the pooled row against cam-other says")
     assert row_problems([{**low, "p_fa": 1e-30}], "pool/pool-001.json")
+    for broken in ({**low, "decision": []}, {k: v for k, v in low.items() if k != "decision"}, {**low, "camera": 3}):
+        assert row_problems([broken], "pool/pool-001.json") == [
+            "pool/pool-001.json: a row without a camera, a decision or an image name as text"]  # not a traceback
 
 
 def test_failed_inputs_of_a_pooled_case_are_hashed_and_verified(weak_probes, pool_db, runner, tmp_path):
@@ -374,3 +379,7 @@ def test_a_pool_only_case_report_says_the_database_changed(weak_probes, pool_db,
     assert res.exit_code == 0 and "pool/pool-001.json: the fingerprint database" in res.output
     page = (case / "report.html").read_text()
     assert "changed since this probe was scored" in page and "cam-true: the database&#x27;s fingerprint now" in page
+    from spncli.report import pooled_database_changes  # earlier versions recorded the path as given
+
+    (line,) = pooled_database_changes([{"db": "db.h5", "db_sha256": "0" * 64, "camera": "cam-true"}])
+    assert "recorded as db.h5, relative" in line and "not checked" in line

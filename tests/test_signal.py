@@ -321,3 +321,10 @@ def test_pixel_digest_is_the_samples_whether_held_or_replaced(dresden, tmp_path)
     first = sixteen.pixel_sha256()
     sixteen.pixels  # noqa: B018
     assert sixteen.samples.dtype == np.uint16 and sixteen.pixel_sha256() == first
+    small = decode(cv2.imencode(".png", (deep // 257).astype(np.uint8))[1].tobytes(), "small.png")
+    assert small.pixel_sha256() == first  # an 8-bit image saved at 16 bits is the same photograph
+    odd = decode(cv2.imencode(".png", deep + 1)[1].tobytes(), "odd.png")
+    assert odd.pixel_sha256() != first
+    small.release_pixels()
+    with pytest.raises(ValueError, match="released"):
+        small.pixel_sha256()
