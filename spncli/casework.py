@@ -275,6 +275,10 @@ def run_case(
     CaseError
         The folder cannot be used (one line naming it); :class:`CaseBusy` when another run holds it.
     """
+    others: list = []
+    walked = [os.path.abspath(p) for p in gather_inputs(evidence, on_other=others.append, residuals=True)]
+    if not walked:  # before the case folder is made or locked: nothing is left behind
+        raise CaseError(no_images_found([os.path.abspath(p) for p in evidence], len(others)))
     case = open_case(folder, evidence)
     parameters = case_parameters(matcher, max_pixels=max_pixels, workers=workers, scheduler=scheduler)
     with case.lock(), _deferred_signals(handle_signals, on_notice) as asked:
@@ -299,14 +303,14 @@ def run_case(
                 raise CaseError(f"cannot reach the Dask scheduler {scheduler}: {exc}" if scheduler
                                 else f"the local Dask cluster failed to start: {exc}") from None  # fmt: skip
         try:
-            return _run(case, matcher, evidence, parameters, client, done, asked, stop,
+            return _run(case, matcher, evidence, (walked, others), parameters, client, done, asked, stop,
                         db=db, db_sha=db_sha, examiner=examiner, case_id=case_id,
                         on_start=on_start, on_result=on_result, on_notice=on_notice)  # fmt: skip
         finally:
             close_client(client)
 
 
-def _run(case, matcher, evidence, parameters, client, done, asked, stop, *, db, db_sha, examiner, case_id,
+def _run(case, matcher, evidence, found, parameters, client, done, asked, stop, *, db, db_sha, examiner, case_id,
          on_start, on_result, on_notice=lambda message: None) -> CaseSummary:  # fmt: skip
     started, t0 = utc_now(), time.perf_counter()
     try:
@@ -314,10 +318,7 @@ def _run(case, matcher, evidence, parameters, client, done, asked, stop, *, db, 
     except ValueError:  # only after a killed run (a finished one verified): the runs are in the audit trail too
         previous_runs = []
     given = [os.path.abspath(p) for p in evidence]  # absolute and normal: one key per file, whatever the spelling
-    others: list = []
-    paths = [os.path.abspath(p) for p in gather_inputs(evidence, on_other=others.append, residuals=True)]
-    if not paths:  # before the run is recorded: an empty report is not a result
-        raise CaseError(no_images_found(given, len(others)))
+    paths, others = found  # the image files walked (absolute; never none) and the other files
     case.audit(
         "match-start",
         parameters=parameters,

@@ -876,5 +876,5 @@ def test_inputs_without_any_image_are_one_error_line(runner, tmp_path):
         assert "Traceback" not in res.output and "score(s)" not in res.output
     res = runner.invoke(app, ["extract", str(tmp_path / "notes"), "--out", str(tmp_path / "o3")])
     assert res.exit_code == 2 and "(1 other file(s) there, not images)" in res.output, res.output
-    assert not (tmp_path / "case" / "audit.jsonl").exists()  # nothing recorded for a run that found nothing
+    assert not (tmp_path / "case").exists()  # no case folder (nor its lock) for a run that found nothing
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()  # no output folder made either
