@@ -96,8 +96,8 @@ def main() -> None:
                     pool = [probes[i] for i in sub]
                     row = {"quality": quality, "camera": cam, "images": [probes[i].path for i in sub],
                            "single_pce": [round(single[i], 1) for i in sub], "best_single": max(single[i] for i in sub)}
-                    for name, k in (("variance", pooled_statistic(pool, matcher)),
-                                    ("none", pooled_statistic(pool, matcher, weighting="none")),
+                    for name, k in (("variance", pooled_statistic(pool, matcher)[0]),
+                                    ("none", pooled_statistic(pool, matcher, weighting="none")[0]),
                                     ("ml_estimate", ml_estimate(pool, matcher))):  # fmt: skip
                         row[name], row[name + "_other_max"] = scores(k, matcher, cam)
                     rows.append(row)

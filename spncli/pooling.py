@@ -12,12 +12,12 @@ statistic [1]_ [3]_
 post-processing), the single-image detector's correlation of ``W`` with
 ``I K`` summed over the images. With ``weighting="none"`` all ``σ_i`` are
 taken equal, which lets a textured or noisy probe drown a clean one. A
-residual variance below :data:`spncli.residual.NOISE_FLOOR` (that of rounding to 8 bits) is
-no measurement of sensor noise (a uniform or synthetic image): the weight is
-capped there, whatever the bit depth (a finer cap would let a uniform 16-bit
-image take the pool over again), and each record gives every image's share of
-the weight. ``T`` is
-scored against each camera fingerprint by PCE. The weights come from the
+residual variance below :data:`spncli.residual.NOISE_FLOOR` (that of rounding
+to 8 bits) is no measurement of sensor noise (a uniform or synthetic image):
+the weight is capped there, whatever the bit depth (a finer cap would let a
+uniform 16-bit image take the pool over again), and each record gives every
+image's share of the weight. ``T`` is scored against each camera fingerprint
+by PCE. The weights come from the
 probes alone, so the null distribution of the score is unchanged. The pooled
 score is one test per camera, with the false-alarm probability of that one
 test [2]_; noise that is independent from image to image averages out in
@@ -58,7 +58,7 @@ from .identify import Matcher, cropped_pixels, decision_text, frame_turned
 from .pce import score
 from .residual import NOISE_FLOOR, denoise_noise, postprocess, rgb_to_grey
 
-__all__ = ["WEIGHTINGS", "PoolSizeError", "pooled_statistic", "weighted_statistic", "pool_match"]
+__all__ = ["WEIGHTINGS", "PoolSizeError", "pooled_statistic", "pool_match"]
 
 WEIGHTINGS = ("variance", "none")
 
@@ -87,10 +87,11 @@ def _check_sizes(evidences: Sequence[Evidence], crop: tuple[int, int] | None) ->
             raise PoolSizeError(f"crop {crop[1]}x{crop[0]} (cols x rows) is larger than: {', '.join(small)}")
 
 
-def pooled_statistic(evidences: Sequence[Evidence], matcher: Matcher, *, weighting: str = "variance") -> np.ndarray:
-    """The probes' matched-filter statistic ``T = Σ W_i I_i / σ_i²`` at the matcher's crop (see the module).
-
-    :func:`weighted_statistic` gives each image's share of the weight as well.
+def pooled_statistic(
+    evidences: Sequence[Evidence], matcher: Matcher, *, weighting: str = "variance"
+) -> tuple[np.ndarray, list[float]]:
+    """The probes' matched-filter statistic ``T = Σ W_i I_i / σ_i²`` at the matcher's crop (see the module), and
+    each image's share of the weight.
 
     Parameters
     ----------
@@ -103,8 +104,10 @@ def pooled_statistic(evidences: Sequence[Evidence], matcher: Matcher, *, weighti
 
     Returns
     -------
-    ndarray, float32, shape (rows, cols)
+    statistic : ndarray, float32, shape (rows, cols)
         Grey, CFA zero-meaned and Wiener-filtered like a fingerprint.
+    shares : list of float
+        Each image's share of the weight, the mean over its channels; they sum to 1.
 
     Raises
     ------
@@ -114,13 +117,6 @@ def pooled_statistic(evidences: Sequence[Evidence], matcher: Matcher, *, weighti
     ValueError
         If ``weighting`` is not one of :data:`WEIGHTINGS`.
     """
-    return weighted_statistic(evidences, matcher, weighting=weighting)[0]
-
-
-def weighted_statistic(
-    evidences: Sequence[Evidence], matcher: Matcher, *, weighting: str = "variance"
-) -> tuple[np.ndarray, list[float]]:
-    """:func:`pooled_statistic` and each image's share of the weight (mean over its channels; they sum to 1)."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
     if not evidences:
@@ -183,7 +179,7 @@ def pool_match(
         alignment, settings and the fingerprint's SHA-256.
     """
     s = matcher.settings
-    statistic, shares = weighted_statistic(evidences, matcher, weighting=weighting)
+    statistic, shares = pooled_statistic(evidences, matcher, weighting=weighting)
     single = [matcher.match(ev) for ev in evidences] if singles else None
     images = [
         {

@@ -148,8 +148,9 @@ def test_weightings(weak_probes):
     noisy = [*evidences, decode(encode_jpeg(noise, 95), "noise.jpg")]  # about 19 against the probes' 11
     with_noise = {w: pool_match(noisy, matcher, weighting=w)[0]["pce"] for w in ("variance", "none")}
     assert weighted["pce"] > with_noise["variance"] > 1.15 * with_noise["none"]  # measured 100.7 > 79.8 > 62.0
-    statistic = pooled_statistic(evidences, matcher)
+    statistic, shares = pooled_statistic(evidences, matcher)
     assert statistic.dtype == np.float32 and statistic.shape == SHAPE
+    assert len(shares) == len(evidences) and abs(sum(shares) - 1) < 1e-9
     with pytest.raises(ValueError, match="variance, none"):
         pool_match(evidences, matcher, weighting="equal")
 
