@@ -167,14 +167,13 @@ def cluster_files(record: dict, picture_png: bytes) -> AnalysisFiles:
 
 def pool_files(name: str, records: list[dict], failed: list[dict]) -> AnalysisFiles:
     """A pooled probe's file: every camera's record, the pooled images (path, SHA-256) and the files that failed
-    (path, reason, and the SHA-256 of the file or why it could not be hashed); ``inputs`` lists both for verify."""
+    (path, reason and :func:`spncli.casefile.unscored_digest`'s fields); ``inputs`` lists both for verify."""
     images = records[0]["images"] if records else []
     record = {
         "pooled": [{k: v for k, v in r.items() if k != "images"} for r in records],
         "images": images,
         "inputs": [{"path": im["path"], "sha256": im["sha256"]} for im in images]
-        + [{"path": f["path"], "sha256": f.get("sha256"), "status": "error", "reason": f["reason"],
-            **({"unhashed": f["unhashed"]} if f.get("unhashed") else {})} for f in failed],  # re-hashed by verify
+        + [{**f, "status": "error"} for f in failed],  # path, reason, unscored_digest's fields: verify re-hashes
         "failed": failed,
     }
     best = max(records, key=lambda r: r["pce"]) if records else None

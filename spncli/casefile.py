@@ -992,6 +992,14 @@ def digest_or_reason(path) -> tuple[str | None, str | None]:
         return None, f"cannot read: {exc.strerror or exc}"
 
 
+def unscored_digest(path) -> dict:
+    """An input that failed, as a case records it: ``{"sha256": digest}``, or ``{"sha256": None, "unhashed":
+    reason}`` when it cannot be hashed (a link, a FIFO, a missing file); :func:`input_problems` checks either
+    again, so that a later change to it is seen."""
+    digest, reason = digest_or_reason(path)
+    return {"sha256": digest} if digest else {"sha256": None, "unhashed": reason}
+
+
 def input_problems(item: dict) -> list[str]:
     """An input re-hashed (as the evidence reader reads it: no link followed, no FIFO opened) against the record.
 

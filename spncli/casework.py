@@ -35,11 +35,11 @@ from .casefile import (
     Case,
     CaseBusy,
     CaseError,
-    digest_or_reason,
     input_problems,
     scored_digest,
     scored_inputs,
     scoring_parameters,
+    unscored_digest,
 )
 from .evidence import DEFAULT_MAX_PIXELS
 from .identify import Matcher, gather_inputs, no_images_found
@@ -128,22 +128,15 @@ def _check_scored_inputs(case: Case, protected: int | None = None) -> None:
                         "is built on unchanged evidence: restore it, or use a new case folder")  # fmt: skip
 
 
-def _unscored_digest(path: str) -> dict:
-    """SHA-256 of an input that failed, so that a later change to it is seen; or why it cannot be hashed (a
-    link, a FIFO, a missing file), which verify checks again."""
-    digest, reason = digest_or_reason(path)
-    return {"sha256": digest} if digest else {"sha256": None, "unhashed": reason}
-
-
 def _inputs(case: Case, walked: list[str], errors: list[dict], others: Sequence[str] = ()
             ) -> tuple[list[dict], list[dict]]:  # fmt: skip
     """Every input (scored, error, not an image, or not reached) and the groups of paths holding the same
     bytes.
 
     A scored input's ``sha256`` is that of the file read (a saved residual's own file; its source image's is
-    ``source_sha256``). A failed input is hashed here (:func:`_unscored_digest`) unless its error row has the
-    digest of the bytes refused; files that are not images are listed with their size, not read; inputs a
-    stopped run did not reach are listed only (the next run reads them).
+    ``source_sha256``). A failed input is hashed here (:func:`spncli.casefile.unscored_digest`) unless its
+    error row has the digest of the bytes refused; files that are not images are listed with their size, not
+    read; inputs a stopped run did not reach are listed only (the next run reads them).
     """
     rows_of: dict[str, list[dict]] = {}
     for r in case.rows():
@@ -155,7 +148,7 @@ def _inputs(case: Case, walked: list[str], errors: list[dict], others: Sequence[
     for e in errors:
         item = inputs.setdefault(e["file"], {"path": e["file"], "status": "error", "reason": e["reason"]})
         if item["status"] == "error":
-            item.update({"sha256": e["sha256"]} if e.get("sha256") else _unscored_digest(e["file"]))
+            item.update({"sha256": e["sha256"]} if e.get("sha256") else unscored_digest(e["file"]))
     for path in others:
         try:
             size = os.lstat(path).st_size

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from .. import __version__
 from ..caseanalysis import next_pool_name, pool_files, run_analysis
-from ..casefile import CaseError, digest_or_reason
+from ..casefile import CaseError, unscored_digest
 from ..evidence import EvidenceError, load_image, repeated_image
 from ..identify import Matcher, MatchSettings
 from ..leaks import match_warnings
@@ -60,9 +60,7 @@ def _pooled(paths, matcher: Matcher, *, singles: bool, weighting: str) -> tuple[
             evidences.append(ev)
         except EvidenceError as exc:
             fail_line(exc.path, exc.reason)
-            digest, unhashed = digest_or_reason(path)
-            failed.append({"path": str(path), "reason": exc.reason, "sha256": digest,
-                           **({"unhashed": unhashed} if unhashed else {})})  # fmt: skip
+            failed.append({"path": str(path), "reason": exc.reason, **unscored_digest(path)})
     if not evidences:
         raise ValueError("no usable image to pool: every image failed")
     try:
