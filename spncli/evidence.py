@@ -348,11 +348,11 @@ def repeated_image(ev: Evidence, seen: dict[str, str], pixel_sha256: str | None 
     in ``seen``, when it is new. For analyses where a copy would count twice (pooling, clustering, fingerprints).
     ``pixel_sha256``: :meth:`Evidence.pixel_sha256` if the caller has it already."""
     digest = pixel_sha256 or ev.pixel_sha256()
+    pixels = "pixels " + digest  # one dict holds both kinds of key
     for key, what, shown in ((ev.sha256, "same bytes as", f"SHA-256 {ev.sha256[:16]}..."),
-                             ("pixels " + digest, "same decoded pixels as", f"pixel SHA-256 {digest[:16]}...")):
+                             (pixels, "same decoded pixels as", f"pixel SHA-256 {digest[:16]}...")):
         if key in seen:
             return f"{what} {seen[key]} ({shown})"
-    pixels = "pixels " + digest
     seen[ev.sha256] = seen[pixels] = ev.path
     return None
 

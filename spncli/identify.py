@@ -30,8 +30,8 @@ from .evidence import (
     EvidenceError,
     image_format,
     load_image,
-    repeated_image,
     not_regular_reason,
+    repeated_image,
     unreadable_folder_reason,
     unsupported_reason,
 )
@@ -540,7 +540,7 @@ def decision_text(pce: float, threshold: float) -> str:
     return "consistent" if pce > threshold else "not consistent"
 
 
-def two_test_decision(classic: MatchScore, restored: MatchScore, threshold: float) -> dict:
+def two_test_decision(classic: MatchScore, restored: MatchScore | None, threshold: float) -> dict:
     """Decide on the classic and the restored residual together; a classic match is never lost.
 
     Each residual is one test of the same pair at ``threshold`` [1]_. The
@@ -549,7 +549,8 @@ def two_test_decision(classic: MatchScore, restored: MatchScore, threshold: floa
     price is a second test: by the union (Bonferroni) bound the family-wise
     false-alarm probability of the decision is at most ``2·p_fa(threshold)``
     (about 2e-15 at PCE 60), and the false-alarm probability reported for
-    the pair is ``min(1, 2·min(p_fa_classic, p_fa_restored))``.
+    the pair is ``min(1, 2·min(p_fa_classic, p_fa_restored))``. With ``restored`` None (restoration asked
+    but skipped for the file) the classic test alone decides, and the restored fields are None.
 
     Returns
     -------
@@ -565,6 +566,21 @@ def two_test_decision(classic: MatchScore, restored: MatchScore, threshold: floa
        fingerprint camera identification", Proc. SPIE 7254, 2009.
        :doi:`10.1117/12.805701`
     """
+    if restored is None:
+        single_c = decision_text(classic.pce, threshold)
+        return {
+            "decision": single_c,
+            "decision_classic": single_c,
+            "decision_restored": None,
+            "pce_classic": round(classic.pce, 4),
+            "pce_restored": None,
+            "p_fa_classic": classic.p_fa,
+            "p_fa_restored": None,
+            "p_fa": classic.p_fa,
+            "decided_by": "classic",
+            "residuals_disagree": False,
+            "decision_rule": f"the classic residual alone above PCE {threshold:g} (restoration skipped)",
+        }
     by = "classic" if classic.p_fa <= restored.p_fa else "restored"
     single_c, single_r = decision_text(classic.pce, threshold), decision_text(restored.pce, threshold)
     consistent = "consistent" in (single_c, single_r)
@@ -798,15 +814,7 @@ class Matcher:
                     "restoration_policy": info["restoration_policy"],
                 }
             elif self.restorer is not None:  # restoration asked but skipped for this file: the classic test alone
-                record |= {
-                    "decision_classic": record["decision"],
-                    "decision_restored": None,
-                    "pce_classic": record["pce"],
-                    "pce_restored": None,
-                    "p_fa_classic": m.p_fa,
-                    "p_fa_restored": None,
-                    "decided_by": "classic",
-                    "residuals_disagree": False,
+                record |= two_test_decision(m, None, s.threshold) | {
                     "network_applied": False,
                     "weights_sha256": getattr(self.restorer, "weights_sha256", None),
                 }

@@ -82,19 +82,19 @@ the result is the same bit for bit either way. At 12 MP bands and channel thread
 (0.94 s), so images up to :data:`CONCURRENT_MAX_PIXELS` keep the channel threads."""
 
 
-NOISE_FLOOR = 1.0 / 12.0
-"""The variance of rounding to 8 bits on the 0..255 scale. Pixels that vary less than this over an analysed
-region hold no sensor noise to measure (a uniform or clipped image), and a residual variance below it is no
-measurement of noise: pooling caps its weights here, clustering refuses such an image. Real photographs'
-residuals vary more (Dresden flat-fields at 512x512: 0.41 and above as published, 0.29 and above per channel
-re-compressed at Q50 to Q5); a uniform JPEG's residual varies by 1e-13."""
-
-
 def rounding_variance(bit_depth: int) -> float:
     """The variance of rounding to ``bit_depth`` bits, on the 0..255 scale of the pixels: :data:`NOISE_FLOOR`
     for 8 bits; a 16-bit image's samples are 257 times finer."""
     step = 255.0 / (2**bit_depth - 1)
     return step * step / 12.0
+
+
+NOISE_FLOOR = rounding_variance(8)
+"""The variance of rounding to 8 bits on the 0..255 scale (1/12). Pixels that vary less than this over an
+analysed region hold no sensor noise to measure (a uniform or clipped image), and a residual variance below it
+is no measurement of noise: pooling caps its weights here, clustering refuses such an image. Real photographs'
+residuals vary more (Dresden flat-fields at 512x512: 0.41 and above as published, 0.29 and above per channel
+re-compressed at Q50 to Q5); a uniform JPEG's residual varies by 1e-13."""
 
 
 def set_channel_threads(n: int) -> int:
